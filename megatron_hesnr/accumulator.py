@@ -1,0 +1,358 @@
+"""Accumulating HE-SNR over many batches, ranks and checkpoints.
+
+Everything is kept as float64 sums and counts in one flat buffer, viewed as
+``scalars [num_categories, len(SCALAR_FIELDS)]`` followed by
+``hist [num_categories, num_bins, len(BIN_FIELDS)]``, so that a single all-reduce
+reduces all of it and ratios are formed only in :meth:`HESNRAccumulator.compute`.
+
+Row ``c - 1`` holds category ``c`` of the scoring mask (0 = not scored); the
+overall result is the sum over categories.
+
+Histogram layout: ``num_bins`` equal bins over ``[0, ln k]`` with edges
+``e_i = i * ln(k) / num_bins``.  Bin 0 is ``[0, e_1]`` and bin ``i >= 1`` is the
+right-closed interval ``(e_i, e_{i+1}]``; values above ``ln k`` (rounding) land in
+the last bin.  Right-closed bins make ``H > e_j`` equal to "bin >= j", so
+:meth:`HESNRAccumulator.sweep` is exact at every edge ``e_j``, ``j >= 1``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
+from .token_stats import TokenStats
+
+STATE_VERSION = 1
+
+# Scalar fields per category (columns of the state, before the histogram).
+SCALAR_FIELDS = (
+    "num_tokens",        # scored and valid (|M|)
+    "num_invalid",       # scored but invalid (non-finite logits, unscorable label)
+    "sum_nll",           # over M
+    "sum_entropy",       # H_k over M
+    "num_top1",          # over M
+    "num_in_topk",       # over M
+    "num_high_entropy",  # |HE| at the configured threshold
+    "sum_p_over_h",      # over HE: p(y) / H_k
+    "sum_q_over_h",      # over HE: q_y / H_k (renormalised top-k probability)
+    "sum_nll_he",        # over HE
+)
+# Per-bin fields of the H_k histogram.
+BIN_FIELDS = (
+    "count",         # every token of M
+    "count_in_topk",  # tokens of M whose target is in the top k
+    "sum_p_over_h",  # in_topk tokens (0 where H_k == 0)
+    "sum_q_over_h",  # in_topk tokens (0 where H_k == 0)
+    "sum_nll",       # in_topk tokens
+)
+_F = {name: i for i, name in enumerate(SCALAR_FIELDS)}
+_B = {name: i for i, name in enumerate(BIN_FIELDS)}
+
+
+@dataclass(kw_only=True)
+class AccumulatorConfig:
+    """What an accumulator measures; two states merge only under equal configs."""
+
+    k: int = DEFAULT_K
+    """Size of the top-k candidate set (must match ``token_stats(k=...)``)."""
+    threshold: float = DEFAULT_THRESHOLD
+    """High-entropy threshold: a token is in HE when H_k > threshold (strict)."""
+    num_bins: int = DEFAULT_NUM_BINS
+    """Equal-width histogram bins of H_k over [0, ln k]."""
+    category_names: tuple[str, ...] = field(default=DEFAULT_CATEGORY_NAMES)
+    """Names of mask categories 1, 2, ...; their number fixes the state's rows."""
+
+    def __post_init__(self):
+        self.category_names = tuple(self.category_names)
+        if int(self.k) != self.k or self.k < 2:
+            raise ValueError(f"k must be an integer >= 2 (the entropy of 1 value is 0), got {self.k}")
+        if not (0.0 < self.threshold < math.log(self.k)):
+            raise ValueError(f"threshold must lie in (0, ln k = {math.log(self.k):.6f}), got {self.threshold}")
+        if int(self.num_bins) != self.num_bins or self.num_bins < 1:
+            raise ValueError(f"num_bins must be a positive integer, got {self.num_bins}")
+        if not self.category_names or len(set(self.category_names)) != len(self.category_names):
+            raise ValueError(f"category_names must be non-empty and distinct, got {self.category_names}")
+        if "all" in self.category_names:
+            raise ValueError("'all' is reserved for the overall result")
+
+    @property
+    def num_categories(self) -> int:
+        return len(self.category_names)
+
+    def bin_edges(self, device=None) -> torch.Tensor:
+        """The ``num_bins + 1`` edges in float64."""
+        w = math.log(self.k) / self.num_bins
+        return torch.arange(self.num_bins + 1, dtype=torch.float64, device=device) * w
+
+
+def _exp(x: float) -> float:
+    """exp without OverflowError (a huge mean NLL gives inf, NaN stays NaN)."""
+    return math.exp(x) if x < 709.0 else (x if math.isnan(x) else float("inf"))
+
+
+def metrics_from_sums(s: dict) -> dict:
+    """Ratios from sums; NaN (never an exception) where a denominator is 0."""
+
+    def ratio(a, b):
+        return a / b if b > 0 else float("nan")
+
+    n, n_he = s["num_tokens"], s["num_high_entropy"]
+    return {
+        "hesnr": ratio(s["sum_p_over_h"], n_he),
+        "hesnr_topk": ratio(s["sum_q_over_h"], n_he),
+        "he_ppl": _exp(ratio(s["sum_nll_he"], n_he)),
+        "ppl": _exp(ratio(s["sum_nll"], n)),
+        "num_tokens": int(n),
+        "num_high_entropy": int(n_he),
+        "high_entropy_fraction": ratio(n_he, n),
+        "top1_acc": ratio(s["num_top1"], n),
+        "topk_acc": ratio(s["num_in_topk"], n),
+        "mean_entropy": ratio(s["sum_entropy"], n),
+        "num_invalid": int(s["num_invalid"]),
+    }
+
+
+class HESNRAccumulator:
+    """Sums and counts of the HE-SNR metric, overall and per mask category.
+
+    Typical use: ``acc.update(token_stats(logits, labels), mask)`` per batch, one
+    ``acc.all_reduce(dp_cp_group)`` at the end, then ``acc.compute()``.
+    """
+
+    def __init__(self, config: AccumulatorConfig | None = None, *, device=None, **kwargs):
+        if config is not None and kwargs:
+            raise TypeError("pass either config or keyword fields, not both")
+        self.config = config if config is not None else AccumulatorConfig(**kwargs)
+        c = self.config
+        n_scalar = c.num_categories * len(SCALAR_FIELDS)
+        n_hist = c.num_categories * c.num_bins * len(BIN_FIELDS)
+        self.state = torch.zeros(n_scalar + n_hist, dtype=torch.float64, device=device)
+        self.scalars = self.state[:n_scalar].view(c.num_categories, len(SCALAR_FIELDS))
+        self.hist = self.state[n_scalar:].view(c.num_categories, c.num_bins, len(BIN_FIELDS))
+        self._edges = c.bin_edges(device=self.state.device)
+        self._reduced = False
+
+    # ------------------------------------------------------------------ update
+    def update(self, stats: TokenStats, mask: torch.Tensor | None = None) -> None:
+        """Add tokens. ``mask``: categories (0 = not scored) with the stats' shape;
+        bool means category 1; ``None`` scores every token as category 1."""
+        if self._reduced:
+            raise RuntimeError(
+                "update() after all_reduce(): the state already holds the sum over ranks; "
+                "call reset() or use a fresh accumulator"
+            )
+        shape = stats.valid.shape
+        if mask is None:
+            cat = torch.ones(shape, dtype=torch.long, device=stats.valid.device)
+        else:
+            if tuple(mask.shape) != tuple(shape):
+                raise ValueError(f"mask shape {tuple(mask.shape)} != token stats shape {tuple(shape)}")
+            if mask.dtype.is_floating_point:
+                raise TypeError(f"mask must hold integer categories or bools, got {mask.dtype}")
+            cat = mask.to(device=stats.valid.device, dtype=torch.long)
+        cat = cat.reshape(-1)
+        if cat.numel() == 0:
+            return
+        lo, hi = int(cat.min()), int(cat.max())
+        if lo < 0 or hi > self.config.num_categories:
+            raise ValueError(
+                f"mask categories must be in [0, {self.config.num_categories}] "
+                f"({', '.join(self.config.category_names)}), found values in [{lo}, {hi}]"
+            )
+        dev = self.state.device
+        sel = (cat > 0).to(dev)
+        cat = cat.to(dev)[sel] - 1
+        valid = stats.valid.reshape(-1).to(dev)[sel]
+        h = stats.entropy.reshape(-1).to(dev, torch.float64)[sel]
+        logp = stats.logp.reshape(-1).to(dev, torch.float64)[sel]
+        logq = stats.logq.reshape(-1).to(dev, torch.float64)[sel]
+        in_topk = stats.in_topk.reshape(-1).to(dev)[sel] & valid
+        top1 = stats.top1.reshape(-1).to(dev)[sel] & valid
+
+        zero = torch.zeros((), dtype=torch.float64, device=dev)
+        h0 = torch.where(valid, h, zero)
+        nll = torch.where(valid, -logp, zero)
+        pos = in_topk & (h0 > 0)
+        p_over_h = torch.where(pos, torch.exp(torch.where(pos, logp, zero)) / torch.where(pos, h0, 1.0), zero)
+        q_over_h = torch.where(pos, torch.exp(torch.where(pos, logq, zero)) / torch.where(pos, h0, 1.0), zero)
+        he = in_topk & (h0 > self.config.threshold)
+        f = valid.double()
+        cols = torch.stack(
+            [
+                f,
+                (~valid).double(),
+                nll,
+                h0,
+                top1.double(),
+                in_topk.double(),
+                he.double(),
+                torch.where(he, p_over_h, zero),
+                torch.where(he, q_over_h, zero),
+                torch.where(he, nll, zero),
+            ],
+            dim=1,
+        )
+        self.scalars.index_add_(0, cat, cols)
+
+        # Histogram over M (valid tokens): bucketize on the interior edges gives
+        # i with e_i < H <= e_{i+1}, i.e. the right-closed bins described above.
+        b = torch.bucketize(h0[valid], self._edges[1:-1], right=False)
+        vcat = cat[valid]
+        vin = in_topk[valid].double()
+        bins = torch.stack(
+            [
+                torch.ones_like(vin),
+                vin,
+                p_over_h[valid],
+                q_over_h[valid],
+                nll[valid] * vin,
+            ],
+            dim=1,
+        )
+        self.hist.view(-1, len(BIN_FIELDS)).index_add_(0, vcat * self.config.num_bins + b, bins)
+
+    # ------------------------------------------------------------- reduction
+    def all_reduce(self, group=None) -> "HESNRAccumulator":
+        """Sum the state over ``group`` (once). ``None`` or a size-1 group: no-op.
+
+        Pass Megatron's data-parallel x context-parallel group (never the TP group:
+        TP ranks hold identical copies of every token).
+        """
+        if self._reduced:
+            raise RuntimeError("all_reduce() called twice: the counts would be multiplied")
+        if group is not None:
+            import torch.distributed as dist
+
+            if dist.get_world_size(group=group) > 1:
+                dist.all_reduce(self.state, op=dist.ReduceOp.SUM, group=group)
+        self._reduced = True
+        return self
+
+    def reset(self) -> None:
+        self.state.zero_()
+        self._reduced = False
+
+    def merge(self, other: "HESNRAccumulator") -> "HESNRAccumulator":
+        """Add another accumulator's sums (same config) into this one."""
+        if not isinstance(other, HESNRAccumulator):
+            raise TypeError(f"cannot merge {type(other).__name__} into HESNRAccumulator")
+        if other.config != self.config:
+            raise ValueError(f"cannot merge accumulators with different configs: {self.config} vs {other.config}")
+        self.state += other.state.to(self.state.device)
+        return self
+
+    # ---------------------------------------------------------------- results
+    def _select(self, table: torch.Tensor, category: str | int | None) -> torch.Tensor:
+        """``table``'s row for one category, or the sum over all of them."""
+        if category is None or category == "all":
+            return table.sum(dim=0)
+        names = self.config.category_names
+        if isinstance(category, str):
+            if category not in names:
+                raise KeyError(f"unknown category {category!r}; known: {names}")
+            return table[names.index(category)]
+        if not 1 <= category <= len(names):
+            raise KeyError(f"category id {category} outside 1..{len(names)}")
+        return table[category - 1]
+
+    def sums(self, category: str | int | None = None) -> dict:
+        row = self._select(self.scalars, category).cpu()
+        return {name: float(row[i]) for name, i in _F.items()}
+
+    def histogram(self, category: str | int | None = None) -> dict:
+        """H_k histogram: ``edges`` (num_bins + 1) and each per-bin field as a list."""
+        hist = self._select(self.hist, category).cpu()
+        out = {"edges": self._edges.cpu().tolist()}
+        out.update({name: hist[:, i].tolist() for name, i in _B.items()})
+        return out
+
+    def compute(self) -> dict:
+        """Overall metrics, plus ``by_category`` for every category that has tokens."""
+        out = metrics_from_sums(self.sums())
+        out["threshold"] = self.config.threshold
+        out["by_category"] = {
+            name: metrics_from_sums(self.sums(name))
+            for i, name in enumerate(self.config.category_names)
+            if float(self.scalars[i, _F["num_tokens"]] + self.scalars[i, _F["num_invalid"]]) > 0
+        }
+        return out
+
+    def sweep(self, thresholds, category: str | int | None = None) -> list[dict]:
+        """HE-SNR for many thresholds from the histogram (one pass, no recompute).
+
+        For a threshold ``eps`` the bins whose lower edge is >= eps are summed, so
+        the result is exact when ``eps`` is a bin edge (the edge used is returned
+        as ``edge``); between edges, tokens with eps < H_k <= edge are left out.
+        The configured threshold itself is answered from its exact sums.
+        """
+        edges = self._edges.cpu()
+        hist = self._select(self.hist, category).cpu()
+        # Suffix sums: tail[j] = sum over bins >= j.
+        tail = hist.flip(0).cumsum(0).flip(0)
+        exact = self.sums(category)
+        out = []
+        for eps in thresholds:
+            eps = float(eps)
+            if not 0.0 < eps < math.log(self.config.k):
+                raise ValueError(f"sweep threshold {eps} outside (0, ln k)")
+            if eps == self.config.threshold:
+                s = {"num_high_entropy": exact["num_high_entropy"], "sum_p_over_h": exact["sum_p_over_h"],
+                     "sum_q_over_h": exact["sum_q_over_h"], "sum_nll_he": exact["sum_nll_he"]}
+                edge = eps
+            else:
+                j = int(torch.searchsorted(edges, torch.tensor([eps], dtype=torch.float64)).item())
+                j = max(j, 1)
+                edge = float(edges[j])
+                row = tail[j] if j < len(tail) else torch.zeros(len(BIN_FIELDS), dtype=torch.float64)
+                s = {"num_high_entropy": float(row[_B["count_in_topk"]]),
+                     "sum_p_over_h": float(row[_B["sum_p_over_h"]]),
+                     "sum_q_over_h": float(row[_B["sum_q_over_h"]]),
+                     "sum_nll_he": float(row[_B["sum_nll"]])}
+            n_he = s["num_high_entropy"]
+            out.append({
+                "threshold": eps,
+                "edge": edge,
+                "hesnr": s["sum_p_over_h"] / n_he if n_he > 0 else float("nan"),
+                "hesnr_topk": s["sum_q_over_h"] / n_he if n_he > 0 else float("nan"),
+                "he_ppl": _exp(s["sum_nll_he"] / n_he) if n_he > 0 else float("nan"),
+                "num_high_entropy": int(n_he),
+            })
+        return out
+
+    # ---------------------------------------------------------- serialisation
+    def state_dict(self) -> dict:
+        """JSON-friendly state: config, field names and the sums as nested lists."""
+        cfg = asdict(self.config)
+        cfg["category_names"] = list(self.config.category_names)
+        return {
+            "version": STATE_VERSION,
+            "config": cfg,
+            "scalar_fields": list(SCALAR_FIELDS),
+            "bin_fields": list(BIN_FIELDS),
+            "scalars": self.scalars.cpu().tolist(),
+            "hist": self.hist.cpu().tolist(),
+            "reduced": self._reduced,
+        }
+
+    def load_state_dict(self, d: dict) -> "HESNRAccumulator":
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"accumulator state version {d.get('version')!r} != {STATE_VERSION}")
+        if list(d.get("scalar_fields", [])) != list(SCALAR_FIELDS) or list(d.get("bin_fields", [])) != list(BIN_FIELDS):
+            raise ValueError("accumulator state has a different field layout")
+        cfg = AccumulatorConfig(**d["config"])
+        if cfg != self.config:
+            raise ValueError(f"state config {cfg} != accumulator config {self.config}")
+        for name, table in (("scalars", self.scalars), ("hist", self.hist)):
+            value = torch.tensor(d[name], dtype=torch.float64)
+            if tuple(value.shape) != tuple(table.shape):
+                raise ValueError(f"state {name} shape {tuple(value.shape)} != expected {tuple(table.shape)}")
+            table.copy_(value)
+        self._reduced = bool(d.get("reduced", False))
+        return self
+
+    @classmethod
+    def from_state_dict(cls, d: dict, device=None) -> "HESNRAccumulator":
+        acc = cls(AccumulatorConfig(**d["config"]), device=device)
+        return acc.load_state_dict(d)

@@ -1,0 +1,218 @@
+"""Per-token HE-SNR quantities from logits: the public ``token_stats`` entry point.
+
+Pipeline: logits shard -> :class:`ShardStats` (reference or fused kernel) ->
+merge across the tensor-parallel group -> :func:`finalize` (float64 on ``[N, k]``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from .defaults import DEFAULT_K
+from .shard_stats import ShardStats, merge_shard_stats, shard_stats_torch
+from .vocab import VocabShard, check_vocab_size, vocab_shard
+
+IMPLS = ("auto", "torch", "triton")
+_LOGIT_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+
+
+@dataclass
+class TokenStats:
+    """Per-token quantities, each with the leading shape of the logits."""
+
+    entropy: torch.Tensor
+    """H_k: entropy (nats) of the renormalised top-k distribution; NaN if invalid."""
+    logp: torch.Tensor
+    """log p(y): full-softmax log-probability of the target; NaN if invalid."""
+    logq: torch.Tensor
+    """log q_y = z_y - LSE_k: target log-probability under the top-k distribution."""
+    in_topk: torch.Tensor
+    """bool: target logit >= the k-th largest logit (ties count as inside)."""
+    top1: torch.Tensor
+    """bool: target logit >= the largest logit."""
+    valid: torch.Tensor
+    """bool: finite logits row and a scorable label (0 <= y < vocab_size)."""
+
+    @property
+    def nll(self) -> torch.Tensor:
+        return -self.logp
+
+    @property
+    def p(self) -> torch.Tensor:
+        return self.logp.exp()
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.valid.shape
+
+    def map(self, fn) -> "TokenStats":
+        """Apply ``fn`` to every field (e.g. reshape, index, move)."""
+        return TokenStats(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+
+def finalize(merged: ShardStats, labels: torch.Tensor, vocab_size: int) -> TokenStats:
+    """Turn merged full-vocabulary records into per-token quantities.
+
+    Works in float64 on ``[N, k]``: the top-k values are exact copies of logits,
+    so H_k, in_topk and top1 carry no rounding beyond float64; only the
+    log-sum-exp carries the fp32 error of the shard sums.
+    """
+    m = merged.max.double()
+    s = merged.sumexp.double()
+    t = merged.target.double()
+    v = merged.topk.double()
+    labels = labels.to(device=m.device)
+    valid = torch.isfinite(m) & torch.isfinite(t) & (labels >= 0) & (labels < vocab_size)
+    lse = m + torch.log(s)
+    v1 = v[:, :1]
+    u = v - torch.where(torch.isfinite(v1), v1, 0.0)  # <= 0; -inf for padding slots
+    w = torch.exp(u)
+    z = w.sum(dim=1)
+    q = w / z[:, None]
+    # H = log Z - sum_i q_i u_i, with 0 * (-inf) taken as 0 for empty slots.
+    entropy = torch.log(z) - torch.where(w > 0, q * u, 0.0).sum(dim=1)
+    lse_k = v1[:, 0] + torch.log(z)
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=m.device)
+    return TokenStats(
+        entropy=torch.where(valid, entropy, nan),
+        logp=torch.where(valid, t - lse, nan),
+        logq=torch.where(valid, t - lse_k, nan),
+        in_topk=valid & (t >= v[:, -1]),
+        top1=valid & (t >= v[:, 0]),
+        valid=valid,
+    )
+
+
+def _rows_view(logits: torch.Tensor):
+    """A 2-D view ``[N, V]`` of ``logits`` without copying, and the leading-dim order.
+
+    Leading dims are reordered by stride when needed (Megatron's ``[s, b, V]``
+    transposed to ``[b, s, V]`` is viewable after that).  Returns ``None`` when no
+    reordering gives a view.
+    """
+    lead = list(range(logits.dim() - 1))
+    try:
+        return logits.view(-1, logits.shape[-1]), lead
+    except RuntimeError:
+        pass
+    order = sorted(lead, key=lambda d: -logits.stride(d))
+    try:
+        return logits.permute(*order, logits.dim() - 1).view(-1, logits.shape[-1]), order
+    except RuntimeError:
+        return None
+
+
+def _resolve_impl(impl: str, logits: torch.Tensor) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
+    if impl == "auto":
+        from .kernels import triton_available
+
+        return "triton" if logits.is_cuda and triton_available() else "torch"
+    return impl
+
+
+def compute_shard_stats(
+    rows: torch.Tensor,
+    labels: torch.Tensor,
+    shard: VocabShard,
+    k: int,
+    impl: str,
+    chunk_tokens: int | None = None,
+) -> ShardStats:
+    """Statistics of one 2-D shard with the chosen implementation."""
+    if impl == "triton":
+        from .kernels import shard_stats_triton
+
+        return shard_stats_triton(rows, labels, shard, k)
+    return shard_stats_torch(rows, labels, shard, k, chunk_tokens=chunk_tokens)
+
+
+def _tp_rank_size(tp_group) -> tuple[int, int]:
+    if tp_group is None:
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(group=tp_group), dist.get_world_size(group=tp_group)
+
+
+def _merge_over_tp(local: ShardStats, tp_group, tp_size: int) -> ShardStats:
+    """Stack every rank's record and merge; one collective when ``tp_size > 1``."""
+    if tp_size == 1:
+        return local
+    from .tp_merge import gather_shard_stats
+
+    return merge_shard_stats(gather_shard_stats(local, tp_group, tp_size))
+
+
+def token_stats(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    k: int = DEFAULT_K,
+    vocab_size: int | None = None,
+    tp_group=None,
+    impl: str = "auto",
+    chunk_tokens: int | None = None,
+) -> TokenStats:
+    """Per-token HE-SNR quantities of ``logits [..., V_local]`` against ``labels [...]``.
+
+    Args:
+        logits: bf16/fp16/fp32 logits, any leading shape and strides; under tensor
+            parallelism the local vocabulary shard (rank ``r`` holds the padded ids
+            ``[r * V_local, (r + 1) * V_local)``).
+        labels: global target ids with the leading shape of ``logits``; negative
+            ids (e.g. -100) and ids >= ``vocab_size`` are not scorable.
+        k: size of the candidate set for the top-k entropy.
+        vocab_size: the tokenizer's true vocabulary size; ids at or above it are
+            Megatron's padding and are excluded.  ``None``: no padding.
+        tp_group: tensor-parallel process group the vocabulary is split over;
+            ``None`` or a size-1 group means the logits hold the whole vocabulary.
+        impl: ``"torch"`` (chunked reference), ``"triton"`` (fused kernel, CUDA) or
+            ``"auto"`` (the kernel on CUDA tensors when Triton is installed).
+        chunk_tokens: tokens per chunk in the reference path (default: ~64 MiB fp32).
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 1:
+        raise ValueError("logits must be a tensor of shape [..., V]")
+    if logits.dtype not in _LOGIT_DTYPES:
+        raise TypeError(f"logits dtype {logits.dtype} is not supported (bf16, fp16, fp32)")
+    if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:-1]:
+        got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(
+            f"labels shape {got} must equal the logits' leading shape {tuple(logits.shape[:-1])}"
+        )
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be integer token ids, got {labels.dtype}")
+    if int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k}")
+    if chunk_tokens is not None and chunk_tokens < 1:
+        raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+    impl = _resolve_impl(impl, logits)
+    tp_rank, tp_size = _tp_rank_size(tp_group)
+    local_size = logits.shape[-1]
+    vocab_size = check_vocab_size(vocab_size, local_size * tp_size)
+    shard = vocab_shard(tp_rank, local_size, vocab_size)
+
+    lead_shape = logits.shape[:-1]
+    view = _rows_view(logits)
+    if view is None:
+        # No single 2-D view exists: handle each slice of the first dim on its own.
+        parts = [
+            token_stats(logits[i], labels[i], k=k, vocab_size=vocab_size, tp_group=tp_group,
+                        impl=impl, chunk_tokens=chunk_tokens)
+            for i in range(logits.shape[0])
+        ]
+        return TokenStats(**{
+            f.name: torch.stack([getattr(p, f.name) for p in parts]) for f in fields(TokenStats)
+        })
+    rows, order = view
+    rows_labels = labels.permute(*order).reshape(-1) if order else labels.reshape(-1)
+    local = compute_shard_stats(rows, rows_labels, shard, k, impl, chunk_tokens)
+    merged = _merge_over_tp(local, tp_group, tp_size)
+    flat = finalize(merged, rows_labels, vocab_size)
+    if order == sorted(order):
+        return flat.map(lambda x: x.reshape(lead_shape))
+    permuted_shape = [lead_shape[d] for d in order]
+    inverse = sorted(range(len(order)), key=lambda i: order[i])
+    return flat.map(lambda x: x.reshape(permuted_shape).permute(*inverse))
