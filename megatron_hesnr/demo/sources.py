@@ -151,3 +151,46 @@ def _write_side(items, side_dir: Path) -> list[Path]:
             dst.write_bytes(src.read_bytes())
             out.append(dst)
     return out
+
+
+def _strings(obj):
+    if isinstance(obj, str):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _strings(value)
+
+
+def trajectory_strings(paths: list[Path]) -> list[str]:
+    """Every string value in the trajectory files (for tokenizer training only).
+
+    Tool-call arguments are JSON inside a string; they are decoded once more so that
+    the tokenizer learns the code in them rather than its escaped form.  Unreadable
+    files are skipped here: ``hesnr prepare`` reports them.
+    """
+    import json
+
+    out: list[str] = []
+    for path in paths:
+        try:
+            raw = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        docs = raw.splitlines() if _is_jsonl(Path(path)) else [raw]
+        for doc in docs:
+            try:
+                obj = json.loads(doc)
+            except ValueError:
+                continue
+            for s in _strings(obj):
+                if s[:1] in "{[":
+                    try:
+                        out.extend(_strings(json.loads(s)))
+                        continue
+                    except ValueError:
+                        pass
+                out.append(s)
+    return out

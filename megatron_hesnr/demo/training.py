@@ -147,7 +147,7 @@ def train(model: TinyGPT, streams: dict[str, torch.Tensor], cfg: TrainConfig, ck
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        value = float(loss)
+        value = loss.item()
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {step + 1}; lower --lr")
         ema = value if ema is None else 0.9 * ema + 0.1 * value

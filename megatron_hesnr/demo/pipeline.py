@@ -1,0 +1,300 @@
+"""The demo, end to end: inputs -> tokenizer -> prepare -> train -> evaluate -> report.
+
+Every stage uses the project's real code path: ``hesnr prepare`` and ``hesnr report``
+are run through their own argument parsers (in this process), the metric through
+``token_stats`` and ``HESNRAccumulator`` exactly as the Megatron integration calls
+them.  Only the model and its training loop are demo-sized.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..accumulator import AccumulatorConfig
+from . import bpe, sources
+from .evaluation import EvalJob, run_evaluation
+from .gpt import GPTConfig, TinyGPT, padded_vocab_size
+from .proxy_score import PROXY_DESCRIPTION, PROXY_NAME, exact_match, top1_by_document, write_scores_csv
+from .training import TrainConfig, train
+from .windows import make_windows
+
+log = logging.getLogger("megatron_hesnr.demo")
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    """Sizes of one demo run (the defaults fit in about 3 minutes on 2 cores)."""
+
+    output_dir: Path
+    trajectories: list[Path] | None = None
+    """The user's trajectory files or directories (default: the bundled set)."""
+    tokenizer: Path | None = None
+    """The user's tokenizer.json (default: a byte-level BPE trained here)."""
+    template: str | None = None
+    """``hesnr prepare --template`` (None: prepare's default)."""
+    vocab_size: int = 4000
+    """BPE vocabulary when training the tokenizer (padded to 4096 for TP=2, as Megatron does)."""
+    code_bytes: int = 1_500_000
+    """Standard-library source text for the tokenizer and training."""
+    seq_length: int = 256
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval_stride: int = 192
+    eval_batch_size: int = 16
+    tp: int = 2
+    eval_every: int = 3
+    """Every n-th trajectory is held out for evaluation."""
+    threads: int | None = None
+
+    @classmethod
+    def quick(cls, output_dir: Path, **overrides) -> "DemoConfig":
+        """The CI smoke-test size: the same stages, tiny sizes (well under a minute)."""
+        base = dict(output_dir=output_dir, vocab_size=1000, code_bytes=120_000, seq_length=64,
+                    hidden_size=32, num_layers=1, num_heads=2, eval_stride=48, eval_batch_size=32,
+                    train=TrainConfig(steps=24, batch_size=4, warmup_steps=4, num_checkpoints=3))
+        base.update(overrides)
+        return cls(**base)
+
+
+class Stages:
+    """Numbered progress lines with the time each stage took."""
+
+    def __init__(self, total: int):
+        self.total, self.n, self.t0 = total, 0, time.perf_counter()
+        self.timings: dict[str, float] = {}
+        self._name, self._start = None, None
+
+    def start(self, name: str, what: str) -> None:
+        self._close()
+        self.n += 1
+        self._name, self._start = name, time.perf_counter()
+        log.info("[%d/%d] %s", self.n, self.total, what)
+
+    def _close(self) -> None:
+        if self._name is not None:
+            dt = time.perf_counter() - self._start
+            self.timings[self._name] = dt
+            log.info("      done in %.1fs", dt)
+            self._name = None
+
+    def finish(self) -> float:
+        self._close()
+        return time.perf_counter() - self.t0
+
+
+def run_subcommand(name: str, argv: list[str]) -> int:
+    """Run ``hesnr <name> argv`` in this process, through the subcommand's own parser."""
+    from ..cli import COMMANDS
+
+    import importlib
+
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"hesnr {name}")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    log.debug("hesnr %s %s", name, " ".join(argv))
+    return int(module.run(args) or 0)
+
+
+def read_prepared(prefix: Path) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Documents of a prepared dataset: (token ids, mask categories) per trajectory."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    tokens = IndexedDataset(f"{prefix}_tokens")
+    mask = IndexedDataset(f"{prefix}_mask")
+    if len(tokens) != len(mask):
+        raise ValueError(f"{prefix}: {len(tokens)} token documents but {len(mask)} mask documents")
+    return [(np.asarray(tokens[i], dtype=np.int64), np.asarray(mask[i], dtype=np.int64)) for i in range(len(tokens))]
+
+
+def prepare(inputs: list[Path], tokenizer: Path, prefix: Path, template: str | None) -> list:
+    argv = [str(p) for p in inputs] + ["--tokenizer", str(tokenizer), "--output-prefix", str(prefix)]
+    if template:
+        argv += ["--template", template]
+    rc = run_subcommand("prepare", argv)
+    if rc != 0:
+        raise RuntimeError(f"hesnr prepare failed (exit {rc}) on {', '.join(map(str, inputs))}")
+    return read_prepared(prefix)
+
+
+def _stream(docs: list[np.ndarray], eod: int) -> torch.Tensor:
+    if not docs:
+        return torch.zeros(0, dtype=torch.long)
+    return torch.from_numpy(np.concatenate([np.append(np.asarray(d, dtype=np.int64), eod) for d in docs]))
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    stages = Stages(7)
+
+    # 1. Inputs.
+    stages.start("inputs", "inputs: trajectories (split into train / held-out) and standard-library code")
+    traj_inputs = cfg.trajectories or [sources.bundled_trajectories()]
+    split = sources.split_trajectories(traj_inputs, work / "trajectories", eval_every=cfg.eval_every)
+    if not split.held_out:
+        log.warning("only one trajectory: evaluating on the training trajectory (no held-out set)")
+    code = sources.stdlib_code(cfg.code_bytes)
+    log.info("      %d training and %d held-out trajectories from %s", split.num_train, split.num_eval,
+             ", ".join(map(str, traj_inputs)))
+
+    # 2. Tokenizer.
+    if cfg.tokenizer:
+        stages.start("tokenizer", f"tokenizer: {cfg.tokenizer}")
+        tok_path = Path(cfg.tokenizer)
+        tok_path = tok_path / "tokenizer.json" if tok_path.is_dir() else tok_path
+    else:
+        stages.start("tokenizer", f"tokenizer: training a byte-level BPE ({cfg.vocab_size} tokens) on the code and trajectories")
+        tok_path = bpe.train_bpe(code + sources.trajectory_strings(split.train), cfg.vocab_size, work / "tokenizer.json")
+    tok = bpe.load_tokenizer(tok_path)
+    vocab = tok.get_vocab_size()
+    eod = bpe.eod_token_id(tok)
+
+    # 3. Prepare (the real `hesnr prepare`).
+    stages.start("prepare", "hesnr prepare: trajectories -> Megatron indexed dataset + scoring mask")
+    train_docs = prepare(split.train, tok_path, work / "data" / "train", cfg.template)
+    eval_docs = prepare(split.eval, tok_path, work / "data" / "heldout", cfg.template)
+    scored = int(sum((m == 1).sum() for _, m in eval_docs))
+    if scored == 0:
+        raise RuntimeError("the held-out trajectories have no scored (action) tokens: nothing to evaluate")
+    code_ids = [e.ids for e in tok.encode_batch(code)]
+    streams = {"code": _stream(code_ids, eod), "trajectories": _stream([t for t, _ in train_docs], eod)}
+    log.info("      training tokens: %d code + %d trajectory; held-out: %d tokens, %d scored action tokens",
+             streams["code"].numel(), streams["trajectories"].numel(), sum(len(t) for t, _ in eval_docs), scored)
+
+    # 4. Train.
+    gcfg = GPTConfig(vocab_size=vocab, padded_vocab_size=padded_vocab_size(vocab, 128, max(1, cfg.tp)),
+                     seq_length=cfg.seq_length, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                     num_heads=cfg.num_heads)
+    torch.manual_seed(cfg.train.seed)
+    model = TinyGPT(gcfg)
+    stages.start("train", f"train: GPT with {model.num_parameters() / 1e6:.2f}M parameters, {cfg.train.steps} steps "
+                          f"of {cfg.train.batch_size}x{cfg.seq_length} tokens on CPU, checkpoints at "
+                          f"{cfg.train.checkpoint_steps()}")
+
+    def progress(step, steps, loss, rate):
+        log.info("      step %4d/%d  loss %.3f  %5.0f tokens/s", step, steps, loss, rate)
+
+    checkpoints = train(model, streams, cfg.train, work / "checkpoints",
+                        extra={"tokenizer": str(tok_path)}, progress=progress)
+
+    # 5. Evaluate every checkpoint.
+    stages.start("evaluate", f"evaluate: HE-SNR, HE-PPL, PPL and the H_k histogram at {len(checkpoints)} checkpoints")
+    windows = make_windows(eval_docs, cfg.seq_length, cfg.eval_stride)
+    torch.save(windows.to_dict(), work / "eval_windows.pt")
+    acc_cfg = AccumulatorConfig()
+    records_path = out / "records.jsonl"
+    job = EvalJob(
+        checkpoints=[{"iteration": c.iteration, "consumed_samples": c.consumed_samples, "path": str(c.path)}
+                     for c in checkpoints],
+        windows_path=str(work / "eval_windows.pt"), records_path=str(records_path),
+        extras_path=str(work / "eval_extras.json"), vocab_size=vocab, dataset="heldout",
+        accumulator=asdict(acc_cfg) | {"category_names": list(acc_cfg.category_names)},
+        batch_size=cfg.eval_batch_size, tp=cfg.tp, log_level=log.getEffectiveLevel(),
+        config={"seq_length": cfg.seq_length, "eval_stride": cfg.eval_stride, "tokenizer": str(tok_path),
+                "template": cfg.template or "default", "k": acc_cfg.k, "threshold": acc_cfg.threshold,
+                "num_bins": acc_cfg.num_bins},
+    )
+    extras = run_evaluation(job)
+    log.info("      path taken: %s", extras["path"])
+    for c in extras["checkpoints"]:
+        if extras["tp"] > 1:
+            log.info("      iter %d: |TP - single process| <= %.2e on the metrics; |NLL - Megatron vocab-parallel CE| <= %.2e",
+                     c["iteration"], c["max_abs_diff_vs_single"], c["max_abs_diff_nll_vs_megatron_ce"])
+    records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
+
+    # 6. Proxy score.
+    stages.start("proxy", f"score: {PROXY_NAME} ({PROXY_DESCRIPTION})")
+    doc_masks = [m for _, m in eval_docs]
+    proxy_rows = []
+    for rec, c in zip(records, extras["checkpoints"]):
+        flags = top1_by_document(np.asarray(c["top1"], dtype=bool), windows.doc.numpy(), windows.position.numpy(),
+                                 [len(m) for m in doc_masks])
+        score, n_actions = exact_match(doc_masks, flags)
+        proxy_rows.append((rec["checkpoint"], score))
+        rec["_proxy"] = score
+    scores_csv = write_scores_csv(out / "proxy_scores.csv", proxy_rows)
+    log.info("      %d held-out actions; scores written to %s", n_actions, scores_csv)
+
+    # 7. Report (the real `hesnr report`).
+    stages.start("report", "hesnr report: Markdown report, JSON summary, figures")
+    report_dir = out / "report"
+    rc = run_subcommand("report", [str(records_path), "--scores", str(scores_csv), "--output-dir", str(report_dir)])
+    if rc != 0:
+        raise RuntimeError(f"hesnr report failed (exit {rc})")
+    total = stages.finish()
+
+    summary = {
+        "output_dir": str(out),
+        "records": str(records_path),
+        "report_dir": str(report_dir),
+        "eval_path": extras["path"],
+        "tp": extras["tp"],
+        "proxy_score": {"name": PROXY_NAME, "csv": str(scores_csv), "description": PROXY_DESCRIPTION},
+        "timings_s": stages.timings,
+        "total_s": total,
+        "checkpoints": [
+            {"iteration": r["iteration"], "train_loss": c.train_loss, "proxy": r["_proxy"],
+             **{k: r["metrics"][k] for k in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc",
+                                             "num_high_entropy", "num_tokens", "high_entropy_fraction")}}
+            for r, c in zip(records, checkpoints)
+        ],
+        "last_histogram": _histogram_of(records[-1]) if records else None,
+    }
+    with open(out / "demo_summary.json", "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2, allow_nan=True)
+    return summary
+
+
+def _histogram_of(record: dict) -> dict:
+    from ..accumulator import HESNRAccumulator
+
+    acc = HESNRAccumulator.from_state_dict(record["state"])
+    h = acc.histogram("action" if "action" in acc.config.category_names else None)
+    return {"edges": h["edges"], "count": h["count"]}
+
+
+# --------------------------------------------------------------------------- terminal output
+def format_table(summary: dict) -> str:
+    head = f"{'iteration':>9}  {'train loss':>10}  {'HE-SNR':>8}  {'HE-PPL':>8}  {'PPL':>8}  {'top-1':>6}  {'|HE|/|M|':>13}  {'proxy EM':>8}"
+    lines = [head, "-" * len(head)]
+    for c in summary["checkpoints"]:
+        he = f"{c['num_high_entropy']}/{c['num_tokens']}"
+        lines.append(f"{c['iteration']:>9}  {c['train_loss']:>10.3f}  {_f(c['hesnr'], 4):>8}  {_f(c['he_ppl'], 2):>8}  "
+                     f"{_f(c['ppl'], 2):>8}  {_f(c['top1_acc'], 3):>6}  {he:>13}  {_f(c['proxy'], 3):>8}")
+    return "\n".join(lines)
+
+
+def format_histogram(hist: dict, k: int = 10, width: int = 50, rows: int = 20) -> str:
+    """The H_k histogram of the last checkpoint, coarsened to ``rows`` bars, ln 1 .. ln k marked."""
+    edges = np.asarray(hist["edges"])
+    counts = np.asarray(hist["count"])
+    per = max(1, len(counts) // rows)
+    n = len(counts) // per
+    coarse = counts[: n * per].reshape(n, per).sum(axis=1)
+    top = coarse.max() if coarse.max() > 0 else 1
+    marks = {j: f"ln {j}" for j in range(1, k + 1)}
+    lines = []
+    for i in range(n):
+        lo, hi = edges[i * per], edges[min((i + 1) * per, len(edges) - 1)]
+        label = " ".join(v for j, v in marks.items() if lo <= math.log(j) < hi or (j == k and i == n - 1))
+        lines.append(f"  {lo:5.2f}-{hi:5.2f} {'#' * int(round(width * coarse[i] / top)):<{width}} {int(coarse[i]):>6} {label}")
+    return "\n".join(lines)
+
+
+def _f(x, digits: int) -> str:
+    return "nan" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
