@@ -41,7 +41,7 @@ log = logging.getLogger("bench_token_stats")
 DEFAULT_TOKENS = (8192, 32768, 131072)
 DEFAULT_VOCAB = (151936, 151936 // 8)
 #: Extra kernel launches timed beside the default one ("BLOCKxWARPS[:mode]").
-DEFAULT_VARIANTS = ("1024x4", "4096x8", "2048x8:bitonic")
+DEFAULT_VARIANTS = ("512x2", "2048x8", "4096x8", "1024x4:bitonic")
 TARGETS = {"kernel_over_read_once_max": 1.5, "speedup_vs_naive_min": 20.0, "extra_mem_fraction_max": 0.01}
 GIB = 2**30
 
