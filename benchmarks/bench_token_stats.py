@@ -132,6 +132,8 @@ class MegatronCE:
         self._ps.destroy_model_parallel()
         if self._owns_group:
             dist.destroy_process_group()
+            if os.path.exists(self._store):
+                os.unlink(self._store)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -265,6 +267,10 @@ def run_size(args, device, s, v, dtype, megatron, kernel_ok):
             results[name] = {"skipped": f"out of memory ({str(exc).splitlines()[0]})"}
             log.warning("S=%d V=%d %s: out of memory", s, v, name)
             torch.cuda.empty_cache()
+            continue
+        except Exception as exc:  # one failing baseline must not cost the whole GPU run
+            results[name] = {"skipped": f"failed: {type(exc).__name__}: {exc}"}
+            log.exception("S=%d V=%d %s failed", s, v, name)
             continue
         results[name] = r
         log.info("S=%d V=%d %-28s %9.3f ms", s, v, name, r["ms"])
@@ -401,6 +407,8 @@ def main(args) -> int:
             megatron = MegatronCE(device)
         except ImportError as exc:
             log.warning("megatron-core not installed (%s): its cross-entropy is not measured", exc)
+        except Exception:  # e.g. process-group setup; measure everything else
+            log.exception("megatron-core cross-entropy could not be set up: not measured")
     env = environment(device)
     log.info("environment: %s", env)
     entries = []
