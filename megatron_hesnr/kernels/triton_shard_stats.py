@@ -19,11 +19,12 @@ Design (why it is shaped like this):
   largest values seen so far (``KB`` = next power of two >= k, 16 for k = 10)
   lives in registers; its minimum ``thr`` is the bar a new value must clear.  A
   tile whose max does not exceed ``thr`` costs nothing more; otherwise its values
-  above ``thr`` are extracted largest-first (one max reduction each, ties taken
-  with their multiplicity) and inserted.  The number of extractions per row is
-  about ``KB * ln(V_local / BLOCK)`` for any row in random vocabulary order, so
-  the cost stays a small fraction of the streaming work, and the method needs no
-  ``tl.topk`` (which arrived only in Triton 3.4).  ``TL_TOPK=True`` instead merges
+  above ``thr`` are extracted largest-first (a max and a count reduction per
+  distinct value, ties taken with their multiplicity) and inserted.  For a row in
+  random vocabulary order a row needs about ``KB * (1 + ln(V_local / BLOCK))``
+  such rounds in all (each scans one tile), a small fraction of the streaming
+  work; a row sorted ascending would be the worst case (every tile searched).
+  The method needs no ``tl.topk`` (which arrived only in Triton 3.4).  ``TL_TOPK=True`` instead merges
   every qualifying tile with Triton's bitonic ``tl.topk``; it is kept so both can
   be timed side by side on a GPU (``benchmarks/bench_token_stats.py``).
 * **Non-finite rows.**  A NaN or +inf logit turns the lane sum into NaN, a -inf
@@ -33,8 +34,9 @@ Design (why it is shaped like this):
 * **Padding.**  Only the first ``real_size`` columns are read; padding columns
   (Megatron's vocabulary padding) are never loaded.
 
-``TRITON_INTERPRET=1`` (set before this module is imported) runs the same kernel
-on CPU tensors; the test suite uses that against the reference.
+``TRITON_INTERPRET=1`` (set before Triton is first imported: ``triton.jit`` reads
+it at decoration time) runs the same kernel on CPU tensors; the tests use that
+against the reference.
 """
 from __future__ import annotations
 
@@ -52,7 +54,6 @@ log = logging.getLogger(__name__)
 #: Largest k the kernel keeps in registers; larger k falls back to the reference.
 MAX_K = 64
 
-_LOG2E = 1.4426950408889634
 _SUPPORTED = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
 
 
@@ -98,8 +99,9 @@ def _consume_tile(x, m, s_vec, lo_vec, best, thr, KB: tl.constexpr, TL_TOPK: tl.
     """Fold one fp32 tile ``x`` [BLOCK] (masked columns = -inf) into the row state."""
     m_tile = tl.max(x, axis=0)
     m_new = tl.maximum(m, m_tile)
-    # (x - m) first, then the base change: the subtraction is nearly exact, so the
-    # exponent carries no error proportional to |m| (an FMA x*c - m*c would).
+    # exp(d) = exp2(d * log2(e)).  (x - m) first, then the base change: the
+    # subtraction is nearly exact, so the exponent carries no error proportional
+    # to |m| (an FMA x*c - m*c would, the same for every term of the sum).
     alpha = tl.exp2((m - m_new) * 1.4426950408889634)
     s_vec = s_vec * alpha + tl.exp2((x - m_new) * 1.4426950408889634)
     lo_vec = tl.minimum(lo_vec, x)
@@ -255,8 +257,8 @@ def shard_stats_triton(
         raise ValueError(f"mode={mode!r} is not 'select' or 'bitonic'")
     if not rows.is_cuda and not _is_interpreted():
         raise RuntimeError(
-            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before "
-            "megatron_hesnr.kernels.triton_shard_stats is imported); use impl='torch' on CPU"
+            "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before Triton "
+            "is imported); use impl='torch' on CPU"
         )
     if k > MAX_K:
         from ..shard_stats import shard_stats_torch
