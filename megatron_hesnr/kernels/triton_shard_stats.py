@@ -41,6 +41,7 @@ against the reference.
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext as _no_context
 
 import torch
 import triton
@@ -291,11 +292,13 @@ def shard_stats_triton(
         block = max(block, kb)  # tl.topk needs k <= tile width
     if block & (block - 1):
         raise ValueError(f"block={block} must be a power of two")
-    _shard_stats_kernel[(n,)](
-        rows, labels, out_max, out_sum, out_tgt, out_top,
-        rows.stride(0), rows.stride(1), labels.stride(0),
-        shard.start, shard.real_size,
-        K=k, KB=kb, BLOCK=block, COL_CONTIG=rows.stride(1) == 1, TL_TOPK=mode == "bitonic",
-        num_warps=num_warps or d_warps,
-    )
+    # Triton launches on the current CUDA device: make it the logits' device.
+    with torch.cuda.device(dev) if rows.is_cuda else _no_context():
+        _shard_stats_kernel[(n,)](
+            rows, labels, out_max, out_sum, out_tgt, out_top,
+            rows.stride(0), rows.stride(1), labels.stride(0),
+            shard.start, shard.real_size,
+            K=k, KB=kb, BLOCK=block, COL_CONTIG=rows.stride(1) == 1, TL_TOPK=mode == "bitonic",
+            num_warps=num_warps or d_warps,
+        )
     return ShardStats(out_max, out_sum, out_tgt, out_top)
