@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             log.error("hesnr demo: %s", exc)
             return 2
+    # megatron-core logs every dataset it opens at INFO; the demo has its own progress lines.
+    logging.getLogger("megatron").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     try:
         summary = run_demo(cfg)

@@ -87,12 +87,6 @@ def make_record(*, iteration: int, consumed_samples: int, checkpoint: str, run: 
     }
 
 
-def _json_default(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
-
-
 def append_record(path: Path, record: dict) -> None:
     # NaN is written as JSON NaN (Python's json reads it back), never silently dropped.
     with open(path, "a", encoding="utf-8") as f:
@@ -162,7 +156,9 @@ def evaluate_checkpoint(model, windows: EvalWindows, acc: HESNRAccumulator, *, v
     model's whole output layer (one process).
     """
     top1 = torch.zeros(windows.labels.shape, dtype=torch.bool)
-    single = HESNRAccumulator(acc.config) if check else None
+    # The single-process reference runs on the rank asked to check; Megatron's CE is
+    # a collective over the TP group, so with ``check`` every rank must pass True.
+    single = HESNRAccumulator(acc.config) if check and tp_rank == 0 else None
     checks = _Checks()
     ce_fn = None
     if check and tp_size > 1:
@@ -187,18 +183,18 @@ def evaluate_checkpoint(model, windows: EvalWindows, acc: HESNRAccumulator, *, v
                 full = hidden.transpose(0, 1) @ model.output_weight.t()
                 ref = token_stats(full, labels_sb, k=k, vocab_size=vocab_size)
                 single.update(ref, mask_sb)
-                if ce_fn is not None:
-                    # Megatron's CE covers the padded vocabulary; mask the padding
-                    # columns so that both compute the same quantity.
-                    local = logits.clone()
-                    start = tp_rank * local.shape[-1]
-                    pad_from = max(0, vocab_size - start)
-                    local[..., pad_from:] = float("-inf")
-                    ce = ce_fn(local, labels_sb.clamp(min=0))
-                    sel = (mask_sb > 0) & stats.valid
-                    if bool(sel.any()):
-                        diff = (ce[sel].double() + stats.logp[sel]).abs().max().item()
-                        checks.max_abs_diff_nll_vs_megatron_ce = max(checks.max_abs_diff_nll_vs_megatron_ce, diff)
+            if check and ce_fn is not None:
+                # Megatron's CE covers the padded vocabulary; push the padding columns
+                # to a huge negative logit (finite, so a shard of only padding stays
+                # NaN-free) so that both compute the same quantity.
+                local = logits.clone()
+                pad_from = max(0, vocab_size - tp_rank * local.shape[-1])
+                local[..., pad_from:] = -1e30
+                ce = ce_fn(local, labels_sb.clamp(min=0))
+                sel = (mask_sb > 0) & stats.valid
+                if bool(sel.any()):
+                    diff = (ce[sel].double() + stats.logp[sel]).abs().max().item()
+                    checks.max_abs_diff_nll_vs_megatron_ce = max(checks.max_abs_diff_nll_vs_megatron_ce, diff)
             row += inputs.shape[0]
     if single is not None:
         checks.max_abs_diff_vs_single = _compare(acc.compute(), single.compute())
@@ -217,7 +213,7 @@ def _evaluate_all(job: EvalJob, rank: int, size: int, tp_group, output_layer_fac
         acc = HESNRAccumulator(acc_cfg)
         top1, checks = evaluate_checkpoint(
             model, windows, acc, vocab_size=job.vocab_size, batch_size=job.batch_size, tp_group=tp_group,
-            tp_rank=rank, tp_size=size, output_layer=layer, check=(rank == 0 and size > 1), k=acc_cfg.k)
+            tp_rank=rank, tp_size=size, output_layer=layer, check=size > 1, k=acc_cfg.k)
         # Data parallel size is 1 here: the reduction over DP x CP is a no-op, but it
         # is the call the integration makes, so the state is marked reduced the same way.
         acc.all_reduce(None)

@@ -61,7 +61,10 @@ class DemoConfig:
         """The CI smoke-test size: the same stages, tiny sizes (well under a minute)."""
         base = dict(output_dir=output_dir, vocab_size=1000, code_bytes=120_000, seq_length=64,
                     hidden_size=32, num_layers=1, num_heads=2, eval_stride=48, eval_batch_size=32,
-                    train=TrainConfig(steps=24, batch_size=4, warmup_steps=4, num_checkpoints=3))
+                    train=TrainConfig(steps=24, batch_size=4, warmup_steps=4, num_checkpoints=3),
+                    # One thread: a model this small gains nothing from two, and a busy
+                    # CI machine makes OpenMP's spinning threads very slow.
+                    threads=1)
         base.update(overrides)
         return cls(**base)
 
@@ -109,23 +112,41 @@ def run_subcommand(name: str, argv: list[str]) -> int:
 
 def read_prepared(prefix: Path) -> list[tuple[np.ndarray, np.ndarray]]:
     """Documents of a prepared dataset: (token ids, mask categories) per trajectory."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from ..data import PreparedDataset
 
-    tokens = IndexedDataset(f"{prefix}_tokens")
-    mask = IndexedDataset(f"{prefix}_mask")
-    if len(tokens) != len(mask):
-        raise ValueError(f"{prefix}: {len(tokens)} token documents but {len(mask)} mask documents")
-    return [(np.asarray(tokens[i], dtype=np.int64), np.asarray(mask[i], dtype=np.int64)) for i in range(len(tokens))]
+    ds = PreparedDataset(str(prefix))
+    # Copies: the arrays are views into megatron-core's memory map, which is closed
+    # (not just unreferenced) when the dataset object is collected.
+    return [(np.array(ids, dtype=np.int64), np.array(mask, dtype=np.int64)) for ids, mask in
+            (ds[i] for i in range(len(ds)))]
 
 
-def prepare(inputs: list[Path], tokenizer: Path, prefix: Path, template: str | None) -> list:
-    argv = [str(p) for p in inputs] + ["--tokenizer", str(tokenizer), "--output-prefix", str(prefix)]
+def prepare(inputs: list[Path], tokenizer: Path, prefix: Path, template: str | None,
+            categories: str = "action") -> list:
+    """``hesnr prepare INPUT... --tokenizer T --output-prefix P`` and the documents it wrote."""
+    argv = [str(p) for p in inputs] + ["--tokenizer", str(tokenizer), "--output-prefix", str(prefix),
+                                       "--categories", categories, "--no-progress"]
     if template:
         argv += ["--template", template]
     rc = run_subcommand("prepare", argv)
     if rc != 0:
         raise RuntimeError(f"hesnr prepare failed (exit {rc}) on {', '.join(map(str, inputs))}")
     return read_prepared(prefix)
+
+
+def action_boundaries(eval_docs: list, inputs: list[Path], tokenizer: Path, prefix: Path, template: str | None) -> list:
+    """Masks with thought / observation categories too, to tell one action from the next.
+
+    The records score actions only (mask category 1), as the paper does; the proxy
+    score needs to know where each action ends, which the breakdown categories
+    show.  Same files, same tokenizer: the token ids must be identical.
+    """
+    docs = prepare(inputs, tokenizer, prefix, template, categories="action,thought,observation")
+    if len(docs) != len(eval_docs) or any(not np.array_equal(a[0], b[0]) for a, b in zip(docs, eval_docs)):
+        raise RuntimeError(f"{prefix}: the held-out set prepared with breakdown categories has different tokens")
+    if any(not np.array_equal(a[1] == 1, b[1] == 1) for a, b in zip(docs, eval_docs)):
+        raise RuntimeError(f"{prefix}: the action mask changed with the breakdown categories")
+    return [m for _, m in docs]
 
 
 def _stream(docs: list[np.ndarray], eod: int) -> torch.Tensor:
@@ -219,7 +240,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # 6. Proxy score.
     stages.start("proxy", f"score: {PROXY_NAME} ({PROXY_DESCRIPTION})")
-    doc_masks = [m for _, m in eval_docs]
+    doc_masks = action_boundaries(eval_docs, split.eval, tok_path, work / "data" / "heldout_categories", cfg.template)
     proxy_rows = []
     for rec, c in zip(records, extras["checkpoints"]):
         flags = top1_by_document(np.asarray(c["top1"], dtype=bool), windows.doc.numpy(), windows.position.numpy(),
