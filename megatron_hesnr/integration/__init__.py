@@ -1,0 +1,4 @@
+"""Megatron integration: the only package that reads Megatron globals."""
+from .groups import MetricGroups, metric_groups_from_parallel_state, reduce_metrics
+
+__all__ = ["MetricGroups", "metric_groups_from_parallel_state", "reduce_metrics"]
