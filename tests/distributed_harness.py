@@ -8,6 +8,7 @@ test with that rank's traceback, and a hung world is killed after ``timeout``.
 """
 from __future__ import annotations
 
+import math
 import multiprocessing
 import pickle
 import time
@@ -142,7 +143,27 @@ def assert_stats_match(got: dict, ref, what: str = "") -> None:
 
 
 def assert_state_match(got: torch.Tensor, ref: torch.Tensor, what: str = "") -> None:
+    """Accumulator sums: counts exact, sums within 1e-6 relative; the absolute 1e-6
+    covers near-empty histogram bins, whose sums carry log p's fp32 rounding."""
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, msg=lambda m: f"{what} accumulator: {m}")
+
+
+def assert_metrics_match(got: dict, ref: dict, what: str = "") -> None:
+    """Every metric of ``compute()`` within 1e-6 relative (counts exactly)."""
+    assert got.keys() == ref.keys(), what
+    for key, value in ref.items():
+        if isinstance(value, dict):
+            assert_metrics_match(got[key], value, f"{what}.{key}")
+        elif isinstance(value, float) and math.isnan(value):
+            assert math.isnan(got[key]), f"{what}.{key}: {got[key]} != NaN"
+        else:
+            assert got[key] == _approx(value), f"{what}.{key}"
+
+
+def _approx(value):
+    import pytest
+
+    return pytest.approx(value, rel=1e-6, abs=1e-12)
 
 
 def contiguous_partition(world_size: int, size: int) -> list[list[int]]:

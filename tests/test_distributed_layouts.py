@@ -6,8 +6,6 @@ CP=2 x PP=2), each compared with one process holding the whole batch.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,6 +16,7 @@ from megatron_hesnr.integration import MetricGroups, reduce_metrics
 from megatron_hesnr.reduction import reduce_on_last_stage
 
 from distributed_harness import (
+    assert_metrics_match,
     assert_state_match,
     assert_stats_match,
     make_batch,
@@ -36,17 +35,6 @@ BATCH, SEQ = 4, 32
 
 def _split_stats(stats, cp_rank, cp_size):
     return stats.map(lambda x: split_for_context_parallel(x, cp_rank, cp_size))
-
-
-def assert_metrics_match(got: dict, ref: dict, what: str = "") -> None:
-    assert got.keys() == ref.keys(), what
-    for key, value in ref.items():
-        if isinstance(value, dict):
-            assert_metrics_match(got[key], value, f"{what}.{key}")
-        elif isinstance(value, float) and math.isnan(value):
-            assert math.isnan(got[key]), f"{what}.{key}: {got[key]} != NaN"
-        else:
-            assert got[key] == pytest.approx(value, rel=1e-6, abs=1e-12), f"{what}.{key}"
 
 
 # ------------------------------------------------------------------ CP split
@@ -179,7 +167,9 @@ def _megatron_checks(rank: int, world: int):
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
     from megatron.core.utils import get_batch_on_this_cp_rank
 
-    from megatron_hesnr.integration import metric_groups_from_parallel_state
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    from megatron_hesnr.integration import metric_groups_from_parallel_state, metric_groups_from_pg_collection
 
     ranks_of = dist.get_process_group_ranks
     out = {}
@@ -188,6 +178,7 @@ def _megatron_checks(rank: int, world: int):
     ps.initialize_model_parallel(tensor_model_parallel_size=2, expert_model_parallel_size=2,
                                  create_gloo_process_groups=False)
     groups = metric_groups_from_parallel_state()
+    out["a_pgc_same"] = metric_groups_from_pg_collection(ProcessGroupCollection.use_mpu_process_groups()) == groups
     out["a_groups"] = {
         "tp": ranks_of(groups.tp), "reduce": ranks_of(groups.reduce),
         "dp_cp": ranks_of(ps.get_data_parallel_group(with_context_parallel=True)),
@@ -234,6 +225,7 @@ def _megatron_checks(rank: int, world: int):
     ps.initialize_model_parallel(context_parallel_size=2, pipeline_model_parallel_size=2,
                                  create_gloo_process_groups=False)
     groups = metric_groups_from_parallel_state()
+    out["b_pgc_same"] = metric_groups_from_pg_collection(ProcessGroupCollection.use_mpu_process_groups()) == groups
     out["b_groups"] = {"tp": groups.tp, "reduce": ranks_of(groups.reduce) if groups.reduce else None,
                        "cp": (groups.cp_rank, groups.cp_size), "last": groups.is_last_stage}
     acc = mh.HESNRAccumulator()
@@ -266,6 +258,7 @@ def test_parallel_state_groups_with_expert_parallel(megatron_world):
         assert g["ep"] == g["reduce"]  # EP=2 spans the DP ranks: they reduce like DP ranks
         assert g["expert_dp"] == [rank]  # never used: it would miss the other EP rank's tokens
         assert g["cp"] == (0, 1) and g["last"]
+        assert result["a_pgc_same"] and result["b_pgc_same"]  # ProcessGroupCollection route agrees
 
 
 def test_tp2_ep2_matches_single_device_with_getters_raising(megatron_world):

@@ -17,6 +17,7 @@ from megatron_hesnr.tp_merge import HEADER_SIZE, VALIDATE_ENV
 from megatron_hesnr.vocab import padded_vocab_size, vocab_shard
 
 from distributed_harness import (
+    assert_metrics_match,
     assert_state_match,
     assert_stats_match,
     contiguous_partition,
@@ -59,7 +60,8 @@ def _tp_checks(rank: int, world: int):
         stats = mh.token_stats(shard, labels, k=K, vocab_size=vocab, tp_group=group, impl="torch")
         acc = mh.HESNRAccumulator(k=K)
         acc.update(stats, mask)
-        out["cases"].append({"case": i, "tp_size": tp_size, "stats": stats_dict(stats), "state": acc.state.clone()})
+        out["cases"].append({"case": i, "tp_size": tp_size, "stats": stats_dict(stats),
+                             "state": acc.state.clone(), "metrics": acc.compute()})
 
     # Bytes each rank sends, TP=4, at two token counts: every collective is counted.
     group, _ = new_groups([list(range(world))], rank)
@@ -129,6 +131,7 @@ def test_tp_matches_single_device(tp_world, case):
         seen_sizes.add(got["tp_size"])
         assert_stats_match(got["stats"], ref_stats, f"rank {rank} tp={got['tp_size']}")
         assert_state_match(got["state"], ref_acc.state, f"rank {rank} tp={got['tp_size']}")
+        assert_metrics_match(got["metrics"], ref_acc.compute(), f"rank {rank} tp={got['tp_size']}")
     assert tp in seen_sizes
 
 

@@ -83,6 +83,28 @@ def metric_groups_from_parallel_state() -> MetricGroups:
     return groups
 
 
+def metric_groups_from_pg_collection(pg_collection) -> MetricGroups:
+    """The groups from a megatron-core ``ProcessGroupCollection`` (``pg_collection=``
+    of newer ``pretrain``/model builders), for runs whose groups are not the
+    ``parallel_state`` globals.  Uses its ``tp``, ``cp``, ``dp_cp`` and ``pp`` groups."""
+    import torch.distributed as dist
+
+    def get(name):
+        group = getattr(pg_collection, name, None)
+        if group is None:
+            raise ValueError(f"pg_collection has no '{name}' process group; the HE-SNR metric needs tp, cp, dp_cp, pp")
+        return group
+
+    tp, cp, dp_cp, pp = get("tp"), get("cp"), get("dp_cp"), get("pp")
+    return MetricGroups(
+        tp=tp if dist.get_world_size(tp) > 1 else None,
+        reduce=dp_cp if dist.get_world_size(dp_cp) > 1 else None,
+        cp_rank=dist.get_rank(cp),
+        cp_size=dist.get_world_size(cp),
+        is_last_stage=dist.get_rank(pp) == dist.get_world_size(pp) - 1,
+    )
+
+
 def reduce_metrics(acc: HESNRAccumulator, groups: MetricGroups, *, to_all_ranks: bool = False) -> dict | None:
     """Reduce ``acc`` once and compute the metrics.
 
