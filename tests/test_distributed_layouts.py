@@ -321,3 +321,18 @@ def test_tp2_pp2_last_stage_tp_pair(megatron_world):
             assert_metrics_match(result["c_metrics"], ref_acc.compute(), f"rank {rank}")
         else:
             assert result["c_metrics"] is None  # Megatron logs from the last rank
+
+
+def test_vocab_shards_equal_megatron_vocab_ranges(megatron_core):
+    from megatron.core.tensor_parallel.utils import VocabUtility
+
+    from megatron_hesnr.vocab import padded_vocab_size, vocab_shard
+
+    for vocab, tp, div in ((997, 2, 8), (151643, 8, 128), (300, 4, 128), (50, 3, 1)):
+        padded = padded_vocab_size(vocab, tp, div)
+        covered = 0
+        for r in range(tp):
+            shard = vocab_shard(r, padded // tp, vocab)
+            assert (shard.start, shard.end) == tuple(VocabUtility.vocab_range_from_global_vocab_size(padded, r, tp))
+            covered += shard.real_size
+        assert covered == vocab  # every real id on exactly one rank, no padding id counted
