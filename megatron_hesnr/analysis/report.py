@@ -11,6 +11,11 @@ from .summary import jsonable
 MAX_LISTED = 50
 
 
+def _md(text) -> str:
+    """A Markdown table cell: '|' (as in |HE|/|M|) would end the cell."""
+    return str(text).replace("|", "\\|")
+
+
 def _f(v, spec=".4g") -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "NaN" if isinstance(v, float) and math.isnan(v) else ("-" if v is None else str(v))
@@ -46,10 +51,10 @@ def correlation_table(corr: dict, metrics: list[dict]) -> list[str]:
         c = corr[m["key"]]
         agree = c["pearson"]["agreement"] if c["status"] == "ok" and m["direction"] else None
         lines.append(
-            f"| {m['name']} | {_dir(m['direction'])} | {c['n']} | {fmt_r(c['pearson'])} | {_p(c['pearson'])} "
+            f"| {_md(m['name'])} | {_dir(m['direction'])} | {c['n']} | {fmt_r(c['pearson'])} | {_p(c['pearson'])} "
             f"| {fmt_r(c['spearman'])} | {_p(c['spearman'])} | {fmt_r(c['kendall'])} | {_p(c['kendall'])} "
             f"| {_f(agree, '+.3f')} | {c['status']}"
-            + (f"; excluded (NaN): {', '.join(c['excluded_labels'])}" if c["excluded_labels"] else "") + " |")
+            + _md(f"; excluded (NaN): {', '.join(c['excluded_labels'])}" if c["excluded_labels"] else "") + " |")
     return lines
 
 
@@ -75,14 +80,14 @@ def sensitivity_table(sens: dict) -> list[str]:
 
 def checkpoint_table(rows: list[dict]) -> list[str]:
     lines = ["| checkpoint | step | score (mean ± sd, n) | HE-SNR | HE-SNR top-k | HE-PPL | PPL | top-1 | "
-             "|HE|/|M| | |M| | adaptive eps | HE-SNR (adaptive) |",
+             "\\|HE\\|/\\|M\\| | \\|M\\| | adaptive eps | HE-SNR (adaptive) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, s, a = r["metrics"], r["score"], r["adaptive"]
         score = f"{s['mean']:.4g} ± {s['std']:.2g} ({s['n']})" if s else "-"
-        ad = f"{a['threshold']:.4f}" + ("" if a["status"] == "valley" else f" (fallback: {a['reason']})")
+        ad = _md(f"{a['threshold']:.4f}" + ("" if a["status"] == "valley" else f" (fallback: {a['reason']})"))
         lines.append(
-            f"| {r['label']} | {r['iteration']} | {score} | {_f(m['hesnr'])} | {_f(m['hesnr_topk'])} "
+            f"| {_md(r['label'])} | {r['iteration']} | {score} | {_f(m['hesnr'])} | {_f(m['hesnr_topk'])} "
             f"| {_f(m['he_ppl'])} | {_f(m['ppl'])} | {_f(m['top1_acc'])} | {_f(m['high_entropy_fraction'])} "
             f"| {m['num_tokens']} | {ad} | {_f(m['hesnr_adaptive'])} |")
     return lines
