@@ -185,29 +185,21 @@ def read_records(paths, *, strict: bool = False) -> ReadResult:
     for path in paths:
         path = Path(path)
         try:
-            fh = path.open("r", encoding="utf-8", errors="strict")
+            fh = path.open("rb")
         except OSError as exc:
             raise OSError(f"cannot open records file {path}: {exc.strerror or exc}") from None
         with fh:
-            lineno = 0
-            while True:
-                lineno += 1
+            # Binary lines, decoded one by one: a bad byte spoils only its own line.
+            for lineno, raw in enumerate(fh, start=1):
                 source = f"{path}:{lineno}"
-                try:
-                    line = fh.readline()
-                except UnicodeDecodeError as exc:
-                    # The rest of the file cannot be trusted to be split into lines correctly.
-                    bad = BadLine(str(path), lineno, f"not UTF-8 ({exc.reason}); rest of file skipped")
-                    if strict:
-                        raise RecordError(str(bad)) from None
-                    result.bad_lines.append(bad)
-                    break
-                if not line:
-                    break
-                if not line.strip():
+                if not raw.strip():
                     continue
                 result.lines_read += 1
                 try:
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        raise RecordError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
                     try:
                         obj = json.loads(line)
                     except json.JSONDecodeError as exc:
