@@ -158,3 +158,12 @@ def test_duplicates_datasets_and_categories(tmp_path, recs):
     assert len(summary["checkpoints"]) == 5 and summary["category"] == "action"
     with pytest.raises(AnalysisError, match="--category 'nope'"):
         analyse(read, dataset="swe-actions", category="nope")
+
+
+def test_mixed_accumulator_configs_are_said(tmp_path, recs):
+    gen = torch.Generator().manual_seed(8)
+    acc = HESNRAccumulator(threshold=1.0)
+    acc.update(synth_stats(800, 0.3, gen))
+    write_jsonl(tmp_path / "r.jsonl", recs + [record_of(acc, 7000)])
+    summary = analyse(read_records(tmp_path / "r.jsonl"), n_boot=0)
+    assert any("different accumulator configs" in n for n in summary["notes"])

@@ -127,7 +127,8 @@ def plot_histograms(summary: dict, hists: dict[str, dict], out_dir: Path) -> lis
 
 
 def plot_scatter(summary: dict, out_dir: Path, group: str = "all") -> list[str]:
-    """Metric vs. mean score (error bars: score spread), least-squares line, r."""
+    """Metric vs. mean score (error bars: the scores' standard deviation over repeated
+    evaluations; colour: run; label: iteration), least-squares line, correlations."""
     rows = [r for r in summary["checkpoints"] if r["score"] is not None]
     if not rows or group not in summary["correlations"]:
         return []
@@ -142,7 +143,11 @@ def plot_scatter(summary: dict, out_dir: Path, group: str = "all") -> list[str]:
     for ax, m in zip(axes, metrics):
         x = np.array([r["metrics"][m["key"]] for r in rows], dtype=np.float64)
         ok = np.isfinite(x)
-        ax.errorbar(x[ok], y[ok], yerr=yerr[ok], fmt="o", ms=5, capsize=3)
+        runs = [r["run"] for r in rows]
+        for ci, run in enumerate(sorted(set(runs))):
+            sel = ok & np.array([rr == run for rr in runs])
+            ax.errorbar(x[sel], y[sel], yerr=yerr[sel], fmt="o", ms=5, capsize=3, color=f"C{ci % 10}",
+                        label=run or "(no run name)")
         for r, xi, yi in zip(rows, x, y):
             if math.isfinite(xi):
                 ax.annotate(str(r["iteration"]), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
@@ -160,6 +165,8 @@ def plot_scatter(summary: dict, out_dir: Path, group: str = "all") -> list[str]:
         ax.set_xlabel(m["name"])
         ax.set_ylabel("downstream score")
         ax.grid(alpha=0.3)
+    if len({r["run"] for r in rows}) > 1:
+        axes[0].legend(fontsize=7)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
     stem = "scatter" if group == "all" else "scatter_" + "".join(ch if ch.isalnum() else "_" for ch in group)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import math
 
-from ..accumulator import HESNRAccumulator, metrics_from_sums
+from ..accumulator import metrics_from_sums
 from .correlation import correlate
 from .records import EvalRecord, ReadResult
 from .scores import ScoreTable, match_scores
@@ -99,7 +99,8 @@ def _correlations(rows: list[dict], n_boot: int, seed: int) -> dict:
 
 def _sensitivity(records, rows, category, n_boot, seed, rule) -> dict:
     scored = [(rec, row) for rec, row in zip(records, rows) if row["score"] is not None]
-    cfg = records[0].accumulator.config
+    # The grid follows the smallest k (every threshold must lie below ln k of every record).
+    cfg = min((r.accumulator.config for r in records), key=lambda c: c.k)
     grid = sweep_grid(cfg.k, cfg.num_bins, cfg.threshold)
     named = {round(v, 12) for _, v in named_thresholds(cfg.threshold)}
     y = [row["score"]["mean"] for _, row in scored]

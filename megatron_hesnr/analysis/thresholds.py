@@ -63,11 +63,6 @@ def sweep_grid(k: int, num_bins: int, default: float, points: int = 25) -> list[
     return [t for t in sorted(out.values(), key=lambda t: t[1]) if 0.0 < t[1] < math.log(k)]
 
 
-def sweep_values(acc: HESNRAccumulator, thresholds: list[float], category=None) -> list[dict]:
-    """HE-SNR etc. at each threshold (inside (0, ln k)) from the histogram."""
-    return acc.sweep([t for t in thresholds], category=category)
-
-
 @dataclass(kw_only=True)
 class ValleyRule:
     lo: float = LN(3)
