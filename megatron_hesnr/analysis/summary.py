@@ -76,7 +76,7 @@ def checkpoint_row(rec: EvalRecord, category, rule: ValleyRule) -> dict:
     adaptive.update(edge=swept["edge"], hesnr=swept["hesnr"], num_high_entropy=swept["num_high_entropy"])
     m[ADAPTIVE_KEY] = swept["hesnr"]
     return {
-        "label": rec.label, "run": rec.run_name, "checkpoint": rec.checkpoint_name,
+        "label": rec.label or rec.long_label(), "run": rec.run_name, "checkpoint": rec.checkpoint_name,
         "iteration": rec.iteration, "consumed_samples": rec.consumed_samples,
         "dataset": rec.dataset, "time": rec.time, "source": rec.source,
         "config": {"k": cfg.k, "threshold": cfg.threshold, "num_bins": cfg.num_bins},
