@@ -46,7 +46,8 @@ class EvalJob:
     """Everything a (possibly spawned) evaluation process needs; picklable."""
 
     checkpoints: list[dict]
-    """[{"iteration", "consumed_samples", "path"}], in order."""
+    """[{"iteration", "consumed_samples", "path", "name"}], in order; ``name`` (Megatron's
+    ``.../iter_0000100`` directory) is what records and the scores CSV call the checkpoint."""
     windows_path: str
     """``torch.save``d :meth:`EvalWindows.to_dict`."""
     records_path: str
@@ -131,19 +132,20 @@ class _MegatronOutputLayer:
 # --------------------------------------------------------------------------- one checkpoint
 @dataclass
 class _Checks:
-    max_abs_diff_vs_single: float = 0.0
-    """Largest |TP metric - single-process metric| over the compared metrics."""
+    max_rel_diff_vs_single: float = 0.0
+    """Largest |TP metric - single-process metric| / max(1, |single|) over the headline metrics."""
     max_abs_diff_nll_vs_megatron_ce: float = 0.0
     """Largest per-token |NLL - Megatron vocab-parallel CE| (padding columns masked)."""
 
 
 def _compare(a: dict, b: dict) -> float:
+    """Largest relative difference ``|a - b| / max(1, |b|)`` over the headline metrics."""
     worst = 0.0
     for key in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "high_entropy_fraction", "num_high_entropy"):
         x, y = a.get(key), b.get(key)
-        if x is None or y is None or (isinstance(x, float) and math.isnan(x) and math.isnan(y)):
+        if x is None or y is None or (math.isnan(float(x)) and math.isnan(float(y))):
             continue
-        worst = max(worst, abs(float(x) - float(y)))
+        worst = max(worst, abs(float(x) - float(y)) / max(1.0, abs(float(y))))
     return worst
 
 
@@ -170,8 +172,8 @@ def evaluate_checkpoint(model, windows: EvalWindows, acc: HESNRAccumulator, *, v
     with torch.no_grad():
         for inputs, labels, mask in windows.batches(batch_size):
             hidden = model.hidden(inputs)                      # [b, s, h]
-            labels_sb = labels.t()                              # Megatron's [s, b] layout
-            mask_sb = mask.t()
+            labels_sb = labels.t().contiguous()                 # Megatron's [s, b] layout
+            mask_sb = mask.t().contiguous()
             if output_layer is None:
                 logits = hidden.transpose(0, 1) @ model.output_weight.t()
             else:
@@ -197,7 +199,7 @@ def evaluate_checkpoint(model, windows: EvalWindows, acc: HESNRAccumulator, *, v
                     checks.max_abs_diff_nll_vs_megatron_ce = max(checks.max_abs_diff_nll_vs_megatron_ce, diff)
             row += inputs.shape[0]
     if single is not None:
-        checks.max_abs_diff_vs_single = _compare(acc.compute(), single.compute())
+        checks.max_rel_diff_vs_single = _compare(acc.compute(), single.compute())
     return top1, checks
 
 
@@ -219,7 +221,7 @@ def _evaluate_all(job: EvalJob, rank: int, size: int, tp_group, output_layer_fac
         acc.all_reduce(None)
         if rank == 0:
             record = make_record(iteration=info["iteration"], consumed_samples=info["consumed_samples"],
-                                 checkpoint=str(info["path"]), run=job.run, dataset=job.dataset,
+                                 checkpoint=info.get("name", str(info["path"])), run=job.run, dataset=job.dataset,
                                  config={**job.config, "tp": size, "eval_path": path_name}, acc=acc)
             append_record(Path(job.records_path), record)
             m = record["metrics"]
