@@ -14,7 +14,7 @@ import pytest
 
 from megatron_hesnr.accumulator import HESNRAccumulator
 from megatron_hesnr.demo import sources
-from megatron_hesnr.demo.proxy_score import action_groups, exact_match, top1_by_document
+from megatron_hesnr.demo.proxy_score import action_groups, greedy_prefix, top1_by_document
 from megatron_hesnr.demo.windows import document_windows, make_windows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +90,7 @@ def test_quick_demo_tensor_parallel_matches_single_process(quick_run):
         return
     assert summary["tp"] == 2, summary["eval_path"]
     assert "TP=2 over gloo" in summary["eval_path"]
+    assert all(c["checked"] for c in extras["checkpoints"])   # --quick checks every checkpoint
     for c in extras["checkpoints"]:
         assert c["max_rel_diff_vs_single"] < 1e-6
         assert c["max_abs_diff_nll_vs_megatron_ce"] < 1e-4
@@ -145,13 +146,18 @@ def test_windows_score_every_target_once(n, seq, stride):
         assert first_new - 1 - start >= min(first_new - 1, seq - stride)
 
 
-def test_action_groups_and_exact_match():
+def test_action_groups_and_greedy_prefix():
     #          0  1  2  3  4  5  6  7  8  9 10 11
     mask = np.array([0, 3, 1, 1, 0, 1, 2, 1, 1, 3, 0, 1])
     groups = [g.tolist() for g in action_groups(mask)]
     assert groups == [[2, 3, 5], [7, 8], [11]]
-    top1 = np.array([0, 0, 1, 1, 0, 1, 0, 1, 0, 0, 0, 1], dtype=bool)
-    assert exact_match([mask], [top1]) == (2 / 3, 3)
+    top1 = np.array([0, 0, 1, 0, 0, 1, 0, 1, 1, 0, 0, 1], dtype=bool)
+    # Action 1: first miss at its 2nd token (1/3); action 2: exact (1); action 3: exact (1).
+    got = greedy_prefix([mask], [top1])
+    assert got["actions"] == 3
+    assert got["score"] == pytest.approx((1 / 3 + 1 + 1) / 3)
+    assert got["exact_match"] == pytest.approx(2 / 3)
+    assert greedy_prefix([np.zeros(5, int)], [np.ones(5, bool)])["actions"] == 0
     # Without breakdown categories a long unscored gap separates actions.
     only = np.zeros(100, dtype=int)
     only[[1, 2, 3, 80, 81]] = 1

@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"H_k histogram of the scored action tokens at iteration {summary['checkpoints'][-1]['iteration']}:")
         print(format_histogram(summary["last_histogram"]))
     print()
-    print(f"proxy EM = {summary['proxy_score']['description']}.")
+    print(f"proxy = {summary['proxy_score']['name']}: {summary['proxy_score']['description']}; "
+          f"EM = the fraction of those actions reproduced exactly.")
     print(f"records: {summary['records']}")
     print(f"report:  {summary['report_dir']}")
     print(f"total:   {time.perf_counter() - t0:.0f}s")

@@ -1,10 +1,14 @@
-"""A clearly labelled stand-in for a downstream score: greedy action exact match.
+"""A clearly labelled stand-in for a downstream score: greedy agreement on held-out actions.
 
 The paper correlates HE-SNR with SWE-bench resolve rates after SFT; nothing like that
-can run on a laptop in minutes.  What can: for every held-out action, does greedy
-decoding reproduce its scored content exactly?  With teacher forcing that is "every
-scored token of the action is the model's top-1 prediction given the true prefix"
-(tokens dropped by the filters -- markup, comments, whitespace -- are not checked).
+can run on a laptop in minutes.  What can: how far does greedy decoding reproduce
+each held-out action before its first wrong token?  With teacher forcing, the greedy
+continuation of the true prefix agrees with the reference exactly as long as every
+token is the model's top-1 prediction, so per action the score is the fraction of
+its scored tokens before the first one that is not top-1 (1 = the action is
+reproduced exactly; tokens dropped by the filters -- markup, comments, whitespace --
+are not checked).  The proxy is the mean over actions; the exact-match rate (actions
+with score 1) is reported beside it.
 
 It is a proxy and is labelled as such everywhere it is written.  It comes from the
 same forward passes as ``top1_acc`` and so correlates with it partly by
@@ -17,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-PROXY_NAME = "proxy_action_exact_match"
+PROXY_NAME = "proxy_greedy_action_prefix"
 PROXY_DESCRIPTION = (
-    "PROXY, not a downstream benchmark: fraction of held-out agent actions whose scored tokens "
-    "are all the model's greedy (top-1) predictions under teacher forcing"
+    "PROXY, not a downstream benchmark: mean over held-out agent actions of the fraction of the "
+    "action's scored tokens that greedy decoding reproduces before its first mistake"
 )
 
 
@@ -56,14 +60,18 @@ def action_groups(mask: np.ndarray, action: int = 1) -> list[np.ndarray]:
 GAP = 32
 
 
-def exact_match(doc_masks: list[np.ndarray], top1_by_doc: list[np.ndarray]) -> tuple[float, int]:
-    """(fraction of actions reproduced exactly, number of actions)."""
-    hits = total = 0
+def greedy_prefix(doc_masks: list[np.ndarray], top1_by_doc: list[np.ndarray]) -> dict:
+    """``{"score": mean prefix fraction, "exact_match": fraction of actions reproduced, "actions": n}``."""
+    fractions = []
     for mask, top1 in zip(doc_masks, top1_by_doc):
         for group in action_groups(mask):
-            total += 1
-            hits += int(bool(np.all(top1[group])))
-    return (hits / total if total else float("nan")), total
+            ok = np.asarray(top1[group], dtype=bool)
+            first_miss = int(np.argmin(ok)) if not ok.all() else len(ok)
+            fractions.append(first_miss / len(ok))
+    if not fractions:
+        return {"score": float("nan"), "exact_match": float("nan"), "actions": 0}
+    f = np.asarray(fractions)
+    return {"score": float(f.mean()), "exact_match": float((f == 1.0).mean()), "actions": len(f)}
 
 
 def top1_by_document(top1: np.ndarray, doc: np.ndarray, position: np.ndarray, doc_lengths: list[int]) -> list[np.ndarray]:
