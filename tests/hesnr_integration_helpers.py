@@ -92,7 +92,7 @@ class TinyLM(torch.nn.Module):
     """Per-token LM with a real vocab-parallel output layer; one pipeline stage of it."""
 
     def __init__(self, config, weights: dict, pre_process=True, post_process=True, dropout=0.0,
-                 with_output_processor=True):
+                 with_output_processor=True, eval_noise=False):
         super().__init__()
         from megatron.core import parallel_state as ps
         from megatron.core.enums import ModelType
@@ -102,6 +102,9 @@ class TinyLM(torch.nn.Module):
         self.model_type = ModelType.encoder_or_decoder
         self.pre_process, self.post_process = pre_process, post_process
         self.with_output_processor = with_output_processor
+        # Draw from every RNG in eval mode too (as e.g. random routing jitter would),
+        # so a pass that did not restore RNG states would change later training.
+        self.eval_noise = eval_noise
         self.input_tensor = None
         self.dropout = torch.nn.Dropout(dropout)
         if pre_process:
@@ -116,8 +119,6 @@ class TinyLM(torch.nn.Module):
             local = PADDED_VOCAB // tp
             with torch.no_grad():
                 self.output_layer.weight.copy_(weights["out"][r * local:(r + 1) * local])
-        if pre_process and post_process:
-            pass
 
     def set_input_tensor(self, t):
         self.input_tensor = t[0] if isinstance(t, (list, tuple)) else t
@@ -125,6 +126,10 @@ class TinyLM(torch.nn.Module):
     def forward(self, input_ids, position_ids, attention_mask, labels=None, output_processor=None, **_):
         if output_processor is not None and not self.with_output_processor:
             raise TypeError("output_processor not supported")
+        if self.eval_noise and not self.training:
+            import random
+
+            torch.rand(3), np.random.rand(3), random.random()
         if self.pre_process:
             h = self.emb[input_ids] + self.pos[position_ids]
             h = self.dropout(torch.tanh(h @ self.w1.t())).transpose(0, 1).contiguous()  # [s, b, h]

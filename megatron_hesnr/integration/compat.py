@@ -124,3 +124,12 @@ def megatron_cp_split(cp_group) -> Callable[[dict], dict]:
         return split(dict(batch), **kwargs)
 
     return cp_split
+
+
+def core_has_output_processor() -> bool:
+    """Whether the installed megatron-core's ``GPTModel.forward`` takes ``output_processor`` (>= 0.19)."""
+    try:
+        from megatron.core.models.gpt import GPTModel
+    except ImportError:
+        return False
+    return "output_processor" in inspect.signature(GPTModel.forward).parameters

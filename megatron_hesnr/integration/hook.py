@@ -118,8 +118,9 @@ class MegatronHESNRHook:
     def validate(self, args) -> HESNRConfig | None:
         """Refuse wrong flag combinations (start-up); returns the config (None: off)."""
         from .args import validate_hesnr_args
+        from .compat import core_has_output_processor
 
-        cfg = validate_hesnr_args(args)
+        cfg = validate_hesnr_args(args, has_output_processor=core_has_output_processor())
         if self._config is None:
             self._config = cfg
         elif cfg is not None and cfg != self._config:
