@@ -103,11 +103,13 @@ def test_runs_at_its_interval_once_per_iteration(tmp_path):
 
 
 def test_skip_train_always_runs_and_writes(tmp_path):
-    args = _args(skip_train=True, curr_iteration=3000, save=None, load="/ckpts/iter_3000")
+    run = tmp_path / "run3"
+    (run / "iter_0003000").mkdir(parents=True)
+    args = _args(skip_train=True, curr_iteration=3000, save=None, load=str(run), ckpt_step=3000)
     hook = make_hook(tmp_path, args, eval_interval=7)
     assert hook.non_loss_data_func([Plain()]) is not None
     recs = read_records(str(tmp_path / "r.jsonl"))
-    assert [r["checkpoint"] for r in recs] == ["/ckpts/iter_3000"] * 2
+    assert [(r["checkpoint"], r["run"]) for r in recs] == [(str(run / "iter_0003000"), "run3")] * 2
 
 
 def test_same_numbers_as_direct_accumulation(tmp_path):

@@ -73,6 +73,21 @@ def dataset_vocab_size(dataset, prefix: str) -> int:
         raise HESNRConfigError("--hesnr-data-path", f"{prefix}: manifest has no tokenizer.vocab_size") from None
 
 
+def checkpoint_of(args, iteration: int) -> tuple[str | None, str | None]:
+    """(run directory, checkpoint path) the evaluated weights belong to.
+
+    Under ``--skip-train`` the weights are the loaded checkpoint: ``<load>/iter_<N:07d>``
+    (Megatron's layout) when that directory exists, else ``--load`` itself.  During
+    training they are the step's weights, saved (if at all) under ``--save``.
+    """
+    run_dir = getattr(args, "load", None) if getattr(args, "skip_train", False) else getattr(args, "save", None)
+    if not run_dir:
+        return None, None
+    step = getattr(args, "ckpt_step", None) if getattr(args, "skip_train", False) else None
+    candidate = os.path.join(run_dir, f"iter_{(step if step is not None else iteration):07d}")
+    return run_dir, candidate if os.path.isdir(candidate) else run_dir
+
+
 def _is_last_rank() -> bool:
     if not torch.distributed.is_initialized():
         return True
@@ -220,8 +235,8 @@ class MegatronHESNRHook:
             return None
         cfg = self._config
         consumed = getattr(args, "consumed_train_samples", None)
-        checkpoint = getattr(args, "load", None) if getattr(args, "skip_train", False) else getattr(args, "save", None)
-        run_name = cfg.run_name or (os.path.basename(os.path.normpath(checkpoint)) if checkpoint else None)
+        run_dir, checkpoint = checkpoint_of(args, iteration)
+        run_name = cfg.run_name or (os.path.basename(os.path.normpath(run_dir)) if run_dir else None)
         records, data = [], {"iteration": iteration, "consumed_samples": consumed, "sets": {}}
         for (wset, _vocab) in self._sets:
             acc = accs[wset.name]
