@@ -168,6 +168,13 @@ class MegatronHESNRHook:
             sets.append((wset, vocab))
         self._sets = sets
 
+    @staticmethod
+    def extra_args_provider(existing: Callable | None = None) -> Callable:
+        """Megatron's ``extra_args_provider`` with the ``--hesnr-*`` flags added to ``existing``."""
+        from .args import add_hesnr_args, chain_extra_args_providers
+
+        return chain_extra_args_providers(existing, add_hesnr_args)
+
     def wrap_dataset_provider(self, provider: Callable) -> Callable:
         """``provider`` that first runs :meth:`setup` (Megatron calls it at start-up on every rank)."""
         import functools
