@@ -103,21 +103,25 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
     return unique, missing
 
 
-def process_file(path: str, tokenizer, cfg: PrepareConfig) -> FileResult:
+def _read_render(path: str, cfg: PrepareConfig):
+    """-> (FileResult without docs, rendered trajectories); status error on failure."""
     try:
         read = read_trajectories(path, cfg.limits)
     except ReadError as exc:
-        return FileResult(path, "error", reason=str(exc))
+        return FileResult(path, "error", reason=str(exc)), []
     except OSError as exc:
-        return FileResult(path, "error", reason=f"cannot open ({exc.strerror or exc})")
+        return FileResult(path, "error", reason=f"cannot open ({exc.strerror or exc})"), []
     except (RecursionError, MemoryError) as exc:
-        return FileResult(path, "error", reason=f"input too deeply nested or too large ({type(exc).__name__})")
+        return FileResult(path, "error", reason=f"input too deeply nested or too large ({type(exc).__name__})"), []
     result = FileResult(path, "ok", read.format, line_errors=list(read.errors))
     try:
         rendered = [render(t, cfg.template, cfg.tool_style) for t in read.trajectories]
-        encoded = encode_and_mask(tokenizer, rendered, cfg.filters, cfg.categories, cfg.add_special_tokens)
     except (RecursionError, MemoryError) as exc:
-        return FileResult(path, "error", read.format, reason=f"too large or deeply nested to render ({type(exc).__name__})")
+        return FileResult(path, "error", read.format, reason=f"too large or deeply nested to render ({type(exc).__name__})"), []
+    return result, rendered
+
+
+def _finish(result: FileResult, rendered, encoded) -> FileResult:
     for r, (ids, mask, scored) in zip(rendered, encoded):
         if len(ids) == 0:
             result.line_errors.append(f"{r.source}: renders to no tokens")
@@ -125,11 +129,30 @@ def process_file(path: str, tokenizer, cfg: PrepareConfig) -> FileResult:
         result.docs.append(Doc(r.source, ids, mask, r.num_actions, scored))
     if not result.docs:
         reasons = "; ".join(result.line_errors[:3]) or "no trajectory"
-        return FileResult(path, "error", read.format, reason=f"nothing usable ({reasons})",
+        return FileResult(result.path, "error", result.format, reason=f"nothing usable ({reasons})",
                           line_errors=result.line_errors)
     if result.line_errors:
         result.status = "partial"
     return result
+
+
+def process_files(paths: list[str], tokenizer, cfg: PrepareConfig) -> list[FileResult]:
+    """Read and render every file, tokenize all their texts in one ``encode_batch`` call
+    (the tokenizer's thread pool then has enough work), then build the masks."""
+    staged = [_read_render(p, cfg) for p in paths]
+    flat = [r for result, rendered in staged if result.status != "error" for r in rendered]
+    encoded = iter(encode_and_mask(tokenizer, flat, cfg.filters, cfg.categories, cfg.add_special_tokens))
+    out = []
+    for result, rendered in staged:
+        if result.status == "error":
+            out.append(result)
+        else:
+            out.append(_finish(result, rendered, [next(encoded) for _ in rendered]))
+    return out
+
+
+def process_file(path: str, tokenizer, cfg: PrepareConfig) -> FileResult:
+    return process_files([path], tokenizer, cfg)[0]
 
 
 # ------------------------------------------------------------------ parallel
@@ -144,18 +167,32 @@ def _init_worker(tokenizer_path: str, cfg: PrepareConfig) -> None:
     _WORKER["cfg"] = cfg
 
 
-def _work(path: str) -> FileResult:
-    return process_file(path, _WORKER["tokenizer"], _WORKER["cfg"])
+def _work(paths: list[str]) -> list[FileResult]:
+    return process_files(paths, _WORKER["tokenizer"], _WORKER["cfg"])
 
 
-def iter_results(paths: list[str], tokenizer_path: str, cfg: PrepareConfig, workers: int = 1, tokenizer=None):
-    """Yield one :class:`FileResult` per path, in input order."""
+def _batches(paths: list[str], size: int):
+    for i in range(0, len(paths), size):
+        yield paths[i:i + size]
+
+
+def iter_results(paths: list[str], tokenizer_path: str, cfg: PrepareConfig, workers: int = 1, tokenizer=None,
+                 batch_files: int = 16):
+    """Yield one :class:`FileResult` per path, in input order.
+
+    ``workers <= 1``: in this process, ``batch_files`` files per ``encode_batch`` call
+    (the tokenizer uses its own threads). ``workers > 1``: that many processes, each
+    given batches of files and tokenizing single-threaded.
+    """
     if workers <= 1 or len(paths) <= 1:
         tok = tokenizer or load_tokenizer(tokenizer_path)
-        for p in paths:
-            yield process_file(p, tok, cfg)
+        for batch in _batches(paths, batch_files):
+            yield from process_files(batch, tok, cfg)
         return
+    # Small batches keep all workers busy and the progress bar moving.
+    size = max(1, min(batch_files, len(paths) // (4 * workers)))
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
     with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path, cfg)) as pool:
-        yield from pool.imap(_work, paths, chunksize=1)
+        for results in pool.imap(_work, list(_batches(paths, size))):
+            yield from results
