@@ -98,7 +98,7 @@ _HEREDOC_RE = re.compile(r"<<(-?)[ \t]*(['\"]?)([A-Za-z0-9_.\-]+)\2")
 _REDIRECT_RE = re.compile(r"(?:>>?|\btee(?:\s+-a)?)\s*['\"]?([^\s'\";&|]+)")
 _BLOCK_CMD_RE = re.compile(r"[ \t]*(\w+)[^\n]*\n")   # SWE-agent: edit 1:2 ... end_of_edit
 _SUFFIX_LANG = {".py": "python", ".pyi": "python", ".sh": "shell", ".bash": "shell"}
-_WORD_BREAK = set(" \t\n;&|(){}")
+_WORD_BREAK = set(" \t\n;&|()")  # not "{": ${#var} is no comment
 
 
 def _lang_for_target(line: str) -> str:

@@ -47,11 +47,12 @@ def read(path: str, limits: Limits) -> tuple[list[Trajectory], list[str]]:
                 continue
             any_content = True
             try:
-                obj = parse_json(decode_utf8(line, f"line {lineno}"), f"on line {lineno}")
+                obj = parse_json(decode_utf8(line))
                 trajs.append(messages_to_trajectory(_messages(obj), f"{path}:{lineno}", FORMAT))
             except ReadError as exc:
-                msg = str(exc)
-                errors.append(msg if f"line {lineno}" in msg else f"line {lineno}: {msg}")
+                errors.append(f"line {lineno}: {exc}")
+            except RecursionError:
+                errors.append(f"line {lineno}: nested too deeply")
     if not any_content:
         raise ReadError("empty file")
     return trajs, errors
