@@ -333,3 +333,22 @@ def test_iteration_follows_megatron_counting():
     # --skip-train evaluates the loaded checkpoint (core < 0.19 never sets curr_iteration there).
     assert it(SimpleNamespace(skip_train=True, iteration=3000)) == 3000
     assert it(SimpleNamespace(skip_train=True, curr_iteration=3000, iteration=3000)) == 3000
+
+
+def test_guard_restores_megatron_rng_tracker():
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    tracker = get_cuda_rng_tracker()
+    saved = (dict(tracker.get_states()), getattr(tracker, "_is_initialized", None))
+    state = torch.get_rng_state()
+    tracker.set_states({"model-parallel-rng": state.clone()})
+    try:
+        with training_state_preserved([torch.nn.Linear(1, 1)]):
+            # A pass that forks the tracker replaces (or mutates) its states.
+            tracker.get_states()["model-parallel-rng"].zero_()
+            tracker.set_states({"model-parallel-rng": torch.zeros_like(state)})
+        assert torch.equal(tracker.get_states()["model-parallel-rng"], state)
+    finally:
+        tracker.set_states(saved[0])
+        if saved[1] is not None:
+            tracker._is_initialized = saved[1]
