@@ -64,10 +64,15 @@ def topology_from_parallel_state() -> EvalTopology:
 
 
 def open_prepared_dataset(prefix: str):
-    """The data layer's ``PreparedDataset`` (``<prefix>.bin/.idx`` + manifest)."""
+    """The data layer's ``PreparedDataset`` (``<prefix>_tokens/_mask`` + manifest).
+
+    Rank 0 hashes the files against the manifest; the other ranks (thousands on a
+    large job, all reading the same shared file system at start-up) check sizes only.
+    """
     from ..data.dataset import PreparedDataset
 
-    return PreparedDataset(prefix)
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    return PreparedDataset(prefix, verify="full" if rank0 else "sizes")
 
 
 def dataset_vocab_size(dataset, prefix: str) -> int:
