@@ -5,6 +5,7 @@ import inspect
 import json
 import math
 import random
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -91,7 +92,9 @@ def test_runs_at_its_interval_once_per_iteration(tmp_path):
     recs = read_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["dataset"]) for r in recs] == [(4, "a"), (4, "b"), (8, "a"), (8, "b")]
     r = recs[0]
-    assert r["consumed_samples"] == 64 and r["checkpoint"] == "/ckpt/run7" and r["run"] == "run7"
+    assert r["consumed_samples"] == 64 and r["checkpoint"] == "/ckpt/run7/iter_0000004" and r["run"] == "run7"
+    assert recs[2]["checkpoint"] == "/ckpt/run7/iter_0000008"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["time"])
     assert r["config"]["k"] == 10 and r["config"]["data"]["num_trajectories"] == 4
     acc = HESNRAccumulator.from_state_dict(r["state"])
     got = acc.compute()
