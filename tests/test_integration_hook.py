@@ -355,3 +355,17 @@ def test_guard_restores_megatron_rng_tracker():
         tracker.set_states(saved[0])
         if saved[1] is not None:
             tracker._is_initialized = saved[1]
+
+
+def test_records_read_by_the_report(tmp_path):
+    """`hesnr report` reads the hook's records strictly, one per (set, step), no duplicates."""
+    analysis = pytest.importorskip("megatron_hesnr.analysis.records")
+    args = _args()
+    hook = make_hook(tmp_path, args)
+    for it in (100, 200, 300):
+        args.curr_iteration = it - 1
+        hook.non_loss_data_func([Plain()])
+    res = analysis.read_records(str(tmp_path / "r.jsonl"), strict=True)
+    assert not res.duplicates and not res.bad_lines
+    assert sorted((r.dataset, r.iteration) for r in res.records) == [
+        (d, i) for d in ("a", "b") for i in (100, 200, 300)]
