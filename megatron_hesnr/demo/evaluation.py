@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 
 from ..accumulator import AccumulatorConfig, HESNRAccumulator
+from ..integration.groups import MetricGroups, reduce_metrics
+from ..integration.records import append_records, make_record
 from ..token_stats import token_stats
 from .training import load_checkpoint
 from .windows import EvalWindows
@@ -72,28 +74,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def make_record(*, iteration: int, consumed_samples: int, checkpoint: str, run: str, dataset: str,
-                config: dict, acc: HESNRAccumulator) -> dict:
-    """One evaluation record, in the shape the Megatron integration writes and ``hesnr report`` reads."""
-    return {
-        "iteration": iteration,
-        "consumed_samples": consumed_samples,
-        "checkpoint": checkpoint,
-        "run": run,
-        "dataset": dataset,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": config,
-        "metrics": acc.compute(),
-        "state": acc.state_dict(),
-    }
-
-
-def append_record(path: Path, record: dict) -> None:
-    # NaN is written as JSON NaN (Python's json reads it back), never silently dropped.
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, allow_nan=True) + "\n")
 
 
 # --------------------------------------------------------------------------- output layer
@@ -206,7 +186,8 @@ def evaluate_checkpoint(model, windows: EvalWindows, acc: HESNRAccumulator, *, v
 
 
 # --------------------------------------------------------------------------- drivers
-def _evaluate_all(job: EvalJob, rank: int, size: int, tp_group, output_layer_factory, path_name: str) -> None:
+def _evaluate_all(job: EvalJob, rank: int, size: int, groups: MetricGroups, output_layer_factory,
+                  path_name: str) -> None:
     windows = EvalWindows(**torch.load(job.windows_path, weights_only=True))
     acc_cfg = AccumulatorConfig(**job.accumulator)
     extras = {"path": path_name, "tp": size, "checkpoints": []}
@@ -219,22 +200,21 @@ def _evaluate_all(job: EvalJob, rank: int, size: int, tp_group, output_layer_fac
         layer = output_layer_factory(model) if output_layer_factory else None
         acc = HESNRAccumulator(acc_cfg)
         top1, checks = evaluate_checkpoint(
-            model, windows, acc, vocab_size=job.vocab_size, batch_size=job.batch_size, tp_group=tp_group,
+            model, windows, acc, vocab_size=job.vocab_size, batch_size=job.batch_size, tp_group=groups.tp,
             tp_rank=rank, tp_size=size, output_layer=layer, check=check, k=acc_cfg.k)
-        # Data parallel size is 1 here: the reduction over DP x CP is a no-op, but it
-        # is the call the integration makes, so the state is marked reduced the same way.
-        acc.all_reduce(None)
+        # The integration's reduction: one all-reduce over DP x CP (size 1 here, so
+        # None), then compute() on the last stage.
+        metrics = reduce_metrics(acc, groups)
         if rank == 0:
             record = make_record(iteration=info["iteration"], consumed_samples=info["consumed_samples"],
                                  checkpoint=info.get("name", str(info["path"])), run=job.run, dataset=job.dataset,
                                  config={**job.config, "tp": size, "eval_path": path_name}, acc=acc)
-            append_record(Path(job.records_path), record)
-            m = record["metrics"]
+            append_records(job.records_path, [record])
             extras["checkpoints"].append({"iteration": info["iteration"], "seconds": time.perf_counter() - t0,
                                           "checked": check, **asdict(checks), "top1": top1.tolist()})
             log.info("eval: iter %6d  HE-SNR %.4f  HE-PPL %.2f  PPL %.2f  |HE|/|M| %d/%d  (%.1fs)",
-                     info["iteration"], m["hesnr"], m["he_ppl"], m["ppl"], m["num_high_entropy"],
-                     m["num_tokens"], time.perf_counter() - t0)
+                     info["iteration"], metrics["hesnr"], metrics["he_ppl"], metrics["ppl"],
+                     metrics["num_high_entropy"], metrics["num_tokens"], time.perf_counter() - t0)
     if rank == 0:
         with open(job.extras_path, "w", encoding="utf-8") as f:
             json.dump(extras, f)
@@ -257,15 +237,17 @@ def _tp_worker(rank: int, job: EvalJob, port: int) -> None:
         except ImportError:
             ps = None
         if ps is not None:
+            from ..integration.groups import metric_groups_from_parallel_state
+
             ps.initialize_model_parallel(tensor_model_parallel_size=job.tp)
-            group = ps.get_tensor_model_parallel_group()
+            groups = metric_groups_from_parallel_state()
             name = f"TP={job.tp} over gloo (megatron-core parallel_state + ColumnParallelLinear output layer)"
             factory = lambda model: _MegatronOutputLayer(model.output_weight, job.tp)  # noqa: E731
         else:
-            group = dist.group.WORLD
+            groups = MetricGroups(tp=dist.group.WORLD, reduce=None, cp_rank=0, cp_size=1, is_last_stage=True)
             name = f"TP={job.tp} over gloo (torch.distributed; megatron-core not installed)"
             factory = lambda model: _SlicedOutputLayer(model.output_weight, rank, job.tp)  # noqa: E731
-        _evaluate_all(job, rank, job.tp, group, factory, name)
+        _evaluate_all(job, rank, job.tp, groups, factory, name)
         if ps is not None:
             ps.destroy_model_parallel()
     finally:
@@ -291,6 +273,7 @@ def run_evaluation(job: EvalJob) -> dict:
             log.warning("TP=%d evaluation over gloo failed (%s); evaluating in one process instead",
                         job.tp, str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
             Path(job.records_path).unlink(missing_ok=True)
-    _evaluate_all(job, 0, 1, None, None, "single process (TP=1, whole vocabulary)")
+    single = MetricGroups(tp=None, reduce=None, cp_rank=0, cp_size=1, is_last_stage=True)
+    _evaluate_all(job, 0, 1, single, None, "single process (TP=1, whole vocabulary)")
     with open(job.extras_path, encoding="utf-8") as f:
         return json.load(f)

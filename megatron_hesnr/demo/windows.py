@@ -1,9 +1,10 @@
 """Cutting prepared trajectories into model-sized evaluation windows.
 
-A trajectory longer than the model's context is read in overlapping windows of
-``seq_length`` tokens, ``stride`` apart; each label position is scored in exactly one
-window (the first that reaches it), so every scored token counts once and has at
-least ``seq_length - stride`` tokens of context (or all of them, near the start).
+The plan is the Megatron integration's own (``integration.windows``, policy
+``window``): overlapping windows of ``seq_length`` tokens, ``stride`` apart, each
+target scored by exactly one window with at least ``seq_length - stride`` tokens of
+context.  This module only stacks the windows of a whole evaluation set and keeps,
+per label, its position in the trajectory (for the per-action proxy score).
 """
 from __future__ import annotations
 
@@ -43,43 +44,24 @@ class EvalWindows:
         return {k: getattr(self, k) for k in ("inputs", "labels", "mask", "doc", "position")}
 
 
-def document_windows(n: int, seq_length: int, stride: int):
-    """``(start, first_new, end)`` per window of a document of ``n`` tokens.
-
-    The window reads tokens ``[start, end)`` and predicts labels at positions
-    ``start + 1 .. end``; the labels at positions ``first_new .. end`` are new.
-    """
-    if not 0 < stride <= seq_length:
-        raise ValueError(f"stride must be in [1, seq_length={seq_length}], got {stride}")
-    out, start, scored = [], 0, 0
-    while scored < n - 1:
-        end = min(start + seq_length, n - 1)
-        out.append((start, scored + 1, end))
-        scored = end
-        start += stride
-    return out
-
-
 def make_windows(docs: list[tuple[np.ndarray, np.ndarray]], seq_length: int, stride: int) -> EvalWindows:
     """Windows over ``docs`` = [(token ids, per-token mask categories), ...]."""
+    from ..integration.windows import plan_windows, window_sample
+
     rows = []
     for d, (tokens, mask) in enumerate(docs):
         tokens = np.asarray(tokens, dtype=np.int64)
         mask = np.asarray(mask, dtype=np.int64)
         if tokens.shape != mask.shape:
             raise ValueError(f"document {d}: {tokens.shape[0]} tokens but {mask.shape[0]} mask entries")
-        for start, first_new, end in document_windows(len(tokens), seq_length, stride):
-            t = end - start
-            inp = np.zeros(seq_length, dtype=np.int64)
-            lab = np.full(seq_length, IGNORE, dtype=np.int64)
-            msk = np.zeros(seq_length, dtype=np.int64)
+        for w in plan_windows(len(tokens), seq_length, "window", stride):
+            inp, lab, msk = window_sample(tokens, mask, w, seq_length)
+            n = w.num_inputs
             pos = np.full(seq_length, -1, dtype=np.int64)
-            inp[:t] = tokens[start:end]
-            lab[:t] = tokens[start + 1:end + 1]
-            positions = np.arange(start + 1, end + 1)
-            new = positions >= first_new
-            msk[:t] = np.where(new, mask[start + 1:end + 1], 0)
-            pos[:t] = np.where(new, positions, -1)
+            targets = np.arange(w.start + 1, w.end)
+            pos[:n] = np.where(targets >= w.score_from, targets, -1)
+            lab = lab.copy()
+            lab[n:] = IGNORE  # padding is never a target
             rows.append((inp, lab, msk, d, pos))
     if not rows:
         raise ValueError("the evaluation set has no document longer than one token")
