@@ -16,6 +16,8 @@ EXTRAS = {
     "report": ["scipy>=1.9", "matplotlib>=3.6"],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
+# `hesnr demo` on a CPU laptop: everything but the GPU kernel.
+EXTRAS["demo"] = sorted(set(EXTRAS["megatron"] + EXTRAS["data"] + EXTRAS["report"]))
 EXTRAS["test"] = EXTRAS["all"] + [
     "pytest>=7",
     "hypothesis>=6.80",
