@@ -60,6 +60,9 @@ class DemoConfig:
     """``hesnr report --bootstrap`` resamples."""
     check_all: bool = False
     """Cross-check the TP evaluation against one process at every checkpoint, not only the last."""
+    max_eval_logits: float = 1.5e9
+    """CPU budget per checkpoint: evaluated positions x padded vocabulary (whole held-out
+    trajectories are dropped from the end beyond it, with a warning)."""
 
     @classmethod
     def quick(cls, output_dir: Path, **overrides) -> "DemoConfig":
@@ -69,7 +72,7 @@ class DemoConfig:
                     train=TrainConfig(steps=24, batch_size=4, warmup_steps=4, num_checkpoints=3),
                     # One thread: a model this small gains nothing from two, and a busy
                     # CI machine makes OpenMP's spinning threads very slow.
-                    threads=1, bootstrap=200, check_all=True)
+                    threads=1, bootstrap=200, check_all=True, max_eval_logits=3e8)
         base.update(overrides)
         return cls(**base)
 
@@ -151,6 +154,8 @@ def action_boundaries(eval_docs: list, inputs: list[Path], tokenizer: Path, pref
     show.  Same files, same tokenizer: the token ids must be identical.
     """
     docs = prepare(inputs, tokenizer, prefix, template, categories="action,thought,observation")
+    # ``eval_docs`` may be a leading part of the held-out set (the CPU budget).
+    docs = docs[:len(eval_docs)] if len(docs) >= len(eval_docs) else docs
     if len(docs) != len(eval_docs) or any(not np.array_equal(a[0], b[0]) for a, b in zip(docs, eval_docs)):
         raise RuntimeError(f"{prefix}: the held-out set prepared with breakdown categories has different tokens")
     if any(not np.array_equal(a[1] == 1, b[1] == 1) for a, b in zip(docs, eval_docs)):
@@ -225,6 +230,16 @@ def run_demo(cfg: DemoConfig) -> dict:
     # 5. Evaluate every checkpoint.
     stages.start("evaluate", f"evaluate: HE-SNR, HE-PPL, PPL and the H_k histogram at {len(checkpoints)} checkpoints")
     windows = make_windows(eval_docs, cfg.seq_length, cfg.eval_stride)
+    budget_windows = max(1, int(cfg.max_eval_logits // (cfg.seq_length * gcfg.padded_vocab_size)))
+    if windows.num_windows > budget_windows:
+        # A large vocabulary (e.g. a user's 128K tokenizer) makes every evaluated token
+        # cost that many logits on the CPU: keep whole documents up to the budget.
+        keep = max(1, int(np.searchsorted(np.cumsum(np.bincount(windows.doc.numpy())), budget_windows, side="right")))
+        log.warning("      %d windows x %d tokens x %d vocabulary exceed the CPU budget of %.1e logits: "
+                    "evaluating the first %d of %d held-out trajectories", windows.num_windows, cfg.seq_length,
+                    gcfg.padded_vocab_size, cfg.max_eval_logits, keep, len(eval_docs))
+        eval_docs = eval_docs[:keep]
+        windows = make_windows(eval_docs, cfg.seq_length, cfg.eval_stride)
     torch.save(windows.to_dict(), work / "eval_windows.pt")
     acc_cfg = AccumulatorConfig()
     records_path = out / "records.jsonl"

@@ -106,9 +106,12 @@ def split_trajectories(paths: list[Path], out_dir: Path, eval_every: int = 3) ->
         if not path.exists():
             raise FileNotFoundError(f"--trajectories: {path} does not exist")
         if path.is_dir():
-            children = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+            # The same files `hesnr prepare` would take from this folder (its suffixes).
+            from ..data.pipeline import SUFFIXES
+
+            children = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SUFFIXES))
             if not children:
-                raise FileNotFoundError(f"--trajectories: directory {path} has no files")
+                raise FileNotFoundError(f"--trajectories: directory {path} has no trajectory files ({', '.join(SUFFIXES)})")
             for child in children:
                 items.extend(_items_of(child))
         else:
