@@ -1,0 +1,115 @@
+"""Taking the vocab-parallel logits out of any Megatron language model.
+
+The evaluation needs only what the output layer produces, so nothing here depends
+on the model class (``GPTModel``, ``HybridModel``, wrapped in DDP / Float16Module):
+
+* ``output_processor`` (megatron-core >= 0.19): ``forward(..., output_processor=f)``
+  hands ``f`` the final hidden states and the output layer; ``f`` runs the output
+  layer itself and returns logits ``[s, b, V/TP]`` without the ``[b, s]`` transposed
+  copy that ``labels=None`` makes.
+* ``labels_none``: ``forward(..., labels=None)`` returns logits ``[b, s, V/TP]``.
+* ``output_layer_hook``: ``forward`` with labels (so multi-token prediction before
+  core 0.19 works) and a forward hook on ``output_layer`` that keeps its last call,
+  which is the main head (MTP heads run before it).  It keeps a copy of the logits,
+  because the loss computed after it may overwrite them in place.
+
+A ``Float16Module`` wrapper upcasts outputs of the last stage to fp32 unless told
+``fp32_output=False``; that would double the logits' memory, so it is told.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def unwrap(module):
+    """The innermost model under DDP / Float16Module style ``.module`` wrappers."""
+    while hasattr(module, "module") and isinstance(module.module, torch.nn.Module):
+        module = module.module
+    return module
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params
+
+
+def _fp32_output_kwargs(model) -> dict:
+    """``{'fp32_output': False}`` when some wrapper's forward takes it (Float16Module)."""
+    m = model
+    while True:
+        if _accepts(type(m).forward, "fp32_output"):
+            return {"fp32_output": False}
+        inner = getattr(m, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return {}
+        m = inner
+
+
+def resolve_capture(model, requested: str = "auto", *, mtp: bool = False) -> str:
+    """The strategy to use for ``model`` (a chunk, possibly wrapped)."""
+    inner = unwrap(model)
+    has_proc = _accepts(type(inner).forward, "output_processor")
+    if requested == "auto":
+        if has_proc:
+            return "output_processor"
+        return "output_layer_hook" if mtp else "labels_none"
+    if requested == "output_processor" and not has_proc:
+        raise ValueError(f"{type(inner).__name__}.forward has no output_processor (megatron-core >= 0.19 needed)")
+    if requested == "output_layer_hook" and getattr(inner, "post_process", True) and not hasattr(inner, "output_layer"):
+        raise ValueError(f"{type(inner).__name__} has no output_layer to hook")
+    return requested
+
+
+def _output_processor(*, hidden_states, output_layer, output_weight=None, scale_logits=None, **_unused):
+    # runtime_gather_output=False: keep this rank's vocabulary shard, as the loss does.
+    logits, _ = output_layer(hidden_states, weight=output_weight, runtime_gather_output=False)
+    if scale_logits is not None:
+        logits = scale_logits(logits)
+    return logits
+
+
+class LogitsCapture:
+    """Runs one forward of a model chunk and returns ``(output, layout)``.
+
+    ``layout`` is ``"bs"`` or ``"sb"``: the order of the leading dims of the logits on
+    the last stage; other stages get the chunk's output (hidden states) unchanged.
+    """
+
+    def __init__(self, strategy: str):
+        self.strategy = strategy
+
+    def __call__(self, model, tokens, position_ids, attention_mask, labels):
+        kwargs = _fp32_output_kwargs(model)
+        if self.strategy == "output_processor":
+            out = model(tokens, position_ids, attention_mask, labels=None,
+                        output_processor=_output_processor, **kwargs)
+            return out, "sb"
+        if self.strategy == "labels_none":
+            return model(tokens, position_ids, attention_mask, labels=None, **kwargs), "bs"
+        if self.strategy == "output_layer_hook":
+            inner = unwrap(model)
+            layer = getattr(inner, "output_layer", None)
+            if layer is None or not getattr(inner, "post_process", True):
+                return model(tokens, position_ids, attention_mask, labels=labels, **kwargs), "sb"
+            seen = []
+
+            def keep_last(_module, _inputs, output):
+                logits = output[0] if isinstance(output, tuple) else output
+                # A copy: the loss that follows may overwrite its input in place
+                # (Megatron's fp32 vocab-parallel CE, TE's fused CE write into it).
+                seen[:] = [logits.detach().clone()]
+
+            handle = layer.register_forward_hook(keep_last)
+            try:
+                model(tokens, position_ids, attention_mask, labels=labels, **kwargs)
+            finally:
+                handle.remove()
+            if not seen:
+                raise RuntimeError(f"{type(inner).__name__}.output_layer was not called in forward")
+            return seen[0], "sb"
+        raise ValueError(f"unknown logits capture {self.strategy!r}")

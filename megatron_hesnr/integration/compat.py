@@ -1,0 +1,135 @@
+"""Version shims for Megatron-LM / megatron-core 0.13 .. 0.19+ (keyword calls only).
+
+``pretrain()`` changed twice (see docs/DESIGN.md):
+
+* <= 0.17: ``pretrain(train_valid_test_dataset_provider, model_provider, model_type,
+  forward_step_func, process_non_loss_data_func, extra_args_provider, args_defaults,
+  get_embedding_ranks, ..., non_loss_data_func, store)`` parses the arguments itself;
+* 0.18: arguments are parsed first (``parse_and_validate_args``), then
+  ``pretrain(cfg_container, ...)`` with ``pretrain_cfg_container_from_args(args)``;
+* 0.19+: ``model_provider`` is optional and the container takes a model config
+  (``gpt_config_from_args`` / ``hybrid_config_from_args``).
+
+``call_pretrain`` looks at the signature it is given and calls it the matching way.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+
+def pretrain_style(pretrain: Callable) -> str:
+    """``"args"`` (<= 0.17), ``"container"`` (0.18) or ``"container_model_cfg"`` (0.19+)."""
+    params = inspect.signature(pretrain).parameters
+    if "cfg_container" not in params:
+        return "args"
+    mp = params.get("model_provider")
+    if mp is not None and mp.default is inspect.Parameter.empty:
+        return "container"
+    return "container_model_cfg"
+
+
+def _kw(fn: Callable, **kwargs) -> dict:
+    """The keyword arguments ``fn`` accepts (drops ``None`` values it does not know)."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    unknown = [k for k, v in kwargs.items() if k not in params and v is not None]
+    if unknown:
+        raise TypeError(f"{getattr(fn, '__name__', fn)}() takes no {unknown} in this Megatron version")
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def call_pretrain(
+    pretrain: Callable,
+    *,
+    train_valid_test_dataset_provider: Callable,
+    model_type: Any,
+    forward_step_func: Callable,
+    model_provider: Callable | None = None,
+    extra_args_provider: Callable | None = None,
+    args_defaults: dict | None = None,
+    model_config_from_args: Callable | None = None,
+    after_args_parsed: Callable | None = None,
+    parse_and_validate_args: Callable | None = None,
+    pretrain_cfg_container_from_args: Callable | None = None,
+    **hooks,
+):
+    """Call Megatron's ``pretrain`` by keyword, whichever signature it has.
+
+    ``hooks``: ``process_non_loss_data_func``, ``non_loss_data_func``,
+    ``get_embedding_ranks``, ``store``, ... passed through when given.
+    ``after_args_parsed(args)`` runs once the arguments exist, before ``pretrain``
+    (0.18+); on older versions it is the caller's job (see :mod:`.hook`).
+    """
+    style = pretrain_style(pretrain)
+    hooks = {k: v for k, v in hooks.items() if v is not None}
+    if style == "args":
+        return pretrain(**_kw(
+            pretrain,
+            train_valid_test_dataset_provider=train_valid_test_dataset_provider,
+            model_provider=model_provider,
+            model_type=model_type,
+            forward_step_func=forward_step_func,
+            extra_args_provider=extra_args_provider,
+            args_defaults=args_defaults or {},
+            **hooks,
+        ))
+    if parse_and_validate_args is None:
+        from megatron.training.arguments import parse_and_validate_args
+    if pretrain_cfg_container_from_args is None:
+        from megatron.training.argument_utils import pretrain_cfg_container_from_args
+    args = parse_and_validate_args(extra_args_provider=extra_args_provider, args_defaults=args_defaults or {})
+    if after_args_parsed is not None:
+        after_args_parsed(args)
+    if style == "container":
+        cfg = pretrain_cfg_container_from_args(args)
+        if model_provider is None:
+            raise TypeError("this Megatron version's pretrain() needs a model_provider")
+    else:
+        model_cfg = model_config_from_args(args) if model_config_from_args is not None else None
+        cfg = (pretrain_cfg_container_from_args(args, model_cfg) if model_cfg is not None
+               else pretrain_cfg_container_from_args(args))
+    return pretrain(**_kw(
+        pretrain,
+        cfg_container=cfg,
+        train_valid_test_dataset_provider=train_valid_test_dataset_provider,
+        model_provider=model_provider,
+        model_type=model_type,
+        forward_step_func=forward_step_func,
+        **hooks,
+    ))
+
+
+def megatron_cp_split(cp_group) -> Callable[[dict], dict]:
+    """Megatron-core's own ``get_batch_on_this_cp_rank`` bound to ``cp_group``.
+
+    Its signature differs between versions (``(batch)``, ``(batch, cp_group)``,
+    ``(batch, is_hybrid_cp, cp_group, ...)``); the split is always the 2 x CP
+    chunk layout the loss mask gets, which is what the scoring mask must get too.
+    """
+    from megatron.core.utils import get_batch_on_this_cp_rank as split
+
+    params = inspect.signature(split).parameters
+    kwargs = {}
+    if "cp_group" in params:
+        kwargs["cp_group"] = cp_group
+    if "is_hybrid_cp" in params:
+        kwargs["is_hybrid_cp"] = False
+
+    def cp_split(batch: dict) -> dict:
+        return split(dict(batch), **kwargs)
+
+    return cp_split
+
+
+def core_has_output_processor() -> bool:
+    """Whether the installed megatron-core's ``GPTModel.forward`` takes ``output_processor`` (>= 0.19)."""
+    try:
+        from megatron.core.models.gpt import GPTModel
+    except ImportError:
+        return False
+    return "output_processor" in inspect.signature(GPTModel.forward).parameters

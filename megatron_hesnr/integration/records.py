@@ -1,0 +1,68 @@
+"""JSONL evaluation records: one line per evaluation and named set.
+
+Shape (read by ``hesnr report``)::
+
+    {"iteration", "consumed_samples", "checkpoint", "run", "dataset", "time",
+     "config", "metrics": acc.compute(), "state": acc.state_dict()}
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+
+from ..accumulator import HESNRAccumulator
+from .config import HESNRConfig
+
+
+def config_dict(config: HESNRConfig, **extra) -> dict:
+    d = dataclasses.asdict(config)
+    d["datasets"] = [{"name": s.name, "prefix": s.prefix} for s in config.datasets]
+    for key in ("category_names", "report_categories"):
+        d[key] = list(d[key])
+    d.update(extra)
+    return d
+
+
+def make_record(*, iteration: int, consumed_samples: int | None, checkpoint: str | None, run: str | None,
+                dataset: str, config: dict, acc: HESNRAccumulator, when: float | None = None) -> dict:
+    ts = datetime.datetime.now(datetime.timezone.utc) if when is None else \
+        datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
+    return {
+        "iteration": int(iteration),
+        "consumed_samples": None if consumed_samples is None else int(consumed_samples),
+        "checkpoint": checkpoint,
+        "run": run,
+        "dataset": dataset,
+        "time": ts.isoformat(),
+        "config": config,
+        "metrics": acc.compute(),
+        "state": acc.state_dict(),
+    }
+
+
+def append_records(path: str, records: list[dict]) -> None:
+    """Append whole lines and flush them to disk (a killed job leaves complete lines)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(path: str) -> list[dict]:
+    """All records of a JSONL file (NaN metrics round-trip as float NaN)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not a JSON record ({exc})") from exc
+    return out

@@ -1,0 +1,194 @@
+"""Helpers for the Megatron integration tests: a tiny vocab-parallel LM, data, CPU shims.
+
+The model is per-token (embedding + position embedding + MLP + megatron-core's
+``ColumnParallelLinear`` output layer), so it gives the same logits under any
+context-parallel split as long as tokens and positions travel together, and it
+can be cut into pipeline stages.  Its forward takes the keyword arguments of
+megatron-core's ``GPTModel.forward`` that the hook uses (``labels``,
+``output_processor``) so every logits-capture strategy runs through real code.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import numpy as np
+import torch
+
+VOCAB = 50          # tokenizer vocabulary
+PADDED_VOCAB = 56   # Megatron-style padding to a multiple of 4 (TP up to 4)
+HIDDEN = 16
+SEQ = 16
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_gloo(rank: int, world: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+
+
+class MemoryDataset:
+    """``PreparedDataset`` stand-in: items ``(tokens int64 [L], mask uint8 [L])`` + manifest."""
+
+    def __init__(self, items, vocab_size=VOCAB):
+        self.items = items
+        self.manifest = {"tokenizer": {"vocab_size": vocab_size}}
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def make_dataset(seed: int, n: int = 7, max_len: int = 40) -> MemoryDataset:
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        length = int(rng.integers(3, max_len))
+        tokens = rng.integers(0, VOCAB, size=length).astype(np.int64)
+        mask = rng.choice(np.array([0, 1, 1, 2, 3], dtype=np.uint8), size=length)
+        mask[0] = 0
+        if i == 0:
+            mask[:] = 0  # a trajectory with nothing scored
+        items.append((tokens, mask))
+    return MemoryDataset(items)
+
+
+def full_weights(seed: int = 1234) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "emb": torch.randn(PADDED_VOCAB, HIDDEN, generator=g),
+        "pos": torch.randn(4 * SEQ, HIDDEN, generator=g) * 0.5,
+        "w1": torch.randn(HIDDEN, HIDDEN, generator=g) / HIDDEN ** 0.5,
+        "w2": torch.randn(HIDDEN, HIDDEN, generator=g) / HIDDEN ** 0.5,
+        "out": torch.randn(PADDED_VOCAB, HIDDEN, generator=g) * 1.5,
+    }
+
+
+def reference_logits(w: dict, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits ``[b, s, V_padded]`` of the unsplit model."""
+    h = w["emb"][tokens] + w["pos"][positions]
+    h = torch.tanh(h @ w["w1"].t())
+    h = torch.tanh(h @ w["w2"].t())
+    return h @ w["out"].t()
+
+
+def transformer_config(tp=1, pp=1, cp=1, **kw):
+    from megatron.core.transformer import TransformerConfig
+
+    return TransformerConfig(num_layers=2, hidden_size=HIDDEN, num_attention_heads=4, use_cpu_initialization=True,
+                             pipeline_dtype=torch.float32, tensor_model_parallel_size=tp,
+                             pipeline_model_parallel_size=pp, context_parallel_size=cp, **kw)
+
+
+class TinyLM(torch.nn.Module):
+    """Per-token LM with a real vocab-parallel output layer; one pipeline stage of it."""
+
+    def __init__(self, config, weights: dict, pre_process=True, post_process=True, dropout=0.0,
+                 with_output_processor=True, eval_noise=False):
+        super().__init__()
+        from megatron.core import parallel_state as ps
+        from megatron.core.enums import ModelType
+        from megatron.core.tensor_parallel import ColumnParallelLinear
+
+        self.config = config
+        self.model_type = ModelType.encoder_or_decoder
+        self.pre_process, self.post_process = pre_process, post_process
+        self.with_output_processor = with_output_processor
+        # Draw from every RNG in eval mode too (as e.g. random routing jitter would),
+        # so a pass that did not restore RNG states would change later training.
+        self.eval_noise = eval_noise
+        self.input_tensor = None
+        self.dropout = torch.nn.Dropout(dropout)
+        if pre_process:
+            self.emb = torch.nn.Parameter(weights["emb"].clone())
+            self.pos = torch.nn.Parameter(weights["pos"].clone())
+            self.w1 = torch.nn.Parameter(weights["w1"].clone())
+        if post_process:
+            self.w2 = torch.nn.Parameter(weights["w2"].clone())
+            self.output_layer = ColumnParallelLinear(HIDDEN, PADDED_VOCAB, config=config, init_method=torch.nn.init.zeros_,
+                                                     bias=False, gather_output=False, skip_bias_add=False)
+            tp, r = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
+            local = PADDED_VOCAB // tp
+            with torch.no_grad():
+                self.output_layer.weight.copy_(weights["out"][r * local:(r + 1) * local])
+
+    def set_input_tensor(self, t):
+        self.input_tensor = t[0] if isinstance(t, (list, tuple)) else t
+
+    def forward(self, input_ids, position_ids, attention_mask, labels=None, output_processor=None, **_):
+        if output_processor is not None and not self.with_output_processor:
+            raise TypeError("output_processor not supported")
+        if self.eval_noise and not self.training:
+            import random
+
+            torch.rand(3), np.random.rand(3), random.random()
+        if self.pre_process:
+            h = self.emb[input_ids] + self.pos[position_ids]
+            h = self.dropout(torch.tanh(h @ self.w1.t())).transpose(0, 1).contiguous()  # [s, b, h]
+        else:
+            h = self.input_tensor
+        if not self.post_process:
+            return h
+        h = self.dropout(torch.tanh(h @ self.w2.t()))
+        if output_processor is not None:
+            return output_processor(hidden_states=h, output_layer=self.output_layer, output_weight=None,
+                                    labels=labels, scale_logits=lambda x: x, config=self.config)
+        logits, _ = self.output_layer(h)  # [s, b, V/TP]
+        if labels is None:
+            return logits.transpose(0, 1).contiguous()
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        return vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous()).t().contiguous()  # [b, s]
+
+
+class TinyLMNoProcessor(TinyLM):
+    """The same model with a pre-0.19 ``forward`` signature (no ``output_processor``)."""
+
+    def forward(self, input_ids, position_ids, attention_mask, labels=None):
+        return super().forward(input_ids, position_ids, attention_mask, labels=labels)
+
+
+class _CudaOnCpu:
+    def __getattr__(self, name):
+        return getattr(torch.cuda, name)
+
+    def current_device(self):
+        return "cpu"
+
+    def synchronize(self, *a, **k):
+        pass
+
+
+class _TorchOnCpu:
+    """``torch`` for megatron-core's schedule modules with ``device="cuda"`` mapped to the CPU."""
+
+    cuda = _CudaOnCpu()
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def zeros(self, *a, **k):
+        if str(k.get("device", "")).startswith("cuda"):
+            k["device"] = "cpu"
+        return torch.zeros(*a, **k)
+
+
+@contextlib.contextmanager
+def schedules_on_cpu():
+    """Run megatron-core's real pipeline schedules on CPU/gloo (they allocate on "cuda")."""
+    from megatron.core.pipeline_parallel import p2p_communication, schedules
+
+    saved = (schedules.torch, p2p_communication.torch)
+    schedules.torch = p2p_communication.torch = _TorchOnCpu()
+    try:
+        yield
+    finally:
+        schedules.torch, p2p_communication.torch = saved

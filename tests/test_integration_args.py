@@ -1,0 +1,109 @@
+"""The --hesnr-* flags: parsing, defaults, and refusals that name the flag."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from megatron_hesnr.defaults import DEFAULT_THRESHOLD
+from megatron_hesnr.integration.args import (FLAGS, add_hesnr_args, chain_extra_args_providers, config_from_args,
+                                             validate_hesnr_args)
+from megatron_hesnr.integration.config import HESNRConfigError
+
+
+def _megatron_like_parser():
+    """The Megatron flags the checks read, with Megatron's defaults."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--seq-length", type=int, default=None)
+    p.add_argument("--eval-interval", type=int, default=1000)
+    p.add_argument("--eval-iters", type=int, default=100)
+    p.add_argument("--skip-train", action="store_true")
+    p.add_argument("--context-parallel-size", type=int, default=1)
+    p.add_argument("--mtp-num-layers", type=int, default=None)
+    return add_hesnr_args(p)
+
+
+def parse(cmd: str):
+    return _megatron_like_parser().parse_args(cmd.split())
+
+
+def test_off_by_default():
+    assert config_from_args(parse("--seq-length 128")) is None
+    assert validate_hesnr_args(parse("--seq-length 128")) is None
+
+
+def test_defaults_and_names():
+    cfg = validate_hesnr_args(parse("--seq-length 128 --hesnr-data-path swe=/d/swe /d/other_set"))
+    assert [(d.name, d.prefix) for d in cfg.datasets] == [("swe", "/d/swe"), ("other_set", "/d/other_set")]
+    assert cfg.k == 10 and cfg.threshold == DEFAULT_THRESHOLD and cfg.long_policy == "window"
+    assert cfg.eval_interval is None and cfg.eval_iters is None and cfg.stride_for(128) == 64
+    assert cfg.report_categories == ("action",)
+
+
+def test_every_flag_is_registered():
+    p = _megatron_like_parser()
+    known = {s for a in p._actions for s in a.option_strings}
+    assert set(FLAGS) <= known
+
+
+@pytest.mark.parametrize("cmd, flag", [
+    ("--hesnr-data-path a=/x a=/y", "--hesnr-data-path"),
+    ("--hesnr-data-path /x/a /y/a", "--hesnr-data-path"),
+    ("--hesnr-data-path bad!name=/x", "--hesnr-data-path"),
+    ("--hesnr-data-path a=", "--hesnr-data-path"),
+    ("--hesnr-data-path /x --hesnr-k 1", "--hesnr-k"),
+    ("--hesnr-data-path /x --hesnr-threshold 2.5", "--hesnr-threshold"),
+    ("--hesnr-data-path /x --hesnr-k 3 --hesnr-threshold 1.2", "--hesnr-threshold"),
+    ("--hesnr-data-path /x --hesnr-num-bins 0", "--hesnr-num-bins"),
+    ("--hesnr-data-path /x --hesnr-eval-iters 0", "--hesnr-eval-iters"),
+    ("--hesnr-data-path /x --hesnr-eval-interval 0", "--hesnr-eval-interval"),
+    ("--hesnr-data-path /x --hesnr-eval-interval 1500", "--hesnr-eval-interval"),
+    ("--hesnr-data-path /x --hesnr-report-categories action code", "--hesnr-report-categories"),
+    ("--hesnr-data-path /x --hesnr-category-names a a", "--hesnr-category-names"),
+    ("--hesnr-data-path /x --hesnr-long-policy truncate --hesnr-window-stride 8", "--hesnr-window-stride"),
+    ("--hesnr-data-path /x --hesnr-window-stride 200", "--hesnr-window-stride"),
+    ("--hesnr-data-path /x --hesnr-micro-batch-size 0", "--hesnr-micro-batch-size"),
+    ("--hesnr-data-path /x --eval-iters 0", "--hesnr-data-path"),
+    ("--hesnr-data-path /x --context-parallel-size 3", "--seq-length"),
+    ("--hesnr-data-path /x --hesnr-logits-capture output_processor", "--hesnr-logits-capture"),
+    ("--hesnr-data-path /x --mtp-num-layers 1 --hesnr-logits-capture labels_none", "--hesnr-logits-capture"),
+    ("--hesnr-jsonl /tmp/x.jsonl", "--hesnr-jsonl"),
+])
+def test_refusals_name_the_flag(cmd, flag):
+    args = parse("--seq-length 128 " + cmd)
+    with pytest.raises(HESNRConfigError) as e:
+        validate_hesnr_args(args)
+    assert str(e.value).startswith(flag + ":"), str(e.value)
+    assert e.value.flag == flag
+
+
+def test_valid_combinations():
+    ok = [
+        "--hesnr-eval-interval 3000",
+        "--hesnr-eval-iters 4 --hesnr-k 5 --hesnr-threshold 1.0 --hesnr-num-bins 100 --hesnr-impl torch",
+        "--hesnr-long-policy truncate",
+        "--hesnr-window-stride 128",
+        "--skip-train --eval-interval 7 --hesnr-eval-interval 5",  # intervals do not matter without training
+        "--context-parallel-size 4",
+        "--mtp-num-layers 1",
+        "--hesnr-report-categories all action thought --hesnr-jsonl /tmp/r.jsonl",
+    ]
+    for cmd in ok:
+        cfg = validate_hesnr_args(parse("--seq-length 128 --hesnr-data-path /x " + cmd))
+        assert cfg is not None and 0 < cfg.threshold < math.log(cfg.k)
+
+
+def test_argparse_rejects_unknown_choices():
+    with pytest.raises(SystemExit):
+        parse("--hesnr-data-path /x --hesnr-impl cuda")
+
+
+def test_chained_providers_keep_existing_flags():
+    def other(parser):
+        parser.add_argument("--other-flag", type=int, default=3)
+        return parser
+
+    p = chain_extra_args_providers(other, None, add_hesnr_args)(argparse.ArgumentParser())
+    a = p.parse_args(["--other-flag", "4", "--hesnr-k", "7"])
+    assert a.other_flag == 4 and a.hesnr_k == 7

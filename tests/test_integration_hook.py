@@ -1,0 +1,300 @@
+"""The hook's own logic in one process: when it runs, records, sinks, set-up errors, shims, guard."""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import random
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_hesnr import HESNRAccumulator
+from megatron_hesnr.integration.capture import LogitsCapture, _fp32_output_kwargs, resolve_capture
+from megatron_hesnr.integration.compat import call_pretrain, pretrain_style
+from megatron_hesnr.integration.config import EvalDataset, HESNRConfig, HESNRConfigError
+from megatron_hesnr.integration.eval_pass import EvalTopology
+from megatron_hesnr.integration.guard import training_state_preserved
+from megatron_hesnr.integration.hook import MegatronHESNRHook
+from megatron_hesnr.integration.logging_sinks import format_validation_line
+from megatron_hesnr.integration.records import read_records
+
+V, S = 24, 8
+
+
+class Data:
+    def __init__(self, manifest=None, n=4, seed=0):
+        rng = np.random.default_rng(seed)
+        self.items = [(rng.integers(0, V, size=L).astype(np.int64), rng.integers(0, 3, size=L).astype(np.uint8))
+                      for L in rng.integers(4, 20, size=n)]
+        self.manifest = {"tokenizer": {"vocab_size": V}} if manifest is None else manifest
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+class Plain(torch.nn.Module):
+    """Full-vocabulary LM with the GPTModel calling convention (no parallelism)."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.emb = torch.nn.Parameter(torch.randn(V, 6, generator=g))
+        self.output_layer = torch.nn.Linear(6, V, bias=False)
+        torch.nn.init.normal_(self.output_layer.weight, generator=g)
+
+    def forward(self, input_ids, position_ids, attention_mask, labels=None):
+        return self.output_layer(self.emb[input_ids])  # [b, s, V]
+
+
+def forward_only(*, forward_step_func, data_iterator, model, num_microbatches, collect_non_loss_data, **_):
+    """The contract of Megatron's forward-only schedule on one stage."""
+    it = data_iterator[0] if isinstance(data_iterator, list) else data_iterator
+    m = model[0] if isinstance(model, list) else model
+    out = []
+    for _ in range(num_microbatches):
+        output, loss_func = forward_step_func(it, m)
+        out.append(loss_func(output, non_loss_data=True) if collect_non_loss_data else loss_func(output))
+    return out
+
+
+def make_hook(tmp_path, args, **cfg):
+    sets = {"/d/a": Data(), "/d/b": Data(seed=1)}
+    config = HESNRConfig(datasets=(EvalDataset("a", "/d/a"), EvalDataset("b", "/d/b")), impl="torch", num_bins=32,
+                         jsonl=str(tmp_path / "r.jsonl"), **cfg)
+    return MegatronHESNRHook(config, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+                             open_dataset=sets.__getitem__, get_wandb_writer=lambda: None)
+
+
+def _args(**kw):
+    base = dict(seq_length=S, padded_vocab_size=V, curr_iteration=0, skip_train=False, save="/ckpt/run7",
+                load=None, consumed_train_samples=0)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_runs_at_its_interval_once_per_iteration(tmp_path):
+    args = _args()
+    hook = make_hook(tmp_path, args, eval_interval=4)
+    model = Plain()
+    ran = []
+    for it in (2, 4, 4, 6, 8):
+        args.curr_iteration = it
+        args.consumed_train_samples = it * 16
+        ran.append(hook.non_loss_data_func([model]) is not None)
+    assert ran == [False, True, False, False, True]
+    recs = read_records(str(tmp_path / "r.jsonl"))
+    assert [(r["iteration"], r["dataset"]) for r in recs] == [(4, "a"), (4, "b"), (8, "a"), (8, "b")]
+    r = recs[0]
+    assert r["consumed_samples"] == 64 and r["checkpoint"] == "/ckpt/run7" and r["run"] == "run7"
+    assert r["config"]["k"] == 10 and r["config"]["data"]["num_trajectories"] == 4
+    acc = HESNRAccumulator.from_state_dict(r["state"])
+    got = acc.compute()
+    for key, v in r["metrics"].items():
+        if isinstance(v, float) and math.isnan(v):
+            assert math.isnan(got[key])
+        else:
+            assert got[key] == v
+
+
+def test_skip_train_always_runs_and_writes(tmp_path):
+    run = tmp_path / "run3"
+    (run / "iter_0003000").mkdir(parents=True)
+    args = _args(skip_train=True, curr_iteration=3000, save=None, load=str(run), ckpt_step=3000)
+    hook = make_hook(tmp_path, args, eval_interval=7)
+    assert hook.non_loss_data_func([Plain()]) is not None
+    recs = read_records(str(tmp_path / "r.jsonl"))
+    assert [(r["checkpoint"], r["run"]) for r in recs] == [(str(run / "iter_0003000"), "run3")] * 2
+
+
+def test_same_numbers_as_direct_accumulation(tmp_path):
+    from megatron_hesnr import token_stats
+    from megatron_hesnr.integration.eval_pass import plan_set
+    from megatron_hesnr.integration.windows import window_sample
+
+    args = _args(curr_iteration=1)
+    hook = make_hook(tmp_path, args, long_policy="window", window_stride=3)
+    model = Plain()
+    data = hook.non_loss_data_func([model])
+    ds = Data()
+    ref = HESNRAccumulator(num_bins=32)
+    with torch.no_grad():
+        for i, w in plan_set("a", ds, S, "window", 3).windows:
+            x, y, m = (torch.from_numpy(a)[None] for a in window_sample(*ds[i], w, S))
+            ref.update(token_stats(model(x, None, None), y, vocab_size=V, impl="torch"), m)
+    assert data["sets"]["a"]["metrics"]["num_tokens"] == ref.compute()["num_tokens"] > 0
+    assert data["sets"]["a"]["metrics"]["hesnr"] == pytest.approx(ref.compute()["hesnr"], nan_ok=True)
+
+
+class FakeWriter:
+    def __init__(self):
+        self.scalars, self.hists = [], []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def add_histogram_raw(self, **kw):
+        self.hists.append(kw)
+
+
+def test_tensorboard_and_wandb(tmp_path):
+    args = _args(curr_iteration=10, consumed_train_samples=640)
+    logged = []
+    hook = make_hook(tmp_path, args)
+    hook._get_wandb_writer = lambda: SimpleNamespace(log=lambda d, step: logged.append((d, step)))
+    data = hook.non_loss_data_func([Plain()])
+    w = FakeWriter()
+    hook.process_non_loss_data_func(data, 10, w)
+    tags = {t for t, _, _ in w.scalars}
+    assert "hesnr/a/all/hesnr" in tags or "hesnr/a/all/num_tokens" in tags
+    assert ("hesnr/a/all/num_tokens vs samples" in tags) and all(s in (10, 640) for _, _, s in w.scalars)
+    assert len(w.hists) == 2 and w.hists[0]["global_step"] == 10
+    h = w.hists[0]
+    assert h["num"] == data["sets"]["a"]["metrics"]["num_tokens"] and len(h["bucket_counts"]) == 32
+    assert logged and logged[0][1] == 10 and all(k.startswith("hesnr/") for k in logged[0][0])
+    hook.process_non_loss_data_func(None, 10, w)  # a skipped evaluation logs nothing
+
+
+def test_validation_line_format():
+    m = {"hesnr": 0.25, "hesnr_topk": 0.5, "he_ppl": 3.0, "ppl": 9.0, "top1_acc": 0.5, "high_entropy_fraction": 0.1,
+         "num_high_entropy": 3, "num_tokens": 30, "by_category": {}}
+    line = format_validation_line("swe", 500, m, ("action",))
+    assert line.startswith(" validation hesnr-swe at iteration 500 | hesnr value: 2.500000E-01 | ")
+    assert "num_tokens: 30 |" in line and "action hesnr" not in line
+
+
+def test_setup_errors_name_the_flag(tmp_path):
+    args = _args()
+    hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),)), get_args=lambda: args,
+                             open_dataset=lambda p: Data(manifest={}))
+    with pytest.raises(HESNRConfigError, match="--hesnr-data-path: /d/a: manifest has no tokenizer.vocab_size"):
+        hook.setup()
+    big = Data(manifest={"tokenizer": {"vocab_size": V + 1}})
+    hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),)), get_args=lambda: args,
+                             open_dataset=lambda p: big)
+    with pytest.raises(HESNRConfigError, match="exceeds the model's padded vocabulary"):
+        hook.setup()
+
+
+def test_dataset_provider_wrapper_validates_flags_at_startup():
+    from megatron_hesnr.integration.args import add_hesnr_args
+    import argparse
+
+    p = add_hesnr_args(argparse.ArgumentParser())
+    args = p.parse_args(["--hesnr-data-path", "/x", "--hesnr-eval-interval", "3"])
+    args.seq_length, args.eval_interval, args.eval_iters, args.skip_train = 16, 2, 1, False
+
+    def provider(train_val_test_num_samples, vp_stage=None):
+        return "datasets"
+
+    provider.is_distributed = True
+    wrapped = MegatronHESNRHook(get_args=lambda: args).wrap_dataset_provider(provider)
+    assert wrapped.is_distributed and "vp_stage" in inspect.signature(wrapped).parameters
+    with pytest.raises(HESNRConfigError, match="^--hesnr-eval-interval: 3 must be a multiple of --eval-interval 2"):
+        wrapped([1, 1, 1])
+
+
+def test_pretrain_shim_calls_every_signature_by_keyword():
+    calls = []
+
+    def old(train_valid_test_dataset_provider, model_provider, model_type, forward_step_func,
+            process_non_loss_data_func=None, extra_args_provider=None, args_defaults={},
+            get_embedding_ranks=None, get_position_embedding_ranks=None, non_loss_data_func=None, store=None,
+            inprocess_call_wrapper=None):
+        calls.append(("old", model_provider, extra_args_provider, non_loss_data_func, args_defaults))
+
+    def v18(cfg_container, train_valid_test_dataset_provider, model_provider, model_type, forward_step_func,
+            process_non_loss_data_func=None, get_embedding_ranks=None, get_position_embedding_ranks=None,
+            non_loss_data_func=None, store=None, inprocess_call_wrapper=None):
+        calls.append(("v18", cfg_container, model_provider, non_loss_data_func))
+
+    def v19(cfg_container, train_valid_test_dataset_provider, model_type, forward_step_func, model_provider=None,
+            process_non_loss_data_func=None, get_embedding_ranks=None, get_position_embedding_ranks=None,
+            non_loss_data_func=None, store=None, inprocess_call_wrapper=None, p2p_communicator=None,
+            pg_collection=None, skip_model_parallel_init=False):
+        calls.append(("v19", cfg_container, model_provider, non_loss_data_func))
+
+    assert [pretrain_style(f) for f in (old, v18, v19)] == ["args", "container", "container_model_cfg"]
+    parsed = []
+
+    def parse_and_validate_args(extra_args_provider=None, args_defaults=None):
+        parsed.append(extra_args_provider)
+        return SimpleNamespace(x=1)
+
+    def container(args, model_cfg=None):
+        return ("cfg", model_cfg)
+
+    common = dict(train_valid_test_dataset_provider="ds", model_type="mt", forward_step_func="fs",
+                  extra_args_provider="xa", args_defaults={"tokenizer_type": "T"}, non_loss_data_func="nl",
+                  parse_and_validate_args=parse_and_validate_args, pretrain_cfg_container_from_args=container)
+    seen = []
+    call_pretrain(old, model_provider="mp", **common)
+    call_pretrain(v18, model_provider="mp", after_args_parsed=seen.append, **common)
+    call_pretrain(v19, model_config_from_args=lambda a: "gpt-cfg", after_args_parsed=seen.append, **common)
+    assert calls == [("old", "mp", "xa", "nl", {"tokenizer_type": "T"}), ("v18", ("cfg", None), "mp", "nl"),
+                     ("v19", ("cfg", "gpt-cfg"), None, "nl")]
+    assert parsed == ["xa", "xa"] and len(seen) == 2
+    with pytest.raises(TypeError, match="p2p_communicator"):
+        call_pretrain(old, model_provider="mp", p2p_communicator="x", **common)
+
+
+def test_capture_resolution_and_fp32_output():
+    class WithProc(torch.nn.Module):
+        def forward(self, input_ids, position_ids, attention_mask, labels=None, output_processor=None):
+            pass
+
+    class F16(torch.nn.Module):  # Float16Module's forward signature
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+        def forward(self, *inputs, fp32_output=True, **kwargs):
+            return self.module(*inputs, **kwargs)
+
+    class DDP(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.module = m
+
+        def forward(self, *a, **k):
+            return self.module(*a, **k)
+
+    assert resolve_capture(DDP(F16(WithProc()))) == "output_processor"
+    assert resolve_capture(Plain()) == "labels_none"
+    assert resolve_capture(Plain(), mtp=True) == "output_layer_hook"
+    with pytest.raises(ValueError, match="output_processor"):
+        resolve_capture(Plain(), "output_processor")
+    assert _fp32_output_kwargs(DDP(F16(Plain()))) == {"fp32_output": False}
+    assert _fp32_output_kwargs(Plain()) == {}
+    # The hook capture returns the output layer's last call, as a copy.
+    m = Plain()
+    out, layout = LogitsCapture("output_layer_hook")(m, torch.tensor([[1, 2, 3]]), None, None, None)
+    assert layout == "sb" and torch.equal(out, m(torch.tensor([[1, 2, 3]]), None, None))
+
+
+def test_guard_restores_modes_rngs_and_globals():
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+    m.train()
+    m[0].eval()  # a mixed state must come back as it was
+    m.config = SimpleNamespace(timers="T")
+    MoEAuxLossAutoScaler.main_loss_backward_scale = torch.tensor(0.25)
+    before = (random.random, np.random.rand, torch.rand)
+    states = (random.getstate(), np.random.get_state()[1].copy(), torch.get_rng_state())
+    with training_state_preserved([m]):
+        assert not m.training and not m[1].training and m.config.timers is None
+        assert not torch.is_grad_enabled()
+        random.random(), np.random.rand(), torch.rand(4)
+        MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(9.0))
+    assert m.training and not m[0].training and m[1].training and m.config.timers == "T"
+    assert random.getstate() == states[0] and (np.random.get_state()[1] == states[1]).all()
+    assert torch.equal(torch.get_rng_state(), states[2])
+    assert float(MoEAuxLossAutoScaler.main_loss_backward_scale) == 0.25
+    assert before == (random.random, np.random.rand, torch.rand)
+    MoEAuxLossAutoScaler.main_loss_backward_scale = None

@@ -1,0 +1,122 @@
+"""The HE-SNR hook under TP / CP / PP / DP / EP layouts (gloo, CPU) equals the reference.
+
+One spawn of 4 processes walks through the layouts, re-initialising megatron-core's
+``parallel_state`` for each; the hook runs through the real ``get_forward_backward_func``
+schedule (the 1F1B pipeline schedule when PP > 1) with the real vocab-parallel
+``ColumnParallelLinear`` output layer, and its reduced accumulator must equal one
+computed in a single process from full-vocabulary logits of the unsplit model.
+"""
+from __future__ import annotations
+
+import json
+import traceback
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+pytest.importorskip("megatron.core")
+
+import hesnr_integration_helpers as H  # noqa: E402
+
+# (tp, cp, pp, ep, logits capture)
+LAYOUTS = [
+    (2, 1, 1, 1, "labels_none"),
+    (1, 2, 1, 1, "output_processor"),
+    (2, 2, 1, 1, "output_layer_hook"),
+    (2, 1, 2, 1, "labels_none"),
+    (1, 2, 2, 1, "auto"),
+    (1, 1, 1, 2, "output_processor"),
+    (2, 1, 1, 2, "auto"),
+]
+
+
+def _reference(wset, weights, cfg):
+    from megatron_hesnr import HESNRAccumulator, token_stats
+    from megatron_hesnr.integration.windows import window_sample
+
+    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins, category_names=cfg.category_names)
+    for idx, w in wset.windows:
+        tokens, mask = wset.dataset[idx]
+        x, y, m = window_sample(tokens, mask, w, H.SEQ)
+        x, y, m = (torch.from_numpy(a)[None] for a in (x, y, m))
+        logits = H.reference_logits(weights, x, torch.arange(H.SEQ)[None])
+        acc.update(token_stats(logits, y, k=cfg.k, vocab_size=H.VOCAB, impl="torch"), m)
+    return acc
+
+
+def _worker(rank, world, port, tmpdir):
+    try:
+        _run(rank, world, port, tmpdir)
+    except Exception:
+        traceback.print_exc()
+        raise
+
+
+def _run(rank, world, port, tmpdir):
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    H.init_gloo(rank, world, port)
+    from megatron.core import parallel_state as ps
+
+    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.integration.eval_pass import plan_set
+    from megatron_hesnr.integration.hook import MegatronHESNRHook
+
+    sets = {"p1": H.make_dataset(1), "p2": H.make_dataset(2, n=4, max_len=70)}
+    weights = H.full_weights()
+    torch.manual_seed(0)
+    for li, (tp, cp, pp, ep, capture) in enumerate(LAYOUTS):
+        ps.destroy_model_parallel()
+        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                                     context_parallel_size=cp, expert_model_parallel_size=ep)
+        config = H.transformer_config(tp, pp, cp)
+        model = H.TinyLM(config, weights, pre_process=ps.is_pipeline_first_stage(),
+                         post_process=ps.is_pipeline_last_stage())
+        jsonl = f"{tmpdir}/layout{li}.jsonl"
+        cfg = HESNRConfig(datasets=(EvalDataset("p1", "p1"), EvalDataset("p2", "p2")), num_bins=64,
+                          window_stride=5 if li % 2 else None, long_policy="window", logits_capture=capture,
+                          num_microbatches=2, jsonl=jsonl, impl="torch", report_categories=("action", "thought"))
+        args = SimpleNamespace(seq_length=H.SEQ, padded_vocab_size=H.PADDED_VOCAB, curr_iteration=100 + li,
+                               skip_train=True, load=f"{tmpdir}/ckpt", consumed_train_samples=1234)
+        hook = MegatronHESNRHook(cfg, get_args=lambda: args, open_dataset=sets.__getitem__,
+                                 get_wandb_writer=lambda: None)
+        model.train()
+        rng = torch.get_rng_state()
+        with H.schedules_on_cpu():
+            data = hook.non_loss_data_func([model])
+            again = hook.non_loss_data_func([model])  # the test-set evaluation at the same iteration
+        assert again is None
+        assert model.training and torch.equal(rng, torch.get_rng_state())
+        if rank != world - 1:
+            assert data is None
+            continue
+        for name in sets:
+            wset = plan_set(name, sets[name], H.SEQ, "window", cfg.stride_for(H.SEQ))
+            ref = _reference(wset, weights, cfg)
+            got = data["sets"][name]["metrics"]
+            want = ref.compute()
+            where = f"layout tp={tp} cp={cp} pp={pp} ep={ep} {capture}, set {name}"
+            for key in ("num_tokens", "num_high_entropy", "num_invalid"):
+                assert got[key] == want[key], (where, key, got[key], want[key])
+            for key in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "mean_entropy"):
+                assert got[key] == pytest.approx(want[key], rel=1e-5, nan_ok=True), (where, key, got[key], want[key])
+            assert set(got["by_category"]) == set(want["by_category"]), where
+            assert data["sets"][name]["hist"]["count"] == ref.histogram()["count"], where
+        recs = [json.loads(line) for line in open(jsonl)]
+        assert [r["dataset"] for r in recs] == ["p1", "p2"]
+        for r in recs:
+            assert list(r) == ["iteration", "consumed_samples", "checkpoint", "run", "dataset", "time",
+                               "config", "metrics", "state"]
+            assert r["iteration"] == 100 + li and r["consumed_samples"] == 1234
+            assert r["checkpoint"] == f"{tmpdir}/ckpt" and r["run"] == "ckpt"
+            assert r["state"]["reduced"] is True
+    ps.destroy_model_parallel()
+    torch.distributed.destroy_process_group()
+
+
+def test_hook_matches_reference_under_parallel_layouts(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(4, H.free_port(), str(tmp_path)), nprocs=4, join=True)
