@@ -135,3 +135,31 @@ class HESNRBridgeConfig(HESNRConfig):
             raise HESNRConfigError("HESNRBridgeConfig.logits_capture",
                                    "labels_none with model.mtp_num_layers fails before megatron-core 0.19; "
                                    "use auto or output_layer_hook")
+
+
+def add_hesnr_bridge_args(parser):
+    """The Megatron-LM ``--hesnr-*`` flags plus the Bridge-only ones (for Bridge launch scripts)."""
+    from ..integration.args import add_hesnr_args
+
+    add_hesnr_args(parser)
+    g = parser.add_argument_group(title="HE-SNR under Megatron-Bridge")
+    g.add_argument("--hesnr-loss-dict-metrics", nargs="*", default=["hesnr", "he_ppl"], metavar="METRIC",
+                   help="Metrics added to Bridge's total_loss_dict (its validation line and loggers, Bridge >= 0.6); "
+                        f"any of {list(LINE_METRICS)}, none to add nothing.")
+    return parser
+
+
+def bridge_config_from_args(args) -> HESNRBridgeConfig | None:
+    """:class:`HESNRBridgeConfig` of parsed ``--hesnr-*`` flags (``None``: no ``--hesnr-data-path``)."""
+    from ..integration.args import config_from_args
+
+    shared = config_from_args(args)
+    if shared is None:
+        return None
+    fields = {f.name: getattr(shared, f.name) for f in dataclasses.fields(HESNRConfig) if f.init}
+    try:
+        return HESNRBridgeConfig(loss_dict_metrics=tuple(args.hesnr_loss_dict_metrics or ()), **fields)
+    except HESNRConfigError as exc:
+        if exc.flag.endswith(".loss_dict_metrics"):
+            raise HESNRConfigError("--hesnr-loss-dict-metrics", str(exc)[len(exc.flag) + 2:]) from None
+        raise
