@@ -137,13 +137,22 @@ def _tp_rank_size(tp_group) -> tuple[int, int]:
     return dist.get_rank(group=tp_group), dist.get_world_size(group=tp_group)
 
 
-def _merge_over_tp(local: ShardStats, tp_group, tp_size: int) -> ShardStats:
-    """Stack every rank's record and merge; one collective when ``tp_size > 1``."""
+def _merge_over_tp(
+    local: ShardStats, tp_group, tp_size: int, labels: torch.Tensor, shard: VocabShard, vocab_size: int
+) -> ShardStats:
+    """Stack every rank's record and merge; one collective when ``tp_size > 1``.
+
+    The labels, shard width and vocabulary size travel in the gather's header so
+    that TP ranks that were handed different batches fail loudly.
+    """
     if tp_size == 1:
         return local
     from .tp_merge import gather_shard_stats
 
-    return merge_shard_stats(gather_shard_stats(local, tp_group, tp_size))
+    gathered = gather_shard_stats(
+        local, tp_group, tp_size, labels=labels, local_vocab=shard.local_size, vocab_size=vocab_size
+    )
+    return merge_shard_stats(gathered)
 
 
 def token_stats(
@@ -209,7 +218,7 @@ def token_stats(
     rows, order = view
     rows_labels = labels.permute(*order).reshape(-1) if order else labels.reshape(-1)
     local = compute_shard_stats(rows, rows_labels, shard, k, impl, chunk_tokens)
-    merged = _merge_over_tp(local, tp_group, tp_size)
+    merged = _merge_over_tp(local, tp_group, tp_size, rows_labels, shard, vocab_size)
     flat = finalize(merged, rows_labels, vocab_size)
     if order == sorted(order):
         return flat.map(lambda x: x.reshape(lead_shape))

@@ -55,3 +55,14 @@ def check_vocab_size(vocab_size: int | None, padded_size: int) -> int:
             f"(the padded vocabulary the logits cover)"
         )
     return vocab_size
+
+
+def padded_vocab_size(vocab_size: int, tp_size: int = 1, divisible_by: int = 128) -> int:
+    """Megatron's padded vocabulary: ``vocab_size`` rounded up to a multiple of
+    ``divisible_by * tp_size`` (``--make-vocab-size-divisible-by``, default 128),
+    so that every tensor-parallel shard has the same width."""
+    for name, value in (("vocab_size", vocab_size), ("tp_size", tp_size), ("divisible_by", divisible_by)):
+        if int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+    multiple = divisible_by * tp_size
+    return -(-vocab_size // multiple) * multiple

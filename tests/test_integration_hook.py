@@ -298,3 +298,29 @@ def test_guard_restores_modes_rngs_and_globals():
     assert float(MoEAuxLossAutoScaler.main_loss_backward_scale) == 0.25
     assert before == (random.random, np.random.rand, torch.rand)
     MoEAuxLossAutoScaler.main_loss_backward_scale = None
+
+
+def test_end_to_end_with_a_prepared_dataset(tmp_path):
+    """The hook opens a real prepared set (the data layer's writer and reader)."""
+    from megatron_hesnr.data.writer import DatasetWriter
+
+    ds = Data(n=5, seed=3)
+    w = DatasetWriter(str(tmp_path / "swe"), vocab_size=V)
+    for ids, mask in ds.items:
+        w.add(ids, mask)
+    w.finalize({"tokenizer": {"vocab_size": V}})
+    args = _args(curr_iteration=2, skip_train=True, load=str(tmp_path))
+    cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch", num_bins=32,
+                      jsonl=str(tmp_path / "out.jsonl"))
+    hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+                             get_wandb_writer=lambda: None)
+    got = hook.non_loss_data_func([Plain()])["sets"]["swe"]["metrics"]
+    direct = make_hook(tmp_path / "direct", args)
+    direct._open_dataset = lambda p: ds
+    want = direct.non_loss_data_func([Plain()])["sets"]["a"]["metrics"]
+    assert got["num_tokens"] == want["num_tokens"] > 0
+    assert got["hesnr"] == pytest.approx(want["hesnr"], nan_ok=True)
+    assert read_records(str(tmp_path / "out.jsonl"))[0]["dataset"] == "swe"
+    with pytest.raises(Exception, match="manifest not found"):
+        MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("x", str(tmp_path / "nope")),)),
+                          get_args=lambda: args).setup()

@@ -164,36 +164,39 @@ def _group_rank(group) -> int:
 
 
 def topology_from_pg_collection(pgc, device: torch.device | None = None) -> EvalTopology:
-    """This rank's place from a megatron-core ``ProcessGroupCollection`` (what Bridge's model carries)."""
-    from ..integration.compat import megatron_cp_split
+    """This rank's place from a megatron-core ``ProcessGroupCollection`` (what Bridge's model carries).
 
+    The metric's groups (TP, DP x CP, CP rank, last stage) come from the integration
+    layer's :func:`~megatron_hesnr.integration.groups.metric_groups_from_pg_collection`;
+    added here is what feeding the data needs (TP broadcast source, DP rank, first stage).
+    """
+    from ..integration.compat import megatron_cp_split
+    from ..integration.groups import metric_groups_from_pg_collection
+
+    groups = metric_groups_from_pg_collection(pgc)
     if device is None:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    tp, pp, cp = getattr(pgc, "tp", None), getattr(pgc, "pp", None), getattr(pgc, "cp", None)
-    dp_cp = getattr(pgc, "dp_cp", None)
-    dp = getattr(pgc, "dp", None)
-    if dp is None or dp_cp is None:
-        raise BridgeCompatError("the model's ProcessGroupCollection has no dp / dp_cp group "
+    tp, pp, cp, dp = pgc.tp, pgc.pp, pgc.cp, getattr(pgc, "dp", None)
+    if dp is None:
+        raise BridgeCompatError("the model's ProcessGroupCollection has no dp group "
                                 "(megatron.bridge.training.utils.pg_utils.get_pg_collection)")
-    tp_size, cp_size, pp_size = _group_size(tp), _group_size(cp), _group_size(pp)
-    pp_rank = _group_rank(pp)
+    tp_size = _group_size(tp)
     return EvalTopology(
         device=device,
-        tp_group=tp if tp_size > 1 else None,
+        tp_group=groups.tp,
         tp_rank=_group_rank(tp),
         tp_size=tp_size,
-        tp_src=torch.distributed.get_global_rank(tp, 0) if tp_size > 1 else
-        (torch.distributed.get_rank() if torch.distributed.is_initialized() else 0),
-        reduce_group=dp_cp,
+        tp_src=torch.distributed.get_global_rank(tp, 0) if tp_size > 1 else torch.distributed.get_rank(),
+        reduce_group=groups.reduce,
         dp_rank=_group_rank(dp),
         dp_size=_group_size(dp),
-        cp_group=cp if cp_size > 1 else None,
-        cp_rank=_group_rank(cp),
-        cp_size=cp_size,
-        is_first_stage=pp_rank == 0,
-        is_last_stage=pp_rank == pp_size - 1,
-        pp_size=pp_size,
-        cp_split=megatron_cp_split(cp) if cp_size > 1 else None,
+        cp_group=cp if groups.cp_size > 1 else None,
+        cp_rank=groups.cp_rank,
+        cp_size=groups.cp_size,
+        is_first_stage=_group_rank(pp) == 0,
+        is_last_stage=groups.is_last_stage,
+        pp_size=_group_size(pp),
+        cp_split=megatron_cp_split(cp) if groups.cp_size > 1 else None,
     )
 
 

@@ -30,31 +30,36 @@ log = logging.getLogger(__name__)
 
 
 def topology_from_parallel_state() -> EvalTopology:
-    """This rank's place in Megatron's ``parallel_state`` groups."""
+    """This rank's place in Megatron's ``parallel_state`` groups.
+
+    The metric's groups (TP, DP x CP, CP rank, last stage) come from
+    :func:`.groups.metric_groups_from_parallel_state`; the pass adds what it needs to
+    feed data (TP broadcast source, DP rank for sharding windows, first stage).
+    """
     from megatron.core import parallel_state as ps
 
     from .compat import megatron_cp_split
+    from .groups import metric_groups_from_parallel_state
 
-    tp_size = ps.get_tensor_model_parallel_world_size()
-    cp_size = ps.get_context_parallel_world_size()
-    cp_group = ps.get_context_parallel_group() if cp_size > 1 else None
+    groups = metric_groups_from_parallel_state()
+    cp_group = ps.get_context_parallel_group() if groups.cp_size > 1 else None
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     return EvalTopology(
         device=device,
-        tp_group=ps.get_tensor_model_parallel_group() if tp_size > 1 else None,
+        tp_group=groups.tp,
         tp_rank=ps.get_tensor_model_parallel_rank(),
-        tp_size=tp_size,
+        tp_size=ps.get_tensor_model_parallel_world_size(),
         tp_src=ps.get_tensor_model_parallel_src_rank(),
-        reduce_group=ps.get_data_parallel_group(with_context_parallel=True),
+        reduce_group=groups.reduce,
         dp_rank=ps.get_data_parallel_rank(),
         dp_size=ps.get_data_parallel_world_size(),
         cp_group=cp_group,
-        cp_rank=ps.get_context_parallel_rank(),
-        cp_size=cp_size,
+        cp_rank=groups.cp_rank,
+        cp_size=groups.cp_size,
         is_first_stage=ps.is_pipeline_first_stage(ignore_virtual=True),
-        is_last_stage=ps.is_pipeline_last_stage(ignore_virtual=True),
+        is_last_stage=groups.is_last_stage,
         pp_size=ps.get_pipeline_model_parallel_world_size(),
-        cp_split=megatron_cp_split(cp_group) if cp_size > 1 else None,
+        cp_split=megatron_cp_split(cp_group) if groups.cp_size > 1 else None,
     )
 
 
@@ -167,6 +172,13 @@ class MegatronHESNRHook:
             log.info("HE-SNR set %s: %s", spec.name, wset.summary())
             sets.append((wset, vocab))
         self._sets = sets
+
+    @staticmethod
+    def extra_args_provider(existing: Callable | None = None) -> Callable:
+        """Megatron's ``extra_args_provider`` with the ``--hesnr-*`` flags added to ``existing``."""
+        from .args import add_hesnr_args, chain_extra_args_providers
+
+        return chain_extra_args_providers(existing, add_hesnr_args)
 
     def wrap_dataset_provider(self, provider: Callable) -> Callable:
         """``provider`` that first runs :meth:`setup` (Megatron calls it at start-up on every rank)."""

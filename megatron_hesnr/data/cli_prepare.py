@@ -1,0 +1,158 @@
+"""``hesnr prepare``: trajectory files -> ``P_tokens``/``P_mask`` Megatron dataset + manifest.
+
+Exit status: 0 when at least one trajectory was written (and, with ``--strict``, no
+file or line failed); 1 otherwise; 2 for bad arguments. Every failed file (or JSONL
+line) gets one ``error:`` line on stderr naming it and the reason.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+
+from .filters import FILTER_NAMES, FilterConfig
+from .readers import Limits
+from .render import TEMPLATES, TOOL_STYLES
+from .segments import Category
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="trajectory files, folders (searched for .traj/.traj.json/.jsonl/.json) or globs")
+    p.add_argument("--tokenizer", required=True, help="HF tokenizers tokenizer.json (or the folder holding it)")
+    p.add_argument("--output-prefix", required=True, metavar="P",
+                   help="writes P_tokens.bin/.idx, P_mask.bin/.idx and P_manifest.json")
+    p.add_argument("--template", default="chatml", choices=sorted(TEMPLATES), help="text layout (default chatml)")
+    p.add_argument("--tool-style", default="xml", choices=TOOL_STYLES,
+                   help="how structured tool calls are written: XML function tags or JSON (default xml)")
+    for name in FILTER_NAMES:
+        p.add_argument(f"--no-{name}", dest=f"no_{name}", action="store_true",
+                       help=f"score {name} inside actions (switch the {name} filter off)")
+    p.add_argument("--categories", default="action",
+                   help="comma list of mask categories: action (1, always), thought (2), observation (3)")
+    p.add_argument("--no-special-tokens", action="store_true",
+                   help="do not let the tokenizer add its special tokens (e.g. BOS)")
+    p.add_argument("--workers", type=int, default=1, help="processes (default 1: in-process, tokenizer threads)")
+    p.add_argument("--strict", action="store_true", help="exit non-zero if any file or line fails")
+    p.add_argument("--max-file-bytes", type=int, default=Limits.max_file_bytes)
+    p.add_argument("--max-line-bytes", type=int, default=Limits.max_line_bytes)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args) -> "PrepareConfig":
+    from .pipeline import CATEGORY_NAMES, PrepareConfig
+
+    cats = []
+    for name in (c.strip() for c in args.categories.split(",") if c.strip()):
+        if name not in CATEGORY_NAMES:
+            raise ValueError(f"--categories: unknown category {name!r} (choose from {sorted(CATEGORY_NAMES)})")
+        cats.append(CATEGORY_NAMES[name])
+    if Category.ACTION not in cats:
+        cats.insert(0, Category.ACTION)
+    filters = FilterConfig(**{n: not getattr(args, f"no_{n}") for n in FILTER_NAMES})
+    return PrepareConfig(template=args.template, tool_style=args.tool_style, filters=filters,
+                         categories=tuple(sorted(set(cats))), add_special_tokens=not args.no_special_tokens,
+                         limits=Limits(args.max_file_bytes, args.max_line_bytes))
+
+
+def _counts(mask: np.ndarray) -> np.ndarray:
+    return np.bincount(mask, minlength=4)[:4].astype(np.int64)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    from .. import __version__
+    from .pipeline import expand_inputs, iter_results, load_tokenizer, tokenizer_info
+    from .writer import DatasetWriter
+
+    try:
+        cfg = config_from_args(args)
+        if args.workers < 1:
+            raise ValueError("--workers must be >= 1")
+        tokenizer = load_tokenizer(args.tokenizer)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"hesnr prepare: {exc}", file=sys.stderr)
+        return 2
+    paths, missing = expand_inputs(args.inputs)
+    for m in missing:
+        print(f"hesnr prepare: error: {m}: no such file, folder or glob match", file=sys.stderr)
+    tok_info = tokenizer_info(args.tokenizer, tokenizer)
+    writer = None
+    inputs, documents = [], []
+    by_format: dict[str, np.ndarray] = {}
+    totals = np.zeros(4, dtype=np.int64)
+    n_err = len(missing)
+    t0 = time.perf_counter()
+    results = iter_results(paths, args.tokenizer, cfg, args.workers, tokenizer=tokenizer)
+    if not args.no_progress:
+        from tqdm import tqdm
+        results = tqdm(results, total=len(paths), unit="file", desc="hesnr prepare", file=sys.stderr)
+    for res in results:
+        if res.status == "error":
+            n_err += 1
+            print(f"hesnr prepare: error: {res.path}: {res.reason}", file=sys.stderr)
+        for e in res.line_errors:
+            n_err += 1
+            print(f"hesnr prepare: error: {res.path}: {e}", file=sys.stderr)
+        file_counts = np.zeros(4, dtype=np.int64)
+        for d in res.docs:
+            if writer is None:
+                writer = DatasetWriter(args.output_prefix, tok_info["vocab_size"])
+            writer.add(d.ids, d.mask)
+            c = _counts(d.mask)
+            file_counts += c
+            documents.append({"source": d.source, "tokens": int(len(d.ids)), "action_tokens": int(c[1]),
+                              "num_actions": d.num_actions, "actions_scored": d.actions_scored})
+        totals += file_counts
+        fmt = res.format or "unreadable"
+        row = by_format.setdefault(fmt, np.zeros(9, dtype=np.int64))
+        row += [1, res.status != "error", len(res.docs), file_counts.sum(), *file_counts[1:],
+                sum(d.num_actions for d in res.docs), sum(d.actions_scored for d in res.docs)]
+        inputs.append({"path": os.path.abspath(res.path), "status": res.status, "format": res.format,
+                       "reason": res.reason, "line_errors": res.line_errors, "documents": len(res.docs),
+                       "tokens": int(file_counts.sum()),
+                       "counts": {c.name.lower(): int(file_counts[int(c)]) for c in Category}})
+    elapsed = time.perf_counter() - t0
+    if writer is None:
+        print(f"hesnr prepare: no trajectory could be prepared from {len(paths)} file(s); nothing written",
+              file=sys.stderr)
+        return 1
+    manifest = writer.finalize({
+        "created_by": f"megatron-hesnr {__version__}",
+        "tokenizer": tok_info,
+        "template": cfg.template,
+        "tool_style": cfg.tool_style,
+        "filters": cfg.filters.as_dict(),
+        "categories": [Category(c).name.lower() for c in cfg.categories],
+        "add_special_tokens": cfg.add_special_tokens,
+        "mask_values": {c.name.lower(): int(c) for c in Category},
+        "counts": {c.name.lower(): int(totals[int(c)]) for c in Category},
+        "inputs": inputs,
+        "documents": documents,
+    })
+    rows = [["format", "files", "ok", "trajectories", "tokens", "action", "thought", "observation",
+             "actions", "actions scored"]]
+    for fmt, r in sorted(by_format.items()):
+        rows.append([fmt] + [str(int(v)) for v in r])
+    all_r = sum(by_format.values())
+    rows.append(["total"] + [str(int(v)) for v in all_r])
+    print(_table(rows))
+    print(f"wrote {manifest['num_documents']} documents, {manifest['num_tokens']} tokens "
+          f"({int(totals[1])} scored as action) to {args.output_prefix}_{{tokens,mask}}.{{bin,idx}} "
+          f"in {elapsed:.1f}s; {n_err} error(s)")
+    if args.strict and n_err:
+        print(f"hesnr prepare: --strict: {n_err} error(s)", file=sys.stderr)
+        return 1
+    return 0

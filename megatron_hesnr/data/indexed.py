@@ -1,0 +1,76 @@
+"""File names, dtypes and hashes of a prepared dataset (``P_tokens``, ``P_mask``,
+``P_manifest.json``), and the lazy import of megatron-core's indexed dataset."""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+
+MANIFEST_VERSION = 1
+MASK_DTYPE = np.uint8
+
+
+def tokens_prefix(prefix: str) -> str:
+    return f"{prefix}_tokens"
+
+
+def mask_prefix(prefix: str) -> str:
+    return f"{prefix}_mask"
+
+
+def manifest_path(prefix: str) -> str:
+    return f"{prefix}_manifest.json"
+
+
+def dataset_files(prefix: str) -> dict[str, str]:
+    """Role -> path of the four binary files."""
+    return {
+        "tokens_bin": tokens_prefix(prefix) + ".bin",
+        "tokens_idx": tokens_prefix(prefix) + ".idx",
+        "mask_bin": mask_prefix(prefix) + ".bin",
+        "mask_idx": mask_prefix(prefix) + ".idx",
+    }
+
+
+def token_dtype(vocab_size: int):
+    """Smallest dtype Megatron's readers accept for these ids (same rule as megatron-core)."""
+    return np.uint16 if vocab_size is not None and vocab_size < 65500 else np.int32
+
+
+def sha256_file(path: str, chunk: int = 8 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+def binding_hash(file_hashes: dict[str, str]) -> str:
+    """One hash over the four file hashes: binds the mask files to the token files."""
+    h = hashlib.sha256()
+    for role in ("tokens_bin", "tokens_idx", "mask_bin", "mask_idx"):
+        h.update(f"{role}={file_hashes[role]}\n".encode())
+    return h.hexdigest()
+
+
+def lengths_hash(lengths) -> str:
+    return hashlib.sha256(np.asarray(lengths, dtype=np.int64).tobytes()).hexdigest()
+
+
+def megatron_indexed():
+    """megatron-core's ``indexed_dataset`` module (imported only when files are written/read)."""
+    try:
+        from megatron.core.datasets import indexed_dataset
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError("megatron-core is needed to write/read prepared datasets: "
+                          "pip install 'megatron-hesnr[megatron]'") from exc
+    return indexed_dataset
+
+
+def real_prefix(prefix: str) -> str:
+    """Absolute path without symlinks: megatron-core opens files by path."""
+    return os.path.realpath(os.path.abspath(prefix))

@@ -1,0 +1,198 @@
+"""One trajectory file -> token ids + masks, and the (optionally parallel) loop over files.
+
+Every file is processed independently: a file that cannot be read becomes one
+``FileResult`` with ``status="error"`` and a reason; the others go on.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .filters import FilterConfig
+from .readers import SUFFIXES, Limits, ReadError, read_trajectories
+from .render import TEMPLATES, TOOL_STYLES, render
+from .segments import Category
+from .tokenize_mask import encode_and_mask
+
+log = logging.getLogger(__name__)
+
+CATEGORY_NAMES = {"action": Category.ACTION, "thought": Category.THOUGHT, "observation": Category.OBSERVATION}
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    template: str = "chatml"
+    tool_style: str = "xml"
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    categories: tuple = (Category.ACTION,)
+    add_special_tokens: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise ValueError(f"--template: unknown template {self.template!r} (choose from {sorted(TEMPLATES)})")
+        if self.tool_style not in TOOL_STYLES:
+            raise ValueError(f"--tool-style: unknown style {self.tool_style!r} (choose from {TOOL_STYLES})")
+        if Category.ACTION not in self.categories:
+            raise ValueError("--categories must include 'action'")
+
+
+@dataclass
+class Doc:
+    source: str
+    ids: np.ndarray
+    mask: np.ndarray
+    num_actions: int
+    actions_scored: int
+
+
+@dataclass
+class FileResult:
+    path: str
+    status: str                    # ok / partial (some JSONL lines failed) / error
+    format: str = ""
+    reason: str = ""               # why the file (status error) failed
+    line_errors: list[str] = field(default_factory=list)
+    docs: list[Doc] = field(default_factory=list)
+
+
+def load_tokenizer(path: str):
+    """HF ``tokenizers`` tokenizer from a ``tokenizer.json`` file or a folder holding one."""
+    from tokenizers import Tokenizer
+
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"--tokenizer: {file} not found (give a tokenizer.json or its folder)")
+    try:
+        return Tokenizer.from_file(file)
+    except Exception as exc:  # tokenizers raises a generic Exception on bad files
+        raise ValueError(f"--tokenizer: {file} is not a HF tokenizers tokenizer.json ({exc})") from None
+
+
+def tokenizer_info(path: str, tokenizer) -> dict:
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    with open(file, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return {"path": os.path.abspath(file), "sha256": digest,
+            "vocab_size": int(tokenizer.get_vocab_size(with_added_tokens=True))}
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+    """Files, folders (searched recursively for trajectory suffixes) and globs -> (files, missing)."""
+    files, missing = [], []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, _dirs, names in os.walk(item):
+                files.extend(os.path.join(root, n) for n in names if n.endswith(SUFFIXES))
+        elif os.path.exists(item):
+            files.append(item)
+        else:
+            hits = glob.glob(item, recursive=True)
+            files.extend(h for h in hits if os.path.isfile(h)) if hits else missing.append(item)
+    seen, unique = set(), []
+    for f in sorted(files):
+        if f not in seen:
+            seen.add(f)
+            unique.append(f)
+    return unique, missing
+
+
+def _read_render(path: str, cfg: PrepareConfig):
+    """-> (FileResult without docs, rendered trajectories); status error on failure."""
+    try:
+        read = read_trajectories(path, cfg.limits)
+    except ReadError as exc:
+        return FileResult(path, "error", reason=str(exc)), []
+    except OSError as exc:
+        return FileResult(path, "error", reason=f"cannot open ({exc.strerror or exc})"), []
+    except (RecursionError, MemoryError) as exc:
+        return FileResult(path, "error", reason=f"input too deeply nested or too large ({type(exc).__name__})"), []
+    result = FileResult(path, "ok", read.format, line_errors=list(read.errors))
+    try:
+        rendered = [render(t, cfg.template, cfg.tool_style) for t in read.trajectories]
+    except (RecursionError, MemoryError) as exc:
+        return FileResult(path, "error", read.format, reason=f"too large or deeply nested to render ({type(exc).__name__})"), []
+    return result, rendered
+
+
+def _finish(result: FileResult, rendered, encoded) -> FileResult:
+    for r, (ids, mask, scored) in zip(rendered, encoded):
+        if len(ids) == 0:
+            result.line_errors.append(f"{r.source}: renders to no tokens")
+            continue
+        result.docs.append(Doc(r.source, ids, mask, r.num_actions, scored))
+    if not result.docs:
+        reasons = "; ".join(result.line_errors[:3]) or "no trajectory"
+        return FileResult(result.path, "error", result.format, reason=f"nothing usable ({reasons})",
+                          line_errors=result.line_errors)
+    if result.line_errors:
+        result.status = "partial"
+    return result
+
+
+def process_files(paths: list[str], tokenizer, cfg: PrepareConfig) -> list[FileResult]:
+    """Read and render every file, tokenize all their texts in one ``encode_batch`` call
+    (the tokenizer's thread pool then has enough work), then build the masks."""
+    staged = [_read_render(p, cfg) for p in paths]
+    flat = [r for result, rendered in staged if result.status != "error" for r in rendered]
+    encoded = iter(encode_and_mask(tokenizer, flat, cfg.filters, cfg.categories, cfg.add_special_tokens))
+    out = []
+    for result, rendered in staged:
+        if result.status == "error":
+            out.append(result)
+        else:
+            out.append(_finish(result, rendered, [next(encoded) for _ in rendered]))
+    return out
+
+
+def process_file(path: str, tokenizer, cfg: PrepareConfig) -> FileResult:
+    return process_files([path], tokenizer, cfg)[0]
+
+
+# ------------------------------------------------------------------ parallel
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_path: str, cfg: PrepareConfig) -> None:
+    # One process per core already: the tokenizer's own thread pool would oversubscribe.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _WORKER["tokenizer"] = load_tokenizer(tokenizer_path)
+    _WORKER["cfg"] = cfg
+
+
+def _work(paths: list[str]) -> list[FileResult]:
+    return process_files(paths, _WORKER["tokenizer"], _WORKER["cfg"])
+
+
+def _batches(paths: list[str], size: int):
+    for i in range(0, len(paths), size):
+        yield paths[i:i + size]
+
+
+def iter_results(paths: list[str], tokenizer_path: str, cfg: PrepareConfig, workers: int = 1, tokenizer=None,
+                 batch_files: int = 16):
+    """Yield one :class:`FileResult` per path, in input order.
+
+    ``workers <= 1``: in this process, ``batch_files`` files per ``encode_batch`` call
+    (the tokenizer uses its own threads). ``workers > 1``: that many processes, each
+    given batches of files and tokenizing single-threaded.
+    """
+    if workers <= 1 or len(paths) <= 1:
+        tok = tokenizer or load_tokenizer(tokenizer_path)
+        for batch in _batches(paths, batch_files):
+            yield from process_files(batch, tok, cfg)
+        return
+    # Small batches keep all workers busy and the progress bar moving.
+    size = max(1, min(batch_files, len(paths) // (4 * workers)))
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path, cfg)) as pool:
+        for results in pool.imap(_work, list(_batches(paths, size))):
+            yield from results

@@ -1,0 +1,14 @@
+"""Megatron integration: the only package that reads Megatron globals."""
+from .groups import (
+    MetricGroups,
+    metric_groups_from_parallel_state,
+    metric_groups_from_pg_collection,
+    reduce_metrics,
+)
+
+__all__ = [
+    "MetricGroups",
+    "metric_groups_from_parallel_state",
+    "metric_groups_from_pg_collection",
+    "reduce_metrics",
+]
