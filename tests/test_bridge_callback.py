@@ -207,6 +207,11 @@ def test_startup_refuses_bad_combinations(bridge, tmp_path):
            window_stride=9)
     refuse(r"^HESNRBridgeConfig\.logits_capture: labels_none with model\.mtp_num_layers",
            B.container(seq_length=S, mtp=1), logits_capture="labels_none")
+    manager = bridge.normalize_callbacks([make_callback(tmp_path)])
+    state = B.global_state(B.container(seq_length=S))
+    state.train_state.do_valid = False
+    with pytest.raises(HESNRConfigError, match=r"^dataset: Bridge has no validation data"):
+        manager.fire("on_train_start", bridge.CallbackContext(state=state, model=[Plain()]))
     # A 0.3-style container with skip_train and no interval is fine.
     HESNRBridgeConfig(datasets=["a=/x"]).check_against_container(
         B.container(seq_length=S, eval_interval=None, skip_train=True, bridge03=True), has_output_processor=False)
@@ -286,3 +291,45 @@ def test_package_imports_without_bridge():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert ">=0.3.0" in out.stdout
+
+
+def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
+    """A prepared set (the data layer's files) gives the Megatron-LM hook's record, field for field."""
+    from types import SimpleNamespace
+
+    from megatron_hesnr.data.writer import DatasetWriter
+    from megatron_hesnr.integration.hook import MegatronHESNRHook
+
+    prefix = str(tmp_path / "swe")
+    writer = DatasetWriter(prefix, vocab_size=V)
+    for ids, mask in SETS["/d/a"].items:
+        writer.add(ids, mask)
+    writer.finalize({"tokenizer": {"vocab_size": V}})
+    model = Plain()
+
+    from megatron_hesnr.bridge import HESNRCallback
+
+    bridge_cfg = HESNRBridgeConfig(datasets=[f"swe={prefix}"], impl="torch", num_bins=32, window_stride=3,
+                                   jsonl=str(tmp_path / "r.jsonl"))
+    cb = HESNRCallback(bridge_cfg, topology=EvalTopology, forward_backward_func=forward_only)
+    state = B.global_state(B.container(seq_length=S, eval_interval=5, save="/ckpt/run9"), step=10, consumed=320)
+    bridge.normalize_callbacks([cb]).fire("on_eval_end", bridge.CallbackContext(state=state, model=[model]))
+
+    shared = HESNRConfig(datasets=(EvalDataset("swe", prefix),), impl="torch", num_bins=32, window_stride=3,
+                         jsonl=str(tmp_path / "r.jsonl"))
+    args = SimpleNamespace(seq_length=S, padded_vocab_size=None, curr_iteration=10, skip_train=False,
+                           save="/ckpt/run9", load=None, consumed_train_samples=320)
+    MegatronHESNRHook(shared, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+                      get_wandb_writer=lambda: None).non_loss_data_func([model])
+
+    got, want = read_records(str(tmp_path / "r.jsonl"))  # Bridge's, then Megatron-LM's
+    assert got["metrics"]["num_tokens"] > 0 and got["time"] <= want["time"]
+    for rec in (got, want):
+        del rec["time"], rec["config"]["eval_seconds"]
+    assert json_equal(got, want)
+
+
+def json_equal(a, b):
+    import json
+
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN == NaN as text

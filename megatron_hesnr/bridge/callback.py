@@ -32,6 +32,7 @@ from .compat import (
     forward_backward_func_for,
     topology_from_pg_collection,
 )
+from ..integration.config import HESNRConfigError
 from .config import HESNRBridgeConfig
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,11 @@ class HESNRBridgeAdapter:
     # ------------------------------------------------------------ Bridge events
     def on_train_start(self, context) -> None:
         """Refuse a wrong combination and open every set before the first training step."""
+        if self.hesnr.enabled and getattr(context.state.train_state, "do_valid", True) is False:
+            # Bridge decided at set-up that it has nothing to validate on: on_eval_end would never fire.
+            raise HESNRConfigError("dataset", "Bridge has no validation data (train_state.do_valid is False), so it "
+                                              "never evaluates and HE-SNR would never run: give the dataset a "
+                                              "validation split")
         self._startup(context)
 
     def on_eval_end(self, context) -> None:
