@@ -70,6 +70,8 @@ class HESNRBridgeAdapter:
         self._args = SimpleNamespace()
         self._state = None
         self._hook: MegatronHESNRHook | None = None
+        self._model, self._vp, self._pgc = None, None, None
+        self._fb_key, self._fb_cached = None, None
         self._checked = False
         self._bridge_logs: bool | None = config.bridge_logs_loss_dict
 
@@ -108,21 +110,31 @@ class HESNRBridgeAdapter:
         ns.consumed_train_samples = int(ts.consumed_train_samples)
         return ns
 
+    def _refresh_groups(self, context) -> None:
+        """Read the model's process groups now: Bridge >= 0.7 may rebind CP groups for evaluation
+        (``eval_context_parallel_rebinding``), so they are not cached across evaluations."""
+        self._model = list(context.model) if isinstance(context.model, (list, tuple)) else [context.model]
+        self._vp = container_get(context.state.cfg, "model.virtual_pipeline_model_parallel_size")
+        if self._topology is None or self._fb is None:
+            self._pgc = _model_pg_collection(self._model)
+
+    def _current_topology(self):
+        return topology_from_pg_collection(self._pgc)
+
+    def _current_forward_backward(self, **kwargs):
+        if self._fb_key is not self._pgc:
+            self._fb_cached = forward_backward_func_for(self._model, self._pgc, self._vp)
+            self._fb_key = self._pgc
+        return self._fb_cached(**kwargs)
+
     def _hook_for(self, context) -> MegatronHESNRHook:
         if self._hook is None:
-            model = list(context.model) if isinstance(context.model, (list, tuple)) else [context.model]
-            topology, fb = self._topology, self._fb
-            if topology is None or fb is None:
-                pgc = _model_pg_collection(model)
-                if topology is None:
-                    topology = lambda: topology_from_pg_collection(pgc)  # noqa: E731
-                if fb is None:
-                    fb = forward_backward_func_for(
-                        model, pgc, container_get(context.state.cfg, "model.virtual_pipeline_model_parallel_size"))
             kwargs = {"open_dataset": self._open_dataset} if self._open_dataset is not None else {}
             self._hook = MegatronHESNRHook(
-                self.hesnr.hesnr_config(), get_args=lambda: self._args, topology=topology,
-                forward_backward_func=fb, get_wandb_writer=lambda: self._state.wandb_logger, **kwargs)
+                self.hesnr.hesnr_config(), get_args=lambda: self._args,
+                topology=self._topology or self._current_topology,
+                forward_backward_func=self._fb or self._current_forward_backward,
+                get_wandb_writer=lambda: self._state.wandb_logger, **kwargs)
         return self._hook
 
     def _startup(self, context) -> None:
@@ -130,6 +142,7 @@ class HESNRBridgeAdapter:
             return
         self._state = context.state
         self.hesnr.check_against_container(context.state.cfg)
+        self._refresh_groups(context)
         self._hook_for(context).setup(self.megatron_args(context))
         if self._bridge_logs is None:
             self._bridge_logs = eval_end_precedes_logging()
@@ -145,6 +158,7 @@ class HESNRBridgeAdapter:
         self._startup(context)  # under validation.skip_train on_train_start never fires
         self._state = context.state
         args = self.megatron_args(context)
+        self._refresh_groups(context)
         hook = self._hook_for(context)
         data = hook.non_loss_data_func(context.model)  # every rank; data only on the last rank
         if not data:
