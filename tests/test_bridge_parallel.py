@@ -106,5 +106,9 @@ def _run(rank, world, port, tmpdir):
 def test_bridge_callback_matches_reference_under_parallel_layouts(tmp_path):
     import torch.multiprocessing as mp
 
-    B.import_bridge()  # skip (or fail in CI) here, not inside the workers
-    mp.spawn(_worker, args=(2, H.free_port(), str(tmp_path)), nprocs=2, join=True)
+    _, _, shimmed = B.import_bridge()  # skip (or fail in CI) here, not inside the workers
+    try:
+        mp.spawn(_worker, args=(2, H.free_port(), str(tmp_path)), nprocs=2, join=True)
+    finally:
+        if shimmed:
+            B.drop_bridge_modules()
