@@ -282,6 +282,9 @@ def test_container_settings_across_versions():
     assert compat.container_get(new, "validation.eval_iters") == 3
     assert compat.container_get(old, "validation.eval_iters") == 5
     assert compat.container_get(old, "validation") is None and compat.container_get(new, "model.nope") is None
+    new.train.eval_iters = 7  # 0.4+: the deprecated copy is not what Bridge's loop reads
+    new.validation.eval_iters = None
+    assert compat.container_get(new, "validation.eval_iters") is None
 
 
 def test_package_imports_without_bridge():

@@ -141,16 +141,14 @@ def _walk(obj: Any, path: str):
 def container_get(container: Any, path: str):
     """A setting of Bridge's ``ConfigContainer`` across versions (``None`` when absent).
 
-    ``validation.<x>`` falls back to ``train.<x>`` (Bridge 0.3 kept the validation
-    settings in ``TrainingConfig``; 0.4+ keep deprecated copies there that may be ``None``).
+    ``validation.<x>`` is read from ``train.<x>`` when the container has no ``validation``
+    (Bridge 0.3 kept the validation settings in ``TrainingConfig``).  0.4+ keep deprecated
+    copies in ``train`` that their training loop ignores, so they are ignored here too.
     """
     if path == "validation":
         return getattr(container, "validation", None)
-    if path.startswith("validation."):
-        value = _walk(container, path)
-        if value is None:
-            value = _walk(container, "train." + path.split(".", 1)[1])
-        return value
+    if path.startswith("validation.") and getattr(container, "validation", None) is None:
+        return _walk(container, "train." + path.split(".", 1)[1])
     return _walk(container, path)
 
 
