@@ -74,7 +74,7 @@ def _worker(rank, world, port):
                 model = _gpt(tp, moe)
                 cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), num_bins=64, impl="torch", window_stride=16,
                                   logits_capture=capture)
-                args = SimpleNamespace(seq_length=S, padded_vocab_size=V_PAD, curr_iteration=1, skip_train=True,
+                args = SimpleNamespace(seq_length=S, padded_vocab_size=V_PAD, iteration=1, skip_train=True,
                                        load=None)
                 hook = MegatronHESNRHook(cfg, get_args=lambda: args, open_dataset=lambda p: data,
                                          get_wandb_writer=lambda: None)

@@ -84,7 +84,7 @@ def test_runs_at_its_interval_once_per_iteration(tmp_path):
     model = Plain()
     ran = []
     for it in (2, 4, 4, 6, 8):
-        args.curr_iteration = it
+        args.curr_iteration = it - 1  # Megatron evaluates iteration N with curr_iteration N - 1
         args.consumed_train_samples = it * 16
         ran.append(hook.non_loss_data_func([model]) is not None)
     assert ran == [False, True, False, False, True]
@@ -105,7 +105,7 @@ def test_runs_at_its_interval_once_per_iteration(tmp_path):
 def test_skip_train_always_runs_and_writes(tmp_path):
     run = tmp_path / "run3"
     (run / "iter_0003000").mkdir(parents=True)
-    args = _args(skip_train=True, curr_iteration=3000, save=None, load=str(run), ckpt_step=3000)
+    args = _args(skip_train=True, curr_iteration=None, iteration=3000, save=None, load=str(run), ckpt_step=3000)
     hook = make_hook(tmp_path, args, eval_interval=7)
     assert hook.non_loss_data_func([Plain()]) is not None
     recs = read_records(str(tmp_path / "r.jsonl"))
@@ -143,7 +143,7 @@ class FakeWriter:
 
 
 def test_tensorboard_and_wandb(tmp_path):
-    args = _args(curr_iteration=10, consumed_train_samples=640)
+    args = _args(curr_iteration=9, consumed_train_samples=640)
     logged = []
     hook = make_hook(tmp_path, args)
     hook._get_wandb_writer = lambda: SimpleNamespace(log=lambda d, step: logged.append((d, step)))
@@ -309,7 +309,7 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     for ids, mask in ds.items:
         w.add(ids, mask)
     w.finalize({"tokenizer": {"vocab_size": V}})
-    args = _args(curr_iteration=2, skip_train=True, load=str(tmp_path))
+    args = _args(iteration=2, skip_train=True, load=str(tmp_path))
     cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch", num_bins=32,
                       jsonl=str(tmp_path / "out.jsonl"))
     hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
@@ -324,3 +324,31 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     with pytest.raises(Exception, match="manifest not found"):
         MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("x", str(tmp_path / "nope")),)),
                           get_args=lambda: args).setup()
+
+
+def test_iteration_follows_megatron_counting():
+    it = MegatronHESNRHook._iteration
+    # In the loop (and the final evaluation) Megatron has counted the step: curr_iteration + 1.
+    assert it(SimpleNamespace(skip_train=False, curr_iteration=499, iteration=0)) == 500
+    # --skip-train evaluates the loaded checkpoint (core < 0.19 never sets curr_iteration there).
+    assert it(SimpleNamespace(skip_train=True, iteration=3000)) == 3000
+    assert it(SimpleNamespace(skip_train=True, curr_iteration=3000, iteration=3000)) == 3000
+
+
+def test_guard_restores_megatron_rng_tracker():
+    from megatron.core.tensor_parallel import get_cuda_rng_tracker
+
+    tracker = get_cuda_rng_tracker()
+    saved = (dict(tracker.get_states()), getattr(tracker, "_is_initialized", None))
+    state = torch.get_rng_state()
+    tracker.set_states({"model-parallel-rng": state.clone()})
+    try:
+        with training_state_preserved([torch.nn.Linear(1, 1)]):
+            # A pass that forks the tracker replaces (or mutates) its states.
+            tracker.get_states()["model-parallel-rng"].zero_()
+            tracker.set_states({"model-parallel-rng": torch.zeros_like(state)})
+        assert torch.equal(tracker.get_states()["model-parallel-rng"], state)
+    finally:
+        tracker.set_states(saved[0])
+        if saved[1] is not None:
+            tracker._is_initialized = saved[1]

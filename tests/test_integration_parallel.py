@@ -78,7 +78,7 @@ def _run(rank, world, port, tmpdir):
         cfg = HESNRConfig(datasets=(EvalDataset("p1", "p1"), EvalDataset("p2", "p2")), num_bins=64,
                           window_stride=5 if li % 2 else None, long_policy="window", logits_capture=capture,
                           num_microbatches=2, jsonl=jsonl, impl="torch", report_categories=("action", "thought"))
-        args = SimpleNamespace(seq_length=H.SEQ, padded_vocab_size=H.PADDED_VOCAB, curr_iteration=100 + li,
+        args = SimpleNamespace(seq_length=H.SEQ, padded_vocab_size=H.PADDED_VOCAB, iteration=100 + li,
                                skip_train=True, load=f"{tmpdir}/ckpt", consumed_train_samples=1234)
         hook = MegatronHESNRHook(cfg, get_args=lambda: args, open_dataset=sets.__getitem__,
                                  get_wandb_writer=lambda: None)

@@ -56,7 +56,7 @@ def _train(hook, steps=6):
         losses.append(float(out[0]["lm loss"][0]))
         if hook is not None and it % 2 == 0:
             # What Megatron's evaluate() does around non_loss_data_func.
-            hook_args.curr_iteration = it
+            hook_args.curr_iteration = it - 1  # as Megatron's loop leaves it at evaluation time
             model.eval()
             with torch.no_grad(), H.schedules_on_cpu():
                 hook.non_loss_data_func([model])

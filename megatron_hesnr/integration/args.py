@@ -34,7 +34,7 @@ def add_hesnr_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="Global batches per set and evaluation (default: a full pass over every window).")
     g.add_argument("--hesnr-micro-batch-size", type=int, default=1, help="Windows per micro-batch.")
     g.add_argument("--hesnr-num-microbatches", type=int, default=None,
-                   help="Micro-batches per data-parallel rank and step (default: the pipeline size).")
+                   help="Micro-batches per data-parallel rank and step (default: max(4, pipeline size); more per step means fewer schedule calls and a smaller pipeline bubble).")
     g.add_argument("--hesnr-k", type=int, default=DEFAULT_K, help="Top-k candidate set size.")
     g.add_argument("--hesnr-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="High-entropy threshold on H_k (default (ln 3 + ln 4) / 2).")

@@ -77,7 +77,7 @@ class HESNRConfig:
     micro_batch_size: int = 1
     """Windows per micro-batch (trajectories are long: 1 is usual)."""
     num_microbatches: int | None = None
-    """Micro-batches per data-parallel rank and step; ``None``: the pipeline size (>= 1)."""
+    """Micro-batches per data-parallel rank and step; ``None``: max(4, pipeline size)."""
     k: int = DEFAULT_K
     threshold: float = DEFAULT_THRESHOLD
     num_bins: int = DEFAULT_NUM_BINS

@@ -194,7 +194,7 @@ class HESNRPass:
         return int((mask != 0).sum())
 
     def _num_microbatches(self) -> int:
-        return self.config.num_microbatches or max(self.topo.pp_size, 1)
+        return self.config.num_microbatches or max(self.topo.pp_size, 4)
 
     def run(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> HESNRAccumulator:
         """Evaluate one set; returns its accumulator (reduced on the last stage)."""

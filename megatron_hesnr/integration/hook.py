@@ -64,10 +64,15 @@ def topology_from_parallel_state() -> EvalTopology:
 
 
 def open_prepared_dataset(prefix: str):
-    """The data layer's ``PreparedDataset`` (``<prefix>.bin/.idx`` + manifest)."""
+    """The data layer's ``PreparedDataset`` (``<prefix>_tokens/_mask`` + manifest).
+
+    Rank 0 hashes the files against the manifest; the other ranks (thousands on a
+    large job, all reading the same shared file system at start-up) check sizes only.
+    """
     from ..data.dataset import PreparedDataset
 
-    return PreparedDataset(prefix)
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    return PreparedDataset(prefix, verify="full" if rank0 else "sizes")
 
 
 def dataset_vocab_size(dataset, prefix: str) -> int:
@@ -195,9 +200,19 @@ class MegatronHESNRHook:
         return wrapped
 
     # ------------------------------------------------------------ running
-    def _iteration(self, args) -> int:
-        it = getattr(args, "curr_iteration", None)
-        return int(it if it is not None else getattr(args, "iteration", 0) or 0)
+    @staticmethod
+    def _iteration(args) -> int:
+        """The iteration Megatron is evaluating at.
+
+        Megatron's training loop sets ``args.curr_iteration`` *before* a step and
+        evaluates after counting it, so an evaluation at iteration N (in the loop or
+        after it) sees ``curr_iteration == N - 1``.  Under ``--skip-train`` the weights
+        are the loaded checkpoint's: ``args.iteration``.
+        """
+        if getattr(args, "skip_train", False):
+            return int(getattr(args, "iteration", 0) or 0)
+        curr = getattr(args, "curr_iteration", None)
+        return int(curr) + 1 if curr is not None else int(getattr(args, "iteration", 0) or 0)
 
     def should_run(self, args, iteration: int) -> bool:
         cfg = self.config
@@ -269,6 +284,9 @@ class MegatronHESNRHook:
         """Called on the last rank with the TensorBoard writer (never under ``--skip-train``)."""
         if not data:
             return
+        if data["iteration"] != iteration:
+            log.warning("HE-SNR ran as iteration %s but Megatron logs iteration %s; TensorBoard uses Megatron's",
+                        data["iteration"], iteration)
         cfg = self._config
         wandb = None
         if self._get_wandb_writer is not None:
