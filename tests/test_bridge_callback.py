@@ -320,7 +320,8 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
 
     shared = HESNRConfig(datasets=(EvalDataset("swe", prefix),), impl="torch", num_bins=32, window_stride=3,
                          jsonl=str(tmp_path / "r.jsonl"))
-    args = SimpleNamespace(seq_length=S, padded_vocab_size=None, curr_iteration=10, skip_train=False,
+    # Megatron evaluates iteration 10 with curr_iteration 9 (set before the step it counts).
+    args = SimpleNamespace(seq_length=S, padded_vocab_size=None, curr_iteration=9, skip_train=False,
                            save="/ckpt/run9", load=None, consumed_train_samples=320)
     MegatronHESNRHook(shared, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
                       get_wandb_writer=lambda: None).non_loss_data_func([model])

@@ -106,7 +106,11 @@ class HESNRBridgeAdapter:
         ns.save = container_get(cfg, "checkpoint.save")
         ns.load = container_get(cfg, "checkpoint.load")
         ns.ckpt_step = container_get(cfg, "checkpoint.ckpt_step")
-        ns.curr_iteration = ns.iteration = int(ts.step)
+        # Bridge evaluates after counting the step: train_state.step is the iteration (also under
+        # skip_train, where it is the loaded checkpoint's).  No curr_iteration: that is Megatron's
+        # before-the-step counter, which the hook turns into curr_iteration + 1.
+        ns.curr_iteration = None
+        ns.iteration = int(ts.step)
         ns.consumed_train_samples = int(ts.consumed_train_samples)
         return ns
 
@@ -165,7 +169,7 @@ class HESNRBridgeAdapter:
             return
         # Bridge writes TensorBoard only when training (write_to_tensorboard=not skip_train).
         writer = None if args.skip_train else context.state.tensorboard_logger
-        hook.process_non_loss_data_func(data, data["iteration"], writer)
+        hook.process_non_loss_data_func(data, int(context.state.train_state.step), writer)
         loss_dict = getattr(context, "total_loss_dict", None)
         if self._bridge_logs and self.hesnr.loss_dict_metrics and loss_dict is not None:
             loss_dict.update(self.loss_dict_entries(data, loss_dict))
