@@ -121,6 +121,7 @@ def merge_shard_stats(parts: ShardStats) -> ShardStats:
     scale = torch.exp(parts.max - torch.where(torch.isfinite(m), m, 0.0))
     s = (parts.sumexp * scale).sum(dim=0)
     t = parts.target.amax(dim=0)
-    cands = parts.topk.permute(1, 0, 2).reshape(parts.topk.shape[1], -1)
+    r, n = parts.topk.shape[0], parts.topk.shape[1]
+    cands = parts.topk.permute(1, 0, 2).reshape(n, r * k)  # explicit: n may be 0
     top = torch.topk(cands, k, dim=1, sorted=True).values
     return ShardStats(m, s, t, top)

@@ -36,6 +36,13 @@ class TokenStats:
 
     @property
     def nll(self) -> torch.Tensor:
+        """Per-token cross-entropy -log p(y) over the real vocabulary (NaN if invalid).
+
+        "Loss + metric" mode: this comes from the same single read of the logits as
+        the HE-SNR quantities, and equals Megatron's ``vocab_parallel_cross_entropy``
+        whenever the vocabulary has no padding (Megatron's own loss also normalises
+        over the padding ids; this one excludes them).
+        """
         return -self.logp
 
     @property
@@ -181,6 +188,9 @@ def token_stats(
         impl: ``"torch"`` (chunked reference), ``"triton"`` (fused kernel, CUDA) or
             ``"auto"`` (the kernel on CUDA tensors when Triton is installed).
         chunk_tokens: tokens per chunk in the reference path (default: ~64 MiB fp32).
+
+    The result's ``.nll`` is the per-token loss from the same pass ("loss + metric"
+    mode: an evaluation step needs no separate cross-entropy over the logits).
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() < 1:
         raise ValueError("logits must be a tensor of shape [..., V]")

@@ -20,15 +20,12 @@ one more tiny collective per call, so it is off by default.
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 import torch.distributed as dist
 
 from .shard_stats import ShardStats
-
-logger = logging.getLogger(__name__)
 
 #: Integers below this are exact in fp32.
 _EXACT = 1 << 24
@@ -44,8 +41,9 @@ VALIDATE_ENV = "HESNR_TP_VALIDATE"
 def labels_checksum(labels: torch.Tensor) -> torch.Tensor:
     """Position-weighted checksum of ``labels`` modulo a prime < 2**24 (0-d int64).
 
-    Swapped, shifted or different labels change it; it stays on the labels'
-    device (no host synchronisation).
+    A changed label or two swapped labels always change it (p is prime and
+    the terms are weighted by position); other differences collide with
+    probability about 1/p.  It stays on the labels' device (no host sync).
     """
     p = _CHECKSUM_PRIME
     lab = torch.remainder(labels.reshape(-1).to(torch.int64), p)

@@ -63,6 +63,18 @@ def _tp_checks(rank: int, world: int):
         out["cases"].append({"case": i, "tp_size": tp_size, "stats": stats_dict(stats),
                              "state": acc.state.clone(), "metrics": acc.compute()})
 
+    # bf16 logits in Megatron's memory layout: [b, s, V/TP] as a transposed view of
+    # an [s, b, V/TP] buffer (no 2-D view of it exists without reordering dims).
+    group2, ranks2 = new_groups(contiguous_partition(world, 2), rank)
+    logits, labels, mask = make_batch(_case_seed(99), BATCH, SEQ, 997, 1008)
+    sbv = tp_slice(logits, ranks2.index(rank), 2).to(torch.bfloat16).transpose(0, 1).contiguous()
+    stats = mh.token_stats(sbv.transpose(0, 1), labels, vocab_size=997, tp_group=group2, impl="torch")
+    out["bf16"] = stats_dict(stats)
+    # No tokens at all (an empty micro-batch) still takes part in the collective.
+    empty = mh.token_stats(torch.zeros(0, 504), torch.zeros(0, dtype=torch.long), vocab_size=997,
+                           tp_group=group2, impl="torch")
+    out["empty_shape"] = tuple(empty.valid.shape)
+
     # Bytes each rank sends, TP=4, at two token counts: every collective is counted.
     group, _ = new_groups([list(range(world))], rank)
     sent: list[tuple[str, int]] = []
@@ -133,6 +145,14 @@ def test_tp_matches_single_device(tp_world, case):
         assert_state_match(got["state"], ref_acc.state, f"rank {rank} tp={got['tp_size']}")
         assert_metrics_match(got["metrics"], ref_acc.compute(), f"rank {rank} tp={got['tp_size']}")
     assert tp in seen_sizes
+
+
+def test_tp2_bf16_transposed_layout(tp_world):
+    logits, labels, mask = make_batch(_case_seed(99), BATCH, SEQ, 997, 1008)
+    ref_stats, _ = reference(logits.to(torch.bfloat16), labels, mask, 997)
+    for rank, result in enumerate(tp_world):
+        assert_stats_match(result["bf16"], ref_stats, f"rank {rank} bf16")
+        assert result["empty_shape"] == (0,)
 
 
 def test_padding_only_shard_case_really_has_one():

@@ -5,6 +5,7 @@ import inspect
 import json
 import math
 import random
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -91,7 +92,9 @@ def test_runs_at_its_interval_once_per_iteration(tmp_path):
     recs = read_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["dataset"]) for r in recs] == [(4, "a"), (4, "b"), (8, "a"), (8, "b")]
     r = recs[0]
-    assert r["consumed_samples"] == 64 and r["checkpoint"] == "/ckpt/run7" and r["run"] == "run7"
+    assert r["consumed_samples"] == 64 and r["checkpoint"] == "/ckpt/run7/iter_0000004" and r["run"] == "run7"
+    assert recs[2]["checkpoint"] == "/ckpt/run7/iter_0000008"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", r["time"])
     assert r["config"]["k"] == 10 and r["config"]["data"]["num_trajectories"] == 4
     acc = HESNRAccumulator.from_state_dict(r["state"])
     got = acc.compute()
@@ -352,3 +355,17 @@ def test_guard_restores_megatron_rng_tracker():
         tracker.set_states(saved[0])
         if saved[1] is not None:
             tracker._is_initialized = saved[1]
+
+
+def test_records_read_by_the_report(tmp_path):
+    """`hesnr report` reads the hook's records strictly, one per (set, step), no duplicates."""
+    analysis = pytest.importorskip("megatron_hesnr.analysis.records")
+    args = _args()
+    hook = make_hook(tmp_path, args)
+    for it in (100, 200, 300):
+        args.curr_iteration = it - 1
+        hook.non_loss_data_func([Plain()])
+    res = analysis.read_records(str(tmp_path / "r.jsonl"), strict=True)
+    assert not res.duplicates and not res.bad_lines
+    assert sorted((r.dataset, r.iteration) for r in res.records) == [
+        (d, i) for d in ("a", "b") for i in (100, 200, 300)]

@@ -110,7 +110,7 @@ def _run(rank, world, port, tmpdir):
             assert list(r) == ["iteration", "consumed_samples", "checkpoint", "run", "dataset", "time",
                                "config", "metrics", "state"]
             assert r["iteration"] == 100 + li and r["consumed_samples"] == 1234
-            assert r["checkpoint"] == f"{tmpdir}/ckpt" and r["run"] == "ckpt"
+            assert r["checkpoint"] == f"{tmpdir}/ckpt/iter_{100 + li:07d}" and r["run"] == "ckpt"
             assert r["state"]["reduced"] is True
     ps.destroy_model_parallel()
     torch.distributed.destroy_process_group()

@@ -86,16 +86,18 @@ def dataset_vocab_size(dataset, prefix: str) -> int:
 def checkpoint_of(args, iteration: int) -> tuple[str | None, str | None]:
     """(run directory, checkpoint path) the evaluated weights belong to.
 
-    Under ``--skip-train`` the weights are the loaded checkpoint: ``<load>/iter_<N:07d>``
-    (Megatron's layout) when that directory exists, else ``--load`` itself.  During
-    training they are the step's weights, saved (if at all) under ``--save``.
+    Megatron's layout is ``<dir>/iter_<N:07d>``.  Under ``--skip-train`` the weights are
+    the loaded checkpoint (``--load``, step ``--ckpt-step`` or the loaded iteration);
+    during training they are step N's, saved (if at all) under ``--save`` after the
+    evaluation.  Either way the path names one step, so records of different steps
+    never look like duplicates to ``hesnr report``.
     """
-    run_dir = getattr(args, "load", None) if getattr(args, "skip_train", False) else getattr(args, "save", None)
+    skip = getattr(args, "skip_train", False)
+    run_dir = getattr(args, "load", None) if skip else getattr(args, "save", None)
     if not run_dir:
         return None, None
-    step = getattr(args, "ckpt_step", None) if getattr(args, "skip_train", False) else None
-    candidate = os.path.join(run_dir, f"iter_{(step if step is not None else iteration):07d}")
-    return run_dir, candidate if os.path.isdir(candidate) else run_dir
+    step = getattr(args, "ckpt_step", None) if skip else None
+    return run_dir, os.path.join(run_dir, f"iter_{(step if step is not None else iteration):07d}")
 
 
 def _is_last_rank() -> bool:

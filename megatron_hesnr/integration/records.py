@@ -35,7 +35,8 @@ def make_record(*, iteration: int, consumed_samples: int | None, checkpoint: str
         "checkpoint": checkpoint,
         "run": run,
         "dataset": dataset,
-        "time": ts.isoformat(),
+        # ISO 8601 in UTC to the second, "Z": such strings sort by time (the report keeps the newest).
+        "time": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": config,
         "metrics": acc.compute(),
         "state": acc.state_dict(),

@@ -1,0 +1,439 @@
+#!/usr/bin/env python
+"""Per-token statistics of a logits shard: the fused kernel against its baselines.
+
+For every (tokens S, shard width V_local) it measures, in one run and on the same
+tensor: reading the logits once (``amax``), ``torch.topk`` alone, a naive PyTorch
+implementation (fp32 copy, logsumexp, topk, gather), the chunked PyTorch reference
+(``shard_stats_torch``), the fused Triton kernel (default launch and optional
+variants), ``token_stats`` end to end with the kernel, and megatron-core's
+``vocab_parallel_cross_entropy`` (TP=1) when it is installed.  It prints times,
+peak extra memory and ratios, checks the kernel's records against the reference,
+and writes everything as JSON (``--json PATH``).
+
+GPU (the issue's grid; about two minutes on an H100/H200):
+
+    python benchmarks/bench_token_stats.py --json bench_token_stats.json
+
+CPU smoke run (Triton interpreter; tiny sizes only):
+
+    python benchmarks/bench_token_stats.py --device cpu --tokens 16 --vocab 301 --repeats 1
+
+Sizes whose logits (or a method's working memory) do not fit on the device are
+skipped and reported as such.  Times are CUDA-event medians over ``--repeats``
+runs after ``--warmup`` runs (the first one compiles the kernel); peak extra
+memory is ``max_memory_allocated`` above what was allocated before the call,
+outputs included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench_token_stats")
+
+DEFAULT_TOKENS = (8192, 32768, 131072)
+DEFAULT_VOCAB = (151936, 151936 // 8)
+#: Extra kernel launches timed beside the default one ("BLOCKxWARPS[:mode]").
+DEFAULT_VARIANTS = ("512x2", "2048x8", "4096x8", "1024x4:bitonic")
+TARGETS = {"kernel_over_read_once_max": 1.5, "speedup_vs_naive_min": 20.0, "extra_mem_fraction_max": 0.01}
+GIB = 2**30
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                   help="default: cuda when available, else cpu (kernel via TRITON_INTERPRET=1)")
+    p.add_argument("--tokens", type=int, nargs="+", default=list(DEFAULT_TOKENS), help="token counts S")
+    p.add_argument("--vocab", type=int, nargs="+", default=list(DEFAULT_VOCAB),
+                   help="shard widths V_local (151936 = TP1, 18992 = a TP8 shard)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
+    p.add_argument("-k", type=int, default=10, help="top-k values per token")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--variants", nargs="*", default=None,
+                   help=f"extra kernel launches BLOCKxWARPS[:select|bitonic] (GPU default: {' '.join(DEFAULT_VARIANTS)})")
+    p.add_argument("--methods", nargs="*", default=None,
+                   help="subset of methods to run (default: all); see the table's first column")
+    p.add_argument("--logit-scale", type=float, default=3.0, help="logits ~ N(0, scale^2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+    return p.parse_args(argv)
+
+
+ARGS = parse_args() if __name__ == "__main__" else None
+
+import torch  # noqa: E402  (does not import triton)
+
+if ARGS is not None:
+    ARGS.device = ARGS.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if ARGS.device == "cpu":
+        # triton.jit picks interpreter or compiler when Triton is imported: decide first.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from megatron_hesnr.shard_stats import shard_stats_torch  # noqa: E402
+from megatron_hesnr.token_stats import token_stats  # noqa: E402
+from megatron_hesnr.vocab import VocabShard  # noqa: E402
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+# ----------------------------------------------------------------------------- methods
+def naive_stats(x, labels, k):
+    """What one would write first: an fp32 copy of the logits and whole-tensor ops."""
+    xf = x.float()
+    m = xf.amax(dim=-1)
+    lse = torch.logsumexp(xf, dim=-1)
+    tgt = xf.gather(1, labels[:, None].clamp(0, x.shape[1] - 1))
+    top = torch.topk(xf, k, dim=-1).values
+    return m, lse, tgt, top
+
+
+class MegatronCE:
+    """megatron-core ``vocab_parallel_cross_entropy`` at TP=1 on a 1-rank group."""
+
+    def __init__(self, device: str):
+        import torch.distributed as dist
+        from megatron.core import parallel_state
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+        self._fn = vocab_parallel_cross_entropy
+        self._owns_group = not dist.is_initialized()
+        if self._owns_group:
+            import tempfile
+
+            self._store = tempfile.NamedTemporaryFile(prefix="hesnr_bench_pg_", delete=False).name
+            os.unlink(self._store)
+            dist.init_process_group("nccl" if device == "cuda" else "gloo",
+                                    init_method="file://" + self._store, world_size=1, rank=0)
+        if not parallel_state.model_parallel_is_initialized():
+            parallel_state.initialize_model_parallel(tensor_model_parallel_size=1)
+        self._ps = parallel_state
+
+    def __call__(self, x, labels):
+        # Megatron's layout [s, b, V]; it upcasts to fp32 (a copy for bf16 logits).
+        # fp32 logits would be modified in place, so they are cloned outside the timing.
+        return self._fn(x.view(x.shape[0], 1, x.shape[1]), labels.view(-1, 1))
+
+    def close(self):
+        import torch.distributed as dist
+
+        self._ps.destroy_model_parallel()
+        if self._owns_group:
+            dist.destroy_process_group()
+            if os.path.exists(self._store):
+                os.unlink(self._store)
+
+
+# ----------------------------------------------------------------------------- timing
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_ms(fn, device, repeats, warmup):
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        if device == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return {"ms": statistics.median(times), "ms_min": min(times), "ms_all": times}
+
+
+def peak_extra_bytes(fn, device):
+    """Peak memory above the pre-call allocation, outputs included (CUDA only)."""
+    if device != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    del out
+    return peak
+
+
+def free_bytes(device):
+    if device != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    return torch.cuda.mem_get_info()[0]
+
+
+# ----------------------------------------------------------------------------- one size
+def build_methods(args, device, shard, k, megatron, kernel_ok):
+    """name -> (callable(x, labels), estimated extra bytes for (S, V, itemsize))."""
+    fp32 = lambda s, v, isz: 4 * s * v  # noqa: E731
+    methods = {
+        "read_once": (lambda x, y: x.amax(dim=-1), lambda s, v, isz: 0),
+        "torch_topk": (lambda x, y: torch.topk(x, k, dim=-1).values, lambda s, v, isz: s * v * isz // 8),
+        "naive_torch": (lambda x, y: naive_stats(x, y, k), lambda s, v, isz: 2 * fp32(s, v, isz)),
+        "chunked_reference": (lambda x, y: shard_stats_torch(x, y, shard, k), lambda s, v, isz: 2**30),
+    }
+    if kernel_ok:
+        from megatron_hesnr.kernels.triton_shard_stats import has_tl_topk, shard_stats_triton
+
+        methods["kernel"] = (lambda x, y: shard_stats_triton(x, y, shard, k), lambda s, v, isz: 0)
+        for spec in args.variants:
+            cfg, _, mode = spec.partition(":")
+            block, warps = (int(t) for t in cfg.lower().split("x"))
+            mode = mode or "select"
+            if mode == "bitonic" and not has_tl_topk():
+                log.info("variant %s skipped: this Triton has no tl.topk", spec)
+                continue
+            methods[f"kernel[{spec}]"] = (
+                lambda x, y, b=block, w=warps, m=mode: shard_stats_triton(x, y, shard, k, block=b, num_warps=w, mode=m),
+                lambda s, v, isz: 0,
+            )
+        methods["token_stats[triton]"] = (
+            lambda x, y: token_stats(x, y, k=k, impl="triton"), lambda s, v, isz: 0)
+    if megatron is not None:
+        # Megatron makes one fp32 copy and works in place on it (+20 GB at 32K x 151936).
+        methods["megatron_vocab_parallel_ce"] = (lambda x, y: megatron(x, y),
+                                                 lambda s, v, isz: fp32(s, v, isz) * 11 // 10)
+    if args.methods:
+        unknown = set(args.methods) - set(methods)
+        if unknown:
+            log.warning("unknown or unavailable methods ignored: %s", sorted(unknown))
+        methods = {n: m for n, m in methods.items() if n in args.methods or n == "read_once"}
+    return methods
+
+
+def compare(kern, ref):
+    ok = ~torch.isnan(ref.max)
+    rel = ((kern.sumexp[ok].double() - ref.sumexp[ok].double()) / ref.sumexp[ok].double()).abs()
+    return {
+        "max_equal": bool(torch.equal(kern.max[ok], ref.max[ok])),
+        "target_equal": bool(torch.equal(kern.target[ok], ref.target[ok])),
+        "topk_equal": bool(torch.equal(kern.topk[ok], ref.topk[ok])),
+        "nan_rows_equal": bool(torch.equal(torch.isnan(kern.max), ~ok)),
+        "sumexp_max_rel_diff": float(rel.max()) if rel.numel() else 0.0,
+    }
+
+
+def run_size(args, device, s, v, dtype, megatron, kernel_ok):
+    itemsize = torch.finfo(dtype).bits // 8
+    logits_bytes = s * v * itemsize
+    entry = {"tokens": s, "v_local": v, "dtype": args.dtype, "logits_bytes": logits_bytes, "methods": {}}
+    free = free_bytes(device)
+    if free is not None and logits_bytes + 2 * GIB > free:
+        entry["skipped"] = f"logits need {logits_bytes / GIB:.1f} GiB, {free / GIB:.1f} GiB free"
+        log.warning("S=%d V_local=%d skipped: %s", s, v, entry["skipped"])
+        return entry
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+    x = torch.randn(s, v, device=device, dtype=dtype, generator=gen)
+    x.mul_(args.logit_scale)
+    labels = torch.randint(0, v, (s,), device=device, generator=gen)
+    shard = VocabShard(0, v, v)
+    methods = build_methods(args, device, shard, args.k, megatron, kernel_ok)
+    results = {}
+    for name, (fn, est) in methods.items():
+        need = est(s, v, itemsize)
+        free = free_bytes(device)
+        if free is not None and need + GIB // 2 > free:
+            results[name] = {"skipped": f"needs ~{need / GIB:.1f} GiB extra, {free / GIB:.1f} GiB free"}
+            log.warning("S=%d V=%d %s skipped: %s", s, v, name, results[name]["skipped"])
+            continue
+        call = (lambda fn=fn: fn(x.clone(), labels)) if (name.startswith("megatron") and dtype == torch.float32) \
+            else (lambda fn=fn: fn(x, labels))
+        try:
+            r = time_ms(call, device, args.repeats, args.warmup)
+            r["peak_extra_bytes"] = peak_extra_bytes(call, device)
+        except torch.cuda.OutOfMemoryError as exc:  # estimate was too optimistic
+            results[name] = {"skipped": f"out of memory ({str(exc).splitlines()[0]})"}
+            log.warning("S=%d V=%d %s: out of memory", s, v, name)
+            torch.cuda.empty_cache()
+            continue
+        except Exception as exc:  # one failing baseline must not cost the whole GPU run
+            results[name] = {"skipped": f"failed: {type(exc).__name__}: {exc}"}
+            log.exception("S=%d V=%d %s failed", s, v, name)
+            continue
+        results[name] = r
+        log.info("S=%d V=%d %-28s %9.3f ms", s, v, name, r["ms"])
+    entry["methods"] = results
+    if kernel_ok and "kernel" in results and "ms" in results["kernel"]:
+        from megatron_hesnr.kernels.triton_shard_stats import shard_stats_triton
+
+        ref = shard_stats_torch(x, labels, shard, args.k)
+        entry["check"] = compare(shard_stats_triton(x, labels, shard, args.k), ref)
+        for name in methods:
+            if name.startswith("kernel[") and "ms" in results.get(name, {}):
+                spec = name[len("kernel["):-1]
+                cfg, _, mode = spec.partition(":")
+                block, warps = (int(t) for t in cfg.split("x"))
+                got = shard_stats_triton(x, labels, shard, args.k, block=block, num_warps=warps, mode=mode or "select")
+                entry.setdefault("variant_checks", {})[name] = compare(got, ref)
+    entry["ratios"] = ratios(entry, results, logits_bytes)
+    del x, labels
+    return entry
+
+
+def ratios(entry, results, logits_bytes):
+    def ms(name):
+        return results.get(name, {}).get("ms")
+
+    out = {}
+    read = ms("read_once")
+    if read:
+        out["read_bandwidth_GBps"] = logits_bytes / (read * 1e-3) / 1e9
+    kern = ms("kernel")
+    if kern and read:
+        out["kernel_over_read_once"] = kern / read
+        out["kernel_bandwidth_fraction"] = read / kern
+    for name in results:
+        if name.startswith("kernel[") and ms(name) and read:
+            out[f"{name}_over_read_once"] = ms(name) / read
+    for base in ("naive_torch", "chunked_reference", "torch_topk", "megatron_vocab_parallel_ce"):
+        if kern and ms(base):
+            out[f"speedup_vs_{base}"] = ms(base) / kern
+    mem = results.get("kernel", {}).get("peak_extra_bytes")
+    if mem is not None:
+        out["kernel_extra_mem_fraction"] = mem / logits_bytes
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+def fmt_bytes(b):
+    if b is None:
+        return "-"
+    return f"{b / GIB:.2f} GiB" if b >= GIB else f"{b / 2**20:.1f} MiB"
+
+
+def print_entry(e):
+    head = f"S={e['tokens']}  V_local={e['v_local']}  {e['dtype']}  logits {fmt_bytes(e['logits_bytes'])}"
+    print("\n" + head)
+    if "skipped" in e:
+        print(f"  skipped: {e['skipped']}")
+        return
+    read = e["methods"].get("read_once", {}).get("ms")
+    print(f"  {'method':<30} {'ms':>10} {'x read':>8} {'peak extra':>12}")
+    for name, r in e["methods"].items():
+        if "skipped" in r:
+            print(f"  {name:<30} {'skipped: ' + r['skipped']}")
+            continue
+        rel = f"{r['ms'] / read:8.2f}" if read else "       -"
+        print(f"  {name:<30} {r['ms']:10.3f} {rel} {fmt_bytes(r['peak_extra_bytes']):>12}")
+    for key, val in e.get("ratios", {}).items():
+        print(f"  {key:<40} {val:.4g}")
+    if "check" in e:
+        print(f"  kernel vs reference: {e['check']}")
+    for name, chk in e.get("variant_checks", {}).items():
+        bad = [k for k, v in chk.items() if v is False]
+        print(f"  {name} vs reference: {'equal' if not bad else 'DIFFERS in ' + ', '.join(bad)}")
+
+
+def verdicts(entries):
+    """The issue's acceptance targets at V_local = 151936, S >= 32K."""
+    out = []
+    for e in entries:
+        if e["v_local"] != 151936 or e["tokens"] < 32768 or "skipped" in e:
+            continue
+        r = e.get("ratios", {})
+        c = e.get("check", {})
+        row = {"tokens": e["tokens"]}
+        if "kernel_over_read_once" in r:
+            row["kernel_over_read_once<=1.5"] = r["kernel_over_read_once"] <= TARGETS["kernel_over_read_once_max"]
+        if "speedup_vs_naive_torch" in r:
+            row["speedup_vs_naive>=20"] = r["speedup_vs_naive_torch"] >= TARGETS["speedup_vs_naive_min"]
+        else:
+            row["speedup_vs_naive>=20"] = "naive not measured (" + str(
+                e["methods"].get("naive_torch", {}).get("skipped", "not run")) + ")"
+        if "kernel_extra_mem_fraction" in r:
+            row["extra_mem<=1%"] = r["kernel_extra_mem_fraction"] <= TARGETS["extra_mem_fraction_max"]
+        if c:
+            row["equal_to_reference"] = all(v for k, v in c.items() if isinstance(v, bool)) and \
+                c["sumexp_max_rel_diff"] < 1e-5
+        out.append(row)
+    return out
+
+
+def environment(device):
+    import importlib.metadata as md
+
+    env = {"device": device, "python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("triton", "megatron-core"):
+        try:
+            env[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            env[pkg] = None
+    if device == "cuda":
+        env["gpu"] = torch.cuda.get_device_name()
+        env["gpu_memory_GiB"] = torch.cuda.get_device_properties(0).total_memory / GIB
+    env["triton_interpret"] = os.environ.get("TRITON_INTERPRET") == "1"
+    return env
+
+
+def main(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    device = args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        log.error("--device cuda: no CUDA device is visible")
+        return 2
+    if args.variants is None:
+        args.variants = list(DEFAULT_VARIANTS) if device == "cuda" else []
+    dtype = DTYPES[args.dtype]
+    from megatron_hesnr.kernels import triton_available
+
+    kernel_ok = triton_available() and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if not kernel_ok:
+        log.warning("kernel not measured: Triton missing, or CPU without TRITON_INTERPRET=1")
+    megatron = None
+    if args.methods is None or "megatron_vocab_parallel_ce" in args.methods:
+        try:
+            megatron = MegatronCE(device)
+        except ImportError as exc:
+            log.warning("megatron-core not installed (%s): its cross-entropy is not measured", exc)
+        except Exception:  # e.g. process-group setup; measure everything else
+            log.exception("megatron-core cross-entropy could not be set up: not measured")
+    env = environment(device)
+    log.info("environment: %s", env)
+    entries = []
+    try:
+        for s in args.tokens:
+            for v in args.vocab:
+                entry = run_size(args, device, s, v, dtype, megatron, kernel_ok)
+                entries.append(entry)
+                print_entry(entry)
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+    finally:
+        if megatron is not None:
+            megatron.close()
+    result = {"environment": env, "k": args.k, "repeats": args.repeats, "targets": TARGETS,
+              "results": entries, "verdicts": verdicts(entries)}
+    print("\nverdicts (V_local=151936, S>=32K):")
+    for row in result["verdicts"]:
+        print("  " + json.dumps(row))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(ARGS))

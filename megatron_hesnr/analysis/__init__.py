@@ -1,0 +1,23 @@
+"""Analysis of evaluation records: correlation with downstream scores, threshold
+sensitivity, an adaptive threshold, figures and the ``hesnr report`` command.
+
+Layers (imports point down): ``records`` / ``scores`` (input) -> ``correlation`` /
+``thresholds`` (numbers) -> ``summary`` (one analysis) -> ``figures`` / ``report``
+(output) -> ``cli_report``.  Every metric is recomputed from the stored accumulator
+state with :class:`megatron_hesnr.HESNRAccumulator`, never re-implemented here.
+"""
+from .correlation import correlate
+from .records import EvalRecord, ReadResult, RecordError, read_records
+from .scores import ScoreTable, read_scores
+from .summary import analyse
+
+__all__ = [
+    "EvalRecord",
+    "ReadResult",
+    "RecordError",
+    "ScoreTable",
+    "analyse",
+    "correlate",
+    "read_records",
+    "read_scores",
+]
