@@ -86,7 +86,7 @@ def _run(rank, world, port, tmpdir):
             continue
         recs = [json.loads(line) for line in open(jsonl)]
         assert [(r["iteration"], r["dataset"], r["checkpoint"]) for r in recs] == \
-            [(20 + li, "p1", f"{tmpdir}/ckpt"), (20 + li, "p2", f"{tmpdir}/ckpt")]
+            [(20 + li, name, f"{tmpdir}/ckpt/iter_{20 + li:07d}") for name in ("p1", "p2")]
         for r in recs:
             wset = plan_set(r["dataset"], sets[r["dataset"]], H.SEQ, "window", 5)
             ref = _reference(wset, weights, config)
