@@ -171,6 +171,11 @@ def test_interval_once_per_iteration_and_test_end(bridge, tmp_path):
         manager.fire(event, bridge.CallbackContext(state=state, model=[model], user_state=manager.user_state,
                                                    total_loss_dict={}))
     assert [r["iteration"] for r in read_records(str(tmp_path / "r.jsonl"))] == [4, 8]
+    # `hesnr report` reads them strictly: one record per (set, step), no duplicates.
+    from megatron_hesnr.analysis.records import read_records as report_records
+
+    res = report_records(str(tmp_path / "r.jsonl"), strict=True)
+    assert not res.duplicates and [(r.dataset, r.iteration) for r in res.records] == [("a", 4), ("a", 8)]
 
 
 def test_checkpoint_sweep_under_skip_train(bridge, tmp_path):
