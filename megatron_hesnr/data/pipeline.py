@@ -90,7 +90,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
     for item in inputs:
         if os.path.isdir(item):
             for root, _dirs, names in os.walk(item):
-                files.extend(os.path.join(root, n) for n in names if n.endswith(SUFFIXES))
+                # Skip manifests of earlier `hesnr prepare` runs written into the same folder.
+                files.extend(os.path.join(root, n) for n in names
+                             if n.endswith(SUFFIXES) and not n.endswith("_manifest.json"))
         elif os.path.exists(item):
             files.append(item)
         else:
