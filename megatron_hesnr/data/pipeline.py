@@ -96,8 +96,11 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
         elif os.path.exists(item):
             files.append(item)
         else:
-            hits = glob.glob(item, recursive=True)
-            files.extend(h for h in hits if os.path.isfile(h)) if hits else missing.append(item)
+            hits = [h for h in glob.glob(item, recursive=True) if os.path.isfile(h)]
+            if hits:
+                files.extend(hits)
+            else:
+                missing.append(item)
     seen, unique = set(), []
     for f in sorted(files):
         if f not in seen:
