@@ -10,8 +10,8 @@ EXTRAS = {
     "triton": ["triton>=3.0"],
     # Megatron integration (parallel_state, vocab-parallel CE, indexed dataset).
     "megatron": ["megatron-core>=0.13"],
-    # Trajectory preparation: tokenizers with offset mappings, progress bars.
-    "data": ["tokenizers>=0.15", "tqdm>=4.60"],
+    # Trajectory preparation: tokenizers with offset mappings, progress bars, indexed dataset writer.
+    "data": ["tokenizers>=0.15", "tqdm>=4.60", "megatron-core>=0.13"],
     # Analysis and report: correlations, figures.
     "report": ["scipy>=1.9", "matplotlib>=3.6"],
 }
