@@ -24,18 +24,6 @@ import hesnr_integration_helpers as H  # noqa: E402
 LAYOUTS = [(2, 1, False), (1, 2, True), (1, 1, False)]
 
 
-def _reference(wset, weights, cfg):
-    from megatron_hesnr import HESNRAccumulator, token_stats
-    from megatron_hesnr.integration.windows import window_sample
-
-    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins, category_names=cfg.category_names)
-    for idx, w in wset.windows:
-        x, y, m = (torch.from_numpy(a)[None] for a in window_sample(*wset.dataset[idx], w, H.SEQ))
-        logits = H.reference_logits(weights, x, torch.arange(H.SEQ)[None])
-        acc.update(token_stats(logits, y, k=cfg.k, vocab_size=H.VOCAB, impl="torch"), m)
-    return acc
-
-
 def _worker(rank, world, port, tmpdir):
     try:
         _run(rank, world, port, tmpdir)
@@ -89,7 +77,7 @@ def _run(rank, world, port, tmpdir):
             [(20 + li, name, f"{tmpdir}/ckpt/iter_{20 + li:07d}") for name in ("p1", "p2")]
         for r in recs:
             wset = plan_set(r["dataset"], sets[r["dataset"]], H.SEQ, "window", 5)
-            ref = _reference(wset, weights, config)
+            ref = H.reference_accumulator(wset, weights, config)
             want, got = ref.compute(), r["metrics"]
             where = f"tp={tp} pp={pp} set {r['dataset']}"
             for key in ("num_tokens", "num_high_entropy", "num_invalid"):
