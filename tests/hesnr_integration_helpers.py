@@ -237,3 +237,17 @@ def schedules_on_cpu():
             tracker.fork = saved_fork
         if missing_gemm:
             del moe_utils.te_general_gemm
+
+
+def reference_accumulator(wset, weights, cfg):
+    """One process, full-vocabulary logits of the unsplit model: the oracle of the layouts."""
+    from megatron_hesnr import HESNRAccumulator, token_stats
+    from megatron_hesnr.integration.windows import window_sample
+
+    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins, category_names=cfg.category_names)
+    for idx, w in wset.windows:
+        x, y, m = (torch.from_numpy(a)[None] for a in window_sample(*wset.dataset[idx], w, SEQ))
+        logits = reference_logits(weights, x, torch.arange(SEQ)[None])
+        acc.update(token_stats(logits, y, k=cfg.k, vocab_size=VOCAB, impl="torch"), m)
+    return acc
+

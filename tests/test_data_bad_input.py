@@ -128,3 +128,11 @@ def test_prepare_cli_reports_each_bad_file_and_keeps_going(tmp_path, deepseek_to
     assert "nothing written" in capsys.readouterr().err
     assert not (tmp_path / "out" / "P3_manifest.json").exists()
     assert main(["prepare", str(d), "--tokenizer", str(tmp_path / "nope.json"), "--output-prefix", prefix]) == 2
+
+
+def test_file_size_limit(tmp_path):
+    p = tmp_path / "big.traj.json"
+    p.write_text(json.dumps(GOOD_MESSAGES), encoding="utf-8")
+    assert read_trajectories(str(p)).trajectories[0].num_actions == 1
+    with pytest.raises(ReadError, match="larger than 100 bytes"):
+        read_trajectories(str(p), Limits(max_file_bytes=100))

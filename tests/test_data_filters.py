@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from megatron_hesnr.data.filters import FilterConfig, action_drop_ranges, code_comments, shell_comments
 from megatron_hesnr.data.readers.text_actions import split_text_action

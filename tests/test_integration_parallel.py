@@ -31,20 +31,6 @@ LAYOUTS = [
 ]
 
 
-def _reference(wset, weights, cfg):
-    from megatron_hesnr import HESNRAccumulator, token_stats
-    from megatron_hesnr.integration.windows import window_sample
-
-    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins, category_names=cfg.category_names)
-    for idx, w in wset.windows:
-        tokens, mask = wset.dataset[idx]
-        x, y, m = window_sample(tokens, mask, w, H.SEQ)
-        x, y, m = (torch.from_numpy(a)[None] for a in (x, y, m))
-        logits = H.reference_logits(weights, x, torch.arange(H.SEQ)[None])
-        acc.update(token_stats(logits, y, k=cfg.k, vocab_size=H.VOCAB, impl="torch"), m)
-    return acc
-
-
 def _worker(rank, world, port, tmpdir):
     try:
         _run(rank, world, port, tmpdir)
@@ -94,7 +80,7 @@ def _run(rank, world, port, tmpdir):
             continue
         for name in sets:
             wset = plan_set(name, sets[name], H.SEQ, "window", cfg.stride_for(H.SEQ))
-            ref = _reference(wset, weights, cfg)
+            ref = H.reference_accumulator(wset, weights, cfg)
             got = data["sets"][name]["metrics"]
             want = ref.compute()
             where = f"layout tp={tp} cp={cp} pp={pp} ep={ep} {capture}, set {name}"

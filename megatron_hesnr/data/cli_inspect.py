@@ -67,7 +67,10 @@ def render_doc(tokenizer, ids: np.ndarray, mask: np.ndarray, color: bool) -> str
 
 def run(args) -> int:
     from .dataset import PreparedDataset, PreparedDatasetError
+    from .indexed import megatron_indexed
     from .pipeline import load_tokenizer
+
+    megatron_indexed(quiet=not getattr(args, "verbose", False))
 
     try:
         ds = PreparedDataset(args.prefix, verify="sizes")
@@ -106,5 +109,8 @@ def run(args) -> int:
     text = render_doc(tokenizer, ids, mask, color)
     if args.max_chars > 0:
         text = text[-args.max_chars:]
-    print(text)
+    try:
+        print(text)
+    except BrokenPipeError:   # `hesnr inspect ... | head`
+        sys.stdout = open(os.devnull, "w")
     return 0

@@ -74,8 +74,11 @@ def _table(rows: list[list[str]]) -> str:
 
 def run(args) -> int:
     from .. import __version__
+    from .indexed import megatron_indexed
     from .pipeline import expand_inputs, iter_results, load_tokenizer, tokenizer_info
     from .writer import DatasetWriter
+
+    megatron_indexed(quiet=not getattr(args, "verbose", False))
 
     try:
         cfg = config_from_args(args)

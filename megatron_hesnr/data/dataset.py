@@ -65,6 +65,9 @@ class PreparedDataset:
                                        f"entries for {t_len[i]} tokens")
         if len(t_len) != self.manifest.get("num_documents") or lengths_hash(t_len) != self.manifest.get("lengths_sha256"):
             raise PreparedDatasetError(f"{tokens_prefix(self.prefix)}.idx: document lengths do not match {mpath}")
+        for name, part in ((tokens_prefix(self.prefix), self._tokens), (mask_prefix(self.prefix), self._mask)):
+            if not np.array_equal(np.asarray(part.document_indices), np.arange(len(t_len) + 1)):
+                raise PreparedDatasetError(f"{name}.idx: expected one sequence per document (trajectory)")
         self.lengths = t_len
 
     def _check_files(self, mpath: str, verify: str) -> None:

@@ -61,9 +61,20 @@ def lengths_hash(lengths) -> str:
     return hashlib.sha256(np.asarray(lengths, dtype=np.int64).tobytes()).hexdigest()
 
 
-def megatron_indexed():
-    """megatron-core's ``indexed_dataset`` module (imported only when files are written/read)."""
+def megatron_indexed(quiet: bool = False):
+    """megatron-core's ``indexed_dataset`` module (imported only when files are written/read).
+
+    ``quiet`` (command-line use): hide the import-time warnings about optional GPU
+    packages and megatron's INFO logging, which say nothing about data preparation."""
     try:
+        if quiet:
+            import logging
+            import warnings
+
+            logging.getLogger("megatron").setLevel(logging.WARNING)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from megatron.core.datasets import indexed_dataset
         from megatron.core.datasets import indexed_dataset
     except ImportError as exc:  # pragma: no cover - depends on the installation
         raise ImportError("megatron-core is needed to write/read prepared datasets: "

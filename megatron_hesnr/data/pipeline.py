@@ -10,6 +10,7 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,12 +90,17 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
     for item in inputs:
         if os.path.isdir(item):
             for root, _dirs, names in os.walk(item):
-                files.extend(os.path.join(root, n) for n in names if n.endswith(SUFFIXES))
+                # Skip manifests of earlier `hesnr prepare` runs written into the same folder.
+                files.extend(os.path.join(root, n) for n in names
+                             if n.endswith(SUFFIXES) and not n.endswith("_manifest.json"))
         elif os.path.exists(item):
             files.append(item)
         else:
-            hits = glob.glob(item, recursive=True)
-            files.extend(h for h in hits if os.path.isfile(h)) if hits else missing.append(item)
+            hits = [h for h in glob.glob(item, recursive=True) if os.path.isfile(h)]
+            if hits:
+                files.extend(hits)
+            else:
+                missing.append(item)
     seen, unique = set(), []
     for f in sorted(files):
         if f not in seen:
@@ -136,10 +142,11 @@ def _finish(result: FileResult, rendered, encoded) -> FileResult:
     return result
 
 
-def process_files(paths: list[str], tokenizer, cfg: PrepareConfig) -> list[FileResult]:
-    """Read and render every file, tokenize all their texts in one ``encode_batch`` call
-    (the tokenizer's thread pool then has enough work), then build the masks."""
-    staged = [_read_render(p, cfg) for p in paths]
+def _stage(paths: list[str], cfg: PrepareConfig):
+    return [_read_render(p, cfg) for p in paths]
+
+
+def _complete(staged, tokenizer, cfg: PrepareConfig) -> list[FileResult]:
     flat = [r for result, rendered in staged if result.status != "error" for r in rendered]
     encoded = iter(encode_and_mask(tokenizer, flat, cfg.filters, cfg.categories, cfg.add_special_tokens))
     out = []
@@ -149,6 +156,12 @@ def process_files(paths: list[str], tokenizer, cfg: PrepareConfig) -> list[FileR
         else:
             out.append(_finish(result, rendered, [next(encoded) for _ in rendered]))
     return out
+
+
+def process_files(paths: list[str], tokenizer, cfg: PrepareConfig) -> list[FileResult]:
+    """Read and render every file, tokenize all their texts in one ``encode_batch`` call
+    (the tokenizer's thread pool then has enough work), then build the masks."""
+    return _complete(_stage(paths, cfg), tokenizer, cfg)
 
 
 def process_file(path: str, tokenizer, cfg: PrepareConfig) -> FileResult:
@@ -186,8 +199,18 @@ def iter_results(paths: list[str], tokenizer_path: str, cfg: PrepareConfig, work
     """
     if workers <= 1 or len(paths) <= 1:
         tok = tokenizer or load_tokenizer(tokenizer_path)
-        for batch in _batches(paths, batch_files):
-            yield from process_files(batch, tok, cfg)
+        # encode_batch releases the GIL: tokenize batch k in a thread while this thread
+        # reads and renders batch k+1 (and the caller writes the results of batch k-1).
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = None
+            for batch in _batches(paths, batch_files):
+                staged = _stage(batch, cfg)
+                nxt = pool.submit(_complete, staged, tok, cfg)
+                if pending is not None:
+                    yield from pending.result()
+                pending = nxt
+            if pending is not None:
+                yield from pending.result()
         return
     # Small batches keep all workers busy and the progress bar moving.
     size = max(1, min(batch_files, len(paths) // (4 * workers)))

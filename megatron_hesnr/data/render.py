@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .segments import Kind, Segment, ToolCall, Trajectory
+from .segments import Kind, ToolCall, Trajectory
 
 TOOL_STYLES = ("xml", "json")
 

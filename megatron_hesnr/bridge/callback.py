@@ -1,0 +1,213 @@
+"""The Megatron-Bridge callback: Bridge's state in, the shared HE-SNR evaluation out.
+
+Nothing here evaluates anything itself.  At each Bridge evaluation the callback
+translates Bridge's ``GlobalState`` / ``ConfigContainer`` into the handful of
+settings the Megatron-LM hook reads (sequence length, padded vocabulary, MTP,
+attention mask, iteration, consumed samples, checkpoint paths) and runs that hook
+(:class:`~megatron_hesnr.integration.hook.MegatronHESNRHook`) with the process
+groups and forward-only schedule of Bridge's model.  So the pass, its all-reduce,
+the validation line, the JSONL records and the TensorBoard / W&B output are the
+Megatron-LM ones, byte for byte in the records.
+
+What Bridge adds: its ``on_eval_end`` hands over ``total_loss_dict``; the headline
+scalars (``loss_dict_metrics``) go in there, so that Bridge >= 0.6, which logs that
+dict after the callback, shows them in its own validation line and loggers.
+"""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+from typing import Callable
+
+import torch
+
+from ..integration.capture import unwrap
+from ..integration.hook import MegatronHESNRHook
+from ..integration.logging_sinks import scalars
+from .compat import (
+    BridgeCompatError,
+    bridge_symbol,
+    container_get,
+    eval_end_precedes_logging,
+    forward_backward_func_for,
+    topology_from_pg_collection,
+)
+from ..integration.config import HESNRConfigError
+from .config import HESNRBridgeConfig
+
+log = logging.getLogger(__name__)
+
+#: Bridge events this callback handles (checked against Bridge's ``VALID_EVENTS``).
+EVENTS = ("on_train_start", "on_eval_end", "on_test_end")
+
+
+def _model_pg_collection(model: list):
+    get_pg_collection = bridge_symbol("megatron.bridge.training.utils.pg_utils", "get_pg_collection")
+    return get_pg_collection(model)
+
+
+class HESNRBridgeAdapter:
+    """The logic of :class:`HESNRCallback` (Bridge's ``Callback`` is mixed in lazily).
+
+    ``HESNRCallback(config)`` or ``HESNRCallback(datasets=[...], jsonl=..., ...)``.
+    ``open_dataset``, ``topology`` (``model -> EvalTopology``) and
+    ``forward_backward_func`` replace what comes from the data layer and Bridge's
+    model; tests inject them, users never need to.
+    """
+
+    def __init__(self, config: HESNRBridgeConfig | None = None, *, open_dataset: Callable | None = None,
+                 topology: Callable | None = None, forward_backward_func: Callable | None = None, **fields):
+        if config is None:
+            config = HESNRBridgeConfig(**fields)
+        elif fields:
+            raise TypeError(f"give either a HESNRBridgeConfig or its fields, not both (got {sorted(fields)})")
+        if not isinstance(config, HESNRBridgeConfig):
+            raise TypeError(f"config must be a HESNRBridgeConfig, got {type(config).__name__}")
+        self.hesnr = config
+        self._open_dataset = open_dataset
+        self._topology = topology
+        self._fb = forward_backward_func
+        self._args = SimpleNamespace()
+        self._state = None
+        self._hook: MegatronHESNRHook | None = None
+        self._model, self._vp, self._pgc = None, None, None
+        self._fb_key, self._fb_cached = None, None
+        self._checked = False
+        self._bridge_logs: bool | None = config.bridge_logs_loss_dict
+
+    # ------------------------------------------------------------ Bridge events
+    def on_train_start(self, context) -> None:
+        """Refuse a wrong combination and open every set before the first training step."""
+        if self.hesnr.enabled and getattr(context.state.train_state, "do_valid", True) is False:
+            # Bridge decided at set-up that it has nothing to validate on: on_eval_end would never fire.
+            raise HESNRConfigError("dataset", "Bridge has no validation data (train_state.do_valid is False), so it "
+                                              "never evaluates and HE-SNR would never run: give the dataset a "
+                                              "validation split")
+        self._startup(context)
+
+    def on_eval_end(self, context) -> None:
+        self._evaluate(context)
+
+    def on_test_end(self, context) -> None:
+        self._evaluate(context)
+
+    # ------------------------------------------------------------ translation
+    def megatron_args(self, context) -> SimpleNamespace:
+        """Bridge's settings under the names the Megatron-LM hook reads (updated in place)."""
+        state, cfg, ns = context.state, context.state.cfg, self._args
+        ts = state.train_state
+        model = context.model if isinstance(context.model, (list, tuple)) else [context.model]
+        padded = getattr(unwrap(model[0]), "vocab_size", None)
+        ns.seq_length = container_get(cfg, "model.seq_length")
+        ns.padded_vocab_size = padded if isinstance(padded, int) else None
+        ns.mtp_num_layers = container_get(cfg, "model.mtp_num_layers")
+        ns.create_attention_mask_in_dataloader = bool(container_get(cfg, "dataset.create_attention_mask"))
+        ns.skip_train = bool(container_get(cfg, "validation.skip_train"))
+        ns.save = container_get(cfg, "checkpoint.save")
+        ns.load = container_get(cfg, "checkpoint.load")
+        ns.ckpt_step = container_get(cfg, "checkpoint.ckpt_step")
+        # Bridge evaluates after counting the step: train_state.step is the iteration (also under
+        # skip_train, where it is the loaded checkpoint's).  No curr_iteration: that is Megatron's
+        # before-the-step counter, which the hook turns into curr_iteration + 1.
+        ns.curr_iteration = None
+        ns.iteration = int(ts.step)
+        ns.consumed_train_samples = int(ts.consumed_train_samples)
+        return ns
+
+    def _refresh_groups(self, context) -> None:
+        """Read the model's process groups now: Bridge >= 0.7 may rebind CP groups for evaluation
+        (``eval_context_parallel_rebinding``), so they are not cached across evaluations."""
+        self._model = list(context.model) if isinstance(context.model, (list, tuple)) else [context.model]
+        self._vp = container_get(context.state.cfg, "model.virtual_pipeline_model_parallel_size")
+        if self._topology is None or self._fb is None:
+            self._pgc = _model_pg_collection(self._model)
+
+    def _current_topology(self):
+        return topology_from_pg_collection(self._pgc)
+
+    def _current_forward_backward(self, **kwargs):
+        if self._fb_key is not self._pgc:
+            self._fb_cached = forward_backward_func_for(self._model, self._pgc, self._vp)
+            self._fb_key = self._pgc
+        return self._fb_cached(**kwargs)
+
+    def _hook_for(self, context) -> MegatronHESNRHook:
+        if self._hook is None:
+            kwargs = {"open_dataset": self._open_dataset} if self._open_dataset is not None else {}
+            self._hook = MegatronHESNRHook(
+                self.hesnr.hesnr_config(), get_args=lambda: self._args,
+                topology=self._topology or self._current_topology,
+                forward_backward_func=self._fb or self._current_forward_backward,
+                get_wandb_writer=lambda: self._state.wandb_logger, **kwargs)
+        return self._hook
+
+    def _startup(self, context) -> None:
+        if self._checked or not self.hesnr.enabled:
+            return
+        self._state = context.state
+        self.hesnr.check_against_container(context.state.cfg)
+        self._refresh_groups(context)
+        self._hook_for(context).setup(self.megatron_args(context))
+        if self._bridge_logs is None:
+            self._bridge_logs = eval_end_precedes_logging()
+            log.info("HE-SNR: megatron-bridge %s on_eval_end; HE-SNR scalars %s",
+                     "logs total_loss_dict after" if self._bridge_logs else "fires after logging in",
+                     "join Bridge's validation line" if self._bridge_logs else "are logged by megatron-hesnr only")
+        self._checked = True
+
+    # ------------------------------------------------------------ evaluation
+    def _evaluate(self, context) -> None:
+        if not self.hesnr.enabled:
+            return
+        self._startup(context)  # under validation.skip_train on_train_start never fires
+        self._state = context.state
+        args = self.megatron_args(context)
+        self._refresh_groups(context)
+        hook = self._hook_for(context)
+        data = hook.non_loss_data_func(context.model)  # every rank; data only on the last rank
+        if not data:
+            return
+        # Bridge writes TensorBoard only when training (write_to_tensorboard=not skip_train).
+        writer = None if args.skip_train else context.state.tensorboard_logger
+        hook.process_non_loss_data_func(data, int(context.state.train_state.step), writer)
+        loss_dict = getattr(context, "total_loss_dict", None)
+        if self._bridge_logs and self.hesnr.loss_dict_metrics and loss_dict is not None:
+            loss_dict.update(self.loss_dict_entries(data, loss_dict))
+
+    def loss_dict_entries(self, data: dict, loss_dict: dict) -> dict:
+        """``{"hesnr/<set>/<category>/<metric>": 0-dim float tensor}`` for finite headline metrics.
+
+        Bridge divides each of its ``[sum, count]`` pairs before ``on_eval_end``, so its
+        entries are already 0-dim tensors that it reads with ``.item()``; ours match them.
+        """
+        device = next((v.device for v in loss_dict.values() if isinstance(v, torch.Tensor)), None)
+        if device is None:
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        wanted = set(self.hesnr.loss_dict_metrics)
+        out = {}
+        for name, d in data["sets"].items():
+            for tag, value in scalars(name, d["metrics"], self.hesnr.report_categories).items():
+                if tag.rsplit("/", 1)[1] in wanted:
+                    out[tag] = torch.tensor(value, dtype=torch.float32, device=device)
+        return out
+
+
+_CALLBACK_CLASS = None
+
+
+def callback_class():
+    """``HESNRCallback``: :class:`HESNRBridgeAdapter` on Bridge's ``Callback`` (built on first use)."""
+    global _CALLBACK_CLASS
+    if _CALLBACK_CLASS is None:
+        base = bridge_symbol("megatron.bridge.training.callbacks", "Callback")
+        valid = bridge_symbol("megatron.bridge.training.callbacks", "VALID_EVENTS")
+        missing = [e for e in EVENTS if e not in valid or not hasattr(base, e)]
+        if missing:
+            raise BridgeCompatError(f"megatron.bridge.training.callbacks.Callback has no {missing} events "
+                                    "in this megatron-bridge version")
+        _CALLBACK_CLASS = type("HESNRCallback", (HESNRBridgeAdapter, base), {
+            "__module__": "megatron_hesnr.bridge",
+            "__doc__": "HE-SNR at every Megatron-Bridge evaluation: "
+                       "``pretrain(cfg, forward_step, callbacks=[HESNRCallback(config)])``.",
+        })
+    return _CALLBACK_CLASS

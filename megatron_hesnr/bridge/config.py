@@ -1,0 +1,165 @@
+"""The HE-SNR settings of a Megatron-Bridge run, in Bridge's config style.
+
+:class:`HESNRBridgeConfig` *is* the Megatron-LM :class:`~megatron_hesnr.integration.config.HESNRConfig`
+(same fields, defaults and checks, so both front ends evaluate the same way and
+write the same records) plus the few fields only Bridge needs.  A wrong value is
+refused in ``__post_init__`` with a message that names the field (and the
+``--hesnr-*`` flag it corresponds to); :meth:`HESNRBridgeConfig.check_against_container`
+refuses combinations with Bridge's own ``ConfigContainer`` at start-up.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from ..integration.config import EvalDataset, HESNRConfig, HESNRConfigError, parse_data_specs
+from ..integration.logging_sinks import LINE_METRICS
+from .compat import container_get
+
+#: ``--hesnr-*`` flags whose field name is not the flag's own spelling.
+_FLAG_TO_FIELD = {"--hesnr-data-path": "datasets", "--hesnr-keep-empty-windows": "skip_empty_windows"}
+
+
+def field_for_flag(flag: str) -> str:
+    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``k``)."""
+    if flag in _FLAG_TO_FIELD:
+        return _FLAG_TO_FIELD[flag]
+    return flag[len("--hesnr-"):].replace("-", "_") if flag.startswith("--hesnr-") else flag
+
+
+def _datasets(value) -> tuple[EvalDataset, ...]:
+    """Sets given as ``EvalDataset``s, ``"NAME=PREFIX"`` strings or a ``{name: prefix}`` mapping."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if isinstance(value, dict):
+        value = [f"{k}={v}" for k, v in value.items()]
+    specs = []
+    for item in value:
+        if isinstance(item, EvalDataset):
+            specs.append(f"{item.name}={item.prefix}")
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            specs.append(f"{item[0]}={item[1]}")
+        elif isinstance(item, str):
+            specs.append(item)
+        else:
+            raise HESNRConfigError("--hesnr-data-path", f"cannot read a set from {item!r} (use 'NAME=PREFIX')")
+    return parse_data_specs(specs)
+
+
+@dataclass(kw_only=True)
+class HESNRBridgeConfig(HESNRConfig):
+    """HE-SNR evaluation inside Megatron-Bridge's ``evaluate()`` (see :mod:`megatron_hesnr.bridge`).
+
+    Every field of :class:`HESNRConfig` keeps its meaning; ``eval_interval`` and
+    ``eval_iters`` relate to Bridge's ``validation.eval_interval`` (``train.eval_interval``
+    before Bridge 0.4) instead of Megatron's flags.  ``datasets`` also accepts
+    ``"NAME=PREFIX"`` strings or a ``{name: prefix}`` mapping.
+    """
+
+    loss_dict_metrics: tuple[str, ...] = ("hesnr", "he_ppl")
+    """Metrics put into Bridge's ``total_loss_dict`` (its validation line, TensorBoard,
+    W&B, MLflow, Comet) for 'all' and each report category, as ``hesnr/<set>/<category>/<metric>``.
+    Bridge prints a "PPL" beside every entry, which means nothing for these keys.
+    Only Bridge >= 0.6 logs them (older versions fire ``on_eval_end`` after logging);
+    ``()`` keeps Bridge's line as it is."""
+    bridge_logs_loss_dict: bool | None = None
+    """Whether Bridge logs ``total_loss_dict`` after ``on_eval_end``; ``None``: detected
+    from the installed Bridge (see :func:`megatron_hesnr.bridge.compat.eval_end_precedes_logging`)."""
+
+    def __post_init__(self):
+        try:
+            self.datasets = _datasets(self.datasets)
+            super().__post_init__()
+        except HESNRConfigError as exc:
+            raise self._named(exc) from None
+        self.loss_dict_metrics = tuple(self.loss_dict_metrics)
+        unknown = [m for m in self.loss_dict_metrics if m not in LINE_METRICS]
+        if unknown:
+            raise HESNRConfigError("HESNRBridgeConfig.loss_dict_metrics", f"unknown {unknown}; known: {list(LINE_METRICS)}")
+
+    @staticmethod
+    def _named(exc: HESNRConfigError) -> HESNRConfigError:
+        message = str(exc)[len(exc.flag) + 2:]
+        return HESNRConfigError(f"HESNRBridgeConfig.{field_for_flag(exc.flag)} ({exc.flag})", message)
+
+    def finalize(self) -> None:
+        """Re-run the checks after fields were overridden (Bridge configs' ``finalize`` contract)."""
+        self.__post_init__()
+
+    def hesnr_config(self) -> HESNRConfig:
+        """The shared evaluation settings alone (what the JSONL records and the Megatron-LM hook use)."""
+        return HESNRConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(HESNRConfig) if f.init})
+
+    def check_against_container(self, container: Any, *, has_output_processor: bool | None = None) -> None:
+        """Refuse combinations with Bridge's ``ConfigContainer`` (call before ``pretrain``)."""
+        if not self.enabled:
+            return
+        seq_length = container_get(container, "model.seq_length")
+        eval_iters = container_get(container, "validation.eval_iters")
+        eval_interval = container_get(container, "validation.eval_interval")
+        skip_train = bool(container_get(container, "validation.skip_train"))
+        prefix = "validation." if container_get(container, "validation") is not None else "train."
+        if not isinstance(seq_length, int) or seq_length < 2:
+            raise HESNRConfigError("model.seq_length", f"HE-SNR windows need a sequence length >= 2, got {seq_length!r}")
+        if self.window_stride is not None and self.window_stride > seq_length:
+            raise HESNRConfigError("HESNRBridgeConfig.window_stride",
+                                   f"{self.window_stride} exceeds model.seq_length {seq_length}: tokens would be skipped")
+        # The callback runs inside Bridge's evaluation, which needs eval_iters >= 1 (and a validation set).
+        if not eval_iters:
+            raise HESNRConfigError(f"{prefix}eval_iters",
+                                   "HE-SNR runs inside Bridge's evaluation, which is off: set it >= 1 "
+                                   "and give a validation split")
+        if not skip_train:
+            if not eval_interval:
+                raise HESNRConfigError(f"{prefix}eval_interval", "HE-SNR needs Bridge's evaluation during training (>= 1)")
+            if self.eval_interval is not None and self.eval_interval % eval_interval:
+                raise HESNRConfigError("HESNRBridgeConfig.eval_interval",
+                                       f"{self.eval_interval} must be a multiple of {prefix}eval_interval {eval_interval} "
+                                       "(HE-SNR runs only when Bridge evaluates)")
+        cp = container_get(container, "model.context_parallel_size") or 1
+        if cp > 1 and seq_length % (2 * cp):
+            raise HESNRConfigError("model.seq_length",
+                                   f"{seq_length} must be divisible by 2 x model.context_parallel_size = {2 * cp}")
+        if has_output_processor is None:
+            from ..integration.compat import core_has_output_processor
+
+            has_output_processor = core_has_output_processor()
+        if self.logits_capture == "output_processor" and not has_output_processor:
+            raise HESNRConfigError("HESNRBridgeConfig.logits_capture",
+                                   "output_processor needs megatron-core >= 0.19 (model.forward(output_processor=))")
+        if (container_get(container, "model.mtp_num_layers") and self.logits_capture == "labels_none"
+                and not has_output_processor):
+            raise HESNRConfigError("HESNRBridgeConfig.logits_capture",
+                                   "labels_none with model.mtp_num_layers fails before megatron-core 0.19; "
+                                   "use auto or output_layer_hook")
+
+
+def add_hesnr_bridge_args(parser):
+    """The Megatron-LM ``--hesnr-*`` flags plus the Bridge-only ones (for Bridge launch scripts)."""
+    from ..integration.args import add_hesnr_args
+
+    add_hesnr_args(parser)
+    g = parser.add_argument_group(title="HE-SNR under Megatron-Bridge")
+    g.add_argument("--hesnr-loss-dict-metrics", nargs="*", default=["hesnr", "he_ppl"], metavar="METRIC",
+                   help="Metrics added to Bridge's total_loss_dict (its validation line and loggers, Bridge >= 0.6); "
+                        f"any of {list(LINE_METRICS)}, none to add nothing.")
+    return parser
+
+
+def bridge_config_from_args(args) -> HESNRBridgeConfig | None:
+    """:class:`HESNRBridgeConfig` of parsed ``--hesnr-*`` flags (``None``: no ``--hesnr-data-path``)."""
+    from ..integration.args import config_from_args
+
+    shared = config_from_args(args)
+    if shared is None:
+        return None
+    fields = {f.name: getattr(shared, f.name) for f in dataclasses.fields(HESNRConfig) if f.init}
+    try:
+        return HESNRBridgeConfig(loss_dict_metrics=tuple(args.hesnr_loss_dict_metrics or ()), **fields)
+    except HESNRConfigError as exc:
+        if exc.flag.endswith(".loss_dict_metrics"):
+            raise HESNRConfigError("--hesnr-loss-dict-metrics", str(exc)[len(exc.flag) + 2:]) from None
+        raise
