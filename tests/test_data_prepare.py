@@ -139,7 +139,16 @@ def test_prepare_cli_writes_dataset_that_reads_back_equal(tokenizer, sample_file
         assert ids.dtype == np.int64 and mask.dtype == np.uint8
         np.testing.assert_array_equal(ids, d.ids)
         np.testing.assert_array_equal(mask, d.mask)
+    # Documents outlive the dataset (its memory map is closed on collection).
+    ids0, mask0 = ds[0]
+    ids0_copy, mask0_copy = ids0.copy(), mask0.copy()
     m = ds.manifest
+    del ds
+    import gc
+
+    gc.collect()
+    np.testing.assert_array_equal(ids0, ids0_copy)
+    np.testing.assert_array_equal(mask0, mask0_copy)
     assert m["tokenizer"]["vocab_size"] == tokenizer.get_vocab_size(with_added_tokens=True)
     assert m["filters"] == {"markup": True, "comments": True, "whitespace": True}
     assert m["counts"]["action"] == sum(int((d.mask == 1).sum()) for d in expected) > 0

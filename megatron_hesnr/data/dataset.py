@@ -98,8 +98,10 @@ class PreparedDataset:
         if not -len(self) <= i < len(self):
             raise IndexError(f"document {i} out of range for {len(self)} documents")
         i = int(i) % len(self)
-        ids = np.asarray(self._tokens[i], dtype=np.int64)
-        mask = np.asarray(self._mask[i], dtype=np.uint8)
+        # Copies: megatron-core's arrays point into a memory map that closes when this
+        # dataset is garbage-collected; a view read after that crashes the process.
+        ids = np.array(self._tokens[i], dtype=np.int64, copy=True)
+        mask = np.array(self._mask[i], dtype=np.uint8, copy=True)
         return ids, mask
 
     def source(self, i: int) -> str:
