@@ -1,4 +1,4 @@
-"""Constants of the HE-SNR definition (see docs: METRIC.md)."""
+"""Constants of the HE-SNR definition (see docs/metric.md)."""
 import math
 
 #: Size of the candidate set: the entropy is taken over the k largest logits.

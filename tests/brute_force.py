@@ -1,7 +1,7 @@
 """Float64 brute force of the HE-SNR definition, token by token (test oracle).
 
 Deliberately naive: Python loops over tokens, full-vocabulary float64 math, no
-chunking, no shard records; written straight from METRIC.md.
+chunking, no shard records; written straight from docs/metric.md.
 """
 from __future__ import annotations
 
