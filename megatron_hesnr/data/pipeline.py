@@ -10,6 +10,7 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from .filters import FilterConfig
 from .readers import SUFFIXES, Limits, ReadError, read_trajectories
+from .row_select import RowSelect, choose
 from .render import TEMPLATES, TOOL_STYLES, render
 from .segments import Category
 from .tokenize_mask import encode_and_mask
@@ -34,6 +36,9 @@ class PrepareConfig:
     categories: tuple = (Category.ACTION,)
     add_special_tokens: bool = True
     limits: Limits = field(default_factory=Limits)
+    select: RowSelect | None = None
+    #: Rows chosen by ``--limit`` / ``--sample`` (see :func:`plan_rows`); None: all rows.
+    plan: RowPlan | None = None
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
@@ -42,6 +47,44 @@ class PrepareConfig:
             raise ValueError(f"--tool-style: unknown style {self.tool_style!r} (choose from {TOOL_STYLES})")
         if Category.ACTION not in self.categories:
             raise ValueError("--categories must include 'action'")
+
+
+@dataclass
+class RowPlan:
+    """Result of the candidate pass: per file, the row numbers to prepare (a file not in
+    ``allowed`` could not be read and is read again, to report why) and the row errors
+    already found (reported with the file's result)."""
+
+    allowed: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    dropped: Counter = field(default_factory=Counter)
+
+
+def plan_rows(paths: list[str], cfg: PrepareConfig) -> RowPlan:
+    """Read every file once, list the candidate rows (readable, passing the field
+    filters) in input order, and choose among them (``--limit`` / ``--sample``)."""
+    plan, candidates = RowPlan(), []
+    select = cfg.select
+    for path in paths:
+        if select.limit is not None and len(candidates) >= select.limit:
+            plan.allowed[path] = frozenset()   # limit reached: not even opened
+            continue
+        try:
+            read = read_trajectories(path, cfg.limits, select)
+        except (ReadError, OSError, RecursionError, MemoryError):
+            continue
+        candidates.extend((path, n) for n in read.row_ids)
+        plan.errors[path] = list(read.errors)
+        plan.dropped.update(read.dropped)
+        plan.allowed[path] = frozenset()
+    chosen, n_dropped = choose(candidates, select)
+    plan.dropped["limit" if select.limit is not None else "sample"] += n_dropped
+    by_path: dict = {}
+    for path, n in chosen:
+        by_path.setdefault(path, set()).add(n)
+    for path in plan.allowed:
+        plan.allowed[path] = frozenset(by_path.get(path, ()))
+    return plan
 
 
 @dataclass
@@ -61,6 +104,7 @@ class FileResult:
     reason: str = ""               # why the file (status error) failed
     line_errors: list[str] = field(default_factory=list)
     docs: list[Doc] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)   # rows dropped here, per row filter
 
 
 def load_tokenizer(path: str):
@@ -111,15 +155,17 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
 
 def _read_render(path: str, cfg: PrepareConfig):
     """-> (FileResult without docs, rendered trajectories); status error on failure."""
+    allowed = cfg.plan.allowed.get(path) if cfg.plan else None
     try:
-        read = read_trajectories(path, cfg.limits)
+        read = read_trajectories(path, cfg.limits, cfg.select, allowed)
     except ReadError as exc:
         return FileResult(path, "error", reason=str(exc)), []
     except OSError as exc:
         return FileResult(path, "error", reason=f"cannot open ({exc.strerror or exc})"), []
     except (RecursionError, MemoryError) as exc:
         return FileResult(path, "error", reason=f"input too deeply nested or too large ({type(exc).__name__})"), []
-    result = FileResult(path, "ok", read.format, line_errors=list(read.errors))
+    earlier = cfg.plan.errors.get(path, []) if cfg.plan else []
+    result = FileResult(path, "ok", read.format, line_errors=earlier + list(read.errors), dropped=read.dropped)
     try:
         rendered = [render(t, cfg.template, cfg.tool_style) for t in read.trajectories]
     except (RecursionError, MemoryError) as exc:
@@ -133,10 +179,13 @@ def _finish(result: FileResult, rendered, encoded) -> FileResult:
             result.line_errors.append(f"{r.source}: renders to no tokens")
             continue
         result.docs.append(Doc(r.source, ids, mask, r.num_actions, scored))
+    if not result.docs and not result.line_errors:
+        result.status, result.reason = "filtered", "no row selected by the row filters"
+        return result
     if not result.docs:
         reasons = "; ".join(result.line_errors[:3]) or "no trajectory"
         return FileResult(result.path, "error", result.format, reason=f"nothing usable ({reasons})",
-                          line_errors=result.line_errors)
+                          line_errors=result.line_errors, dropped=result.dropped)
     if result.line_errors:
         result.status = "partial"
     return result
