@@ -66,9 +66,8 @@ def plan_rows(paths: list[str], cfg: PrepareConfig) -> RowPlan:
     plan, candidates = RowPlan(), []
     select = cfg.select
     for path in paths:
-        if select.limit is not None and len(candidates) >= select.limit:
-            plan.allowed[path] = frozenset()   # limit reached: not even opened
-            continue
+        # Every file is read, also once --limit is reached: the manifest's counts of
+        # dropped rows (and the error lines) cover all the inputs.
         try:
             read = read_trajectories(path, cfg.limits, select)
         except (ReadError, OSError, RecursionError, MemoryError):
