@@ -173,9 +173,11 @@ def test_parquet_and_jsonl_of_the_same_rows_prepare_identically(tokenizer, tmp_p
     from megatron_hesnr.data.readers import parquet
 
     monkeypatch.setattr(parquet, "BATCH_ROWS", 2)   # rows cross record-batch boundaries
+    monkeypatch.setattr(parquet, "PART_ROWS", 2)    # and a file is prepared in parts
     cfg = PrepareConfig(tool_style=tool_style)
     for jsonl in ROW_FILES:
         pq_path = _to_parquet(jsonl, tmp_path / (jsonl.stem + ".parquet"))
+        assert len(parquet.parts(str(pq_path))) >= 2
         a, b = process_files([str(jsonl), str(pq_path)], tokenizer, cfg)
         assert a.status == b.status == ("partial" if EXPECTED[jsonl.name][2] else "ok")
         assert [e.replace("line ", "row ", 1) for e in a.line_errors] == b.line_errors
@@ -312,3 +314,21 @@ def test_everything_filtered_out_writes_nothing(tmp_path, capsys):
     rc, _ = _prepare(tmp_path, "none", "--where", "model=nobody")
     err = capsys.readouterr().err
     assert rc == 1 and "nothing written" in err and "where model=nobody dropped" in err
+
+
+def test_sample_over_parquet_parts_with_workers_matches_jsonl(tmp_path, monkeypatch, capsys):
+    from megatron_hesnr.data.readers import parquet
+
+    monkeypatch.setattr(parquet, "PART_ROWS", 2)   # forked workers inherit it
+    d = tmp_path / "pq"
+    d.mkdir()
+    for jsonl in ROW_FILES:
+        _to_parquet(jsonl, d / (jsonl.stem + ".parquet"))
+    flags = ("--only-resolved", "--sample", "5", "--seed", "11")
+    _, m_jsonl = _prepare(tmp_path, "j", *flags)
+    _, m_pq = _prepare(tmp_path, "p", *flags, "--workers", "2", inputs=[str(d)])
+    assert [r.replace(".jsonl", "") for r in _rows_of(m_jsonl)] == [r.replace(".parquet", "") for r in _rows_of(m_pq)]
+    assert m_jsonl["row_filters"] == m_pq["row_filters"]
+    assert [d["tokens"] for d in m_jsonl["documents"]] == [d["tokens"] for d in m_pq["documents"]]
+    err = capsys.readouterr().err
+    assert sum("error:" in line for line in err.splitlines()) == 2 * sum(len(v[2]) for v in EXPECTED.values())

@@ -24,7 +24,7 @@ from . import chat_jsonl, mini_swe_agent, openhands, parquet, rows, swe_agent
 from .base import Limits, ReadError, read_json_file
 from .messages import messages_to_trajectory
 
-__all__ = ["Limits", "ReadError", "ReadResult", "read_trajectories", "SUFFIXES"]
+__all__ = ["Limits", "ReadError", "ReadResult", "file_parts", "read_trajectories", "SUFFIXES"]
 
 #: Files picked up when a directory is given on the command line.
 SUFFIXES = (".traj", ".traj.json", ".jsonl", ".json", ".parquet")
@@ -59,13 +59,20 @@ def _single(obj, path: str):
     return None
 
 
-def read_trajectories(path: str, limits: Limits | None = None, select=None, allowed=None) -> ReadResult:
-    """Read one file. Raises :class:`ReadError` (reason only, no path) if nothing can be read."""
+def file_parts(path: str) -> list:
+    """The parts a file is read in (see :mod:`.parquet`); ``[None]``: the whole file."""
+    return parquet.parts(path) if path.endswith(".parquet") else [None]
+
+
+def read_trajectories(path: str, limits: Limits | None = None, select=None, allowed=None,
+                      part=None) -> ReadResult:
+    """Read one file (or one part of it). Raises :class:`ReadError` (reason only, no path)
+    if nothing can be read."""
     limits = limits or Limits()
     if path.endswith(".jsonl"):
         return _from_rows(chat_jsonl.read(path, limits, select, allowed), chat_jsonl.FORMAT)
     if path.endswith(".parquet"):
-        return _from_rows(parquet.read(path, select, allowed), "parquet")
+        return _from_rows(parquet.read(path, select, allowed, part), "parquet")
     obj = read_json_file(path, limits)
     if isinstance(obj, list) and obj and all(rows.is_row(r) for r in obj[:3]):
         return _from_rows(rows.collect(enumerate(obj, 1), path, "row", None, select, allowed), "json-rows")
