@@ -13,7 +13,7 @@ from .rows import Rows, collect
 #: Rows per record batch: trajectories are large, so batches stay small.
 BATCH_ROWS = 64
 #: Rows per part (rounded to whole row groups).
-PART_ROWS = 256
+PART_ROWS = 64
 EXTRA_HINT = "pip install 'megatron-hesnr[parquet]'"
 
 
