@@ -332,3 +332,48 @@ def test_sample_over_parquet_parts_with_workers_matches_jsonl(tmp_path, monkeypa
     assert [d["tokens"] for d in m_jsonl["documents"]] == [d["tokens"] for d in m_pq["documents"]]
     err = capsys.readouterr().err
     assert sum("error:" in line for line in err.splitlines()) == 2 * sum(len(v[2]) for v in EXPECTED.values())
+
+
+def test_inspect_shows_the_row_filters(tmp_path, capsys):
+    from megatron_hesnr.cli import main
+
+    rc, m = _prepare(tmp_path, "s", "--only-resolved", "--sample", "3", "--seed", "2")
+    assert rc == 0
+    capsys.readouterr()
+    assert main(["inspect", str(tmp_path / "s" / "P")]) == 0
+    out = capsys.readouterr().out
+    assert "row filters: only_resolved dropped 6, sample 3 (seed 2) dropped 5" in out
+    assert sum(f["rows_dropped"].get("only_resolved", 0) for f in m["inputs"]) == 6
+
+
+def _oh_event(i, call_id, calls, content="I will look around."):
+    return {"id": i, "source": "agent", "action": "run", "args": {"command": "ignored", "thought": content},
+            "tool_call_metadata": {"function_name": "execute_bash", "tool_call_id": call_id, "model_response": {
+                "id": "resp-1", "choices": [{"message": {"role": "assistant", "content": content,
+                                                         "tool_calls": calls}}]}}}
+
+
+def test_openhands_several_calls_in_one_response_and_events_without_response(tokenizer):
+    from megatron_hesnr.data.readers import openhands
+
+    calls = [{"id": f"c{k}", "type": "function", "function": {"name": "execute_bash",
+                                                              "arguments": json.dumps({"command": cmd})}}
+             for k, cmd in enumerate(["ls -la", "cat setup.py"])]
+    events = [{"id": 0, "source": "user", "action": "message", "args": {"content": "Fix it."}},
+              _oh_event(1, "c0", calls), {"id": 2, "source": "agent", "observation": "run", "content": "a b"},
+              _oh_event(3, "c1", calls), {"id": 4, "source": "agent", "observation": "run", "content": "setup()"}]
+    traj = openhands.read(events, "oh")
+    texts = [[(type(p).__name__, getattr(p, "text", None) or getattr(p, "arguments", None)) for p in m.parts]
+             for m in traj.messages]
+    assert texts == [[("Segment", "Fix it.")],
+                     [("Segment", "I will look around."), ("ToolCall", {"command": "ls -la"})],
+                     [("Segment", "a b")],
+                     [("ToolCall", {"command": "cat setup.py"})],   # the shared thought is not repeated
+                     [("Segment", "setup()")]]
+    # Without a model response (older runs): the event's own tool name and args, minus bookkeeping.
+    for e in events:
+        e.get("tool_call_metadata", {}).pop("model_response", None)
+    traj = openhands.read(events, "oh")
+    assert [p.arguments for m in traj.messages for p in m.parts if isinstance(p, ToolCall)] == \
+        [{"command": "ignored"}, {"command": "ignored"}]
+    assert _check_scored_inside_actions(tokenizer, traj, "json") > 0

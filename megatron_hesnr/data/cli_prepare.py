@@ -110,7 +110,6 @@ def run(args) -> int:
     dropped = Counter()
     if cfg.select is not None and cfg.select.needs_candidates:
         cfg = replace(cfg, plan=plan_rows(paths, cfg))
-        dropped.update(cfg.plan.dropped)
     writer = None
     inputs, documents = [], []
     by_format: dict[str, np.ndarray] = {}
@@ -145,6 +144,7 @@ def run(args) -> int:
                 sum(d.num_actions for d in res.docs), sum(d.actions_scored for d in res.docs)]
         inputs.append({"path": os.path.abspath(res.path), "status": res.status, "format": res.format,
                        "reason": res.reason, "line_errors": res.line_errors, "documents": len(res.docs),
+                       "rows_dropped": dict(res.dropped),
                        "tokens": int(file_counts.sum()),
                        "counts": {c.name.lower(): int(file_counts[int(c)]) for c in Category}})
     elapsed = time.perf_counter() - t0

@@ -51,13 +51,13 @@ class PrepareConfig:
 
 @dataclass
 class RowPlan:
-    """Result of the candidate pass: per file, the row numbers to prepare (a file not in
-    ``allowed`` could not be read and is read again, to report why) and the row errors
-    already found (reported with the file's result)."""
+    """Result of the candidate pass, per file: the row numbers to prepare (a file not in
+    ``allowed`` could not be read and is read again, to report why), and the row errors
+    found and rows dropped (both reported with the file's result)."""
 
     allowed: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
-    dropped: Counter = field(default_factory=Counter)
+    dropped: dict = field(default_factory=dict)
 
 
 def plan_rows(paths: list[str], cfg: PrepareConfig) -> RowPlan:
@@ -74,13 +74,16 @@ def plan_rows(paths: list[str], cfg: PrepareConfig) -> RowPlan:
             continue
         candidates.extend((path, n) for n in read.row_ids)
         plan.errors.setdefault(path, []).extend(read.errors)
-        plan.dropped.update(read.dropped)
+        plan.dropped.setdefault(path, Counter()).update(read.dropped)
         plan.allowed[path] = frozenset()
-    chosen, n_dropped = choose(candidates, select)
-    plan.dropped["limit" if select.limit is not None else "sample"] += n_dropped
+    chosen, _ = choose(candidates, select)
+    label = "limit" if select.limit is not None else "sample"
     by_path: dict = {}
     for path, n in chosen:
         by_path.setdefault(path, set()).add(n)
+    for path, n in candidates:
+        if n not in by_path.get(path, ()):
+            plan.dropped[path][label] += 1
     for path in plan.allowed:
         plan.allowed[path] = frozenset(by_path.get(path, ()))
     return plan
@@ -167,7 +170,8 @@ def _read_render(unit, cfg: PrepareConfig):
         return FileResult(path, "error", reason=f"input too deeply nested or too large ({type(exc).__name__})"), []
     first_part = part is None or part[2] == 1   # the candidate pass's errors go with it
     earlier = cfg.plan.errors.get(path, []) if cfg.plan and first_part else []
-    result = FileResult(path, "ok", read.format, line_errors=earlier + list(read.errors), dropped=read.dropped)
+    dropped = read.dropped + (cfg.plan.dropped.get(path, Counter()) if cfg.plan and first_part else Counter())
+    result = FileResult(path, "ok", read.format, line_errors=earlier + list(read.errors), dropped=dropped)
     try:
         rendered = [render(t, cfg.template, cfg.tool_style) for t in read.trajectories]
     except (RecursionError, MemoryError) as exc:
@@ -181,7 +185,8 @@ def _finish(result: FileResult, rendered, encoded) -> FileResult:
             result.line_errors.append(f"{r.source}: renders to no tokens")
             continue
         result.docs.append(Doc(r.source, ids, mask, r.num_actions, scored))
-    if not result.docs and not result.line_errors:
+    if not result.docs and (result.dropped or not result.line_errors):
+        # Rows were dropped by the row filters (the bad ones, if any, are still reported).
         result.status, result.reason = "filtered", "no row selected by the row filters"
         return result
     if not result.docs:
@@ -220,7 +225,7 @@ def _merge(parts: list[FileResult]) -> FileResult:
                            if r.status == "error" and r.reason and not r.reason.startswith("nothing usable"))
     if out.docs:
         out.status = "partial" if out.line_errors else "ok"
-    elif out.line_errors:
+    elif out.line_errors and not out.dropped:
         out.status, out.reason = "error", "nothing usable (" + "; ".join(out.line_errors[:3]) + ")"
     else:
         out.status, out.reason = "filtered", "no row selected by the row filters"
