@@ -331,7 +331,8 @@ def test_sample_over_parquet_parts_with_workers_matches_jsonl(tmp_path, monkeypa
     assert m_jsonl["row_filters"] == m_pq["row_filters"]
     assert [d["tokens"] for d in m_jsonl["documents"]] == [d["tokens"] for d in m_pq["documents"]]
     err = capsys.readouterr().err
-    assert sum("error:" in line for line in err.splitlines()) == 2 * sum(len(v[2]) for v in EXPECTED.values())
+    # Each run reports the malformed resolved rows once (nebius line 5 is unresolved: dropped unread).
+    assert sum("error:" in line for line in err.splitlines()) == 2 * (sum(len(v[2]) for v in EXPECTED.values()) - 1)
 
 
 def test_inspect_shows_the_row_filters(tmp_path, capsys):
