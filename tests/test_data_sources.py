@@ -378,3 +378,27 @@ def test_openhands_several_calls_in_one_response_and_events_without_response(tok
     assert [p.arguments for m in traj.messages for p in m.parts if isinstance(p, ToolCall)] == \
         [{"command": "ignored"}, {"command": "ignored"}]
     assert _check_scored_inside_actions(tokenizer, traj, "json") > 0
+
+
+def test_json_list_of_rows_and_a_single_row_file_read_like_jsonl(tokenizer, tmp_path):
+    jsonl = ROWS / "swe_smith.jsonl"
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "one.json").write_text(json.dumps(rows[0]))
+    a, b, c = process_files([str(jsonl), str(tmp_path / "rows.json"), str(tmp_path / "one.json")], tokenizer,
+                            PrepareConfig())
+    assert [e.replace("line ", "row ", 1) for e in a.line_errors] == b.line_errors
+    assert (b.format, c.format) == ("swe-smith", "json-row")
+    for da, db in zip(a.docs, b.docs):
+        np.testing.assert_array_equal(da.ids, db.ids)
+    np.testing.assert_array_equal(a.docs[0].ids, c.docs[0].ids)
+    np.testing.assert_array_equal(a.docs[0].mask, c.docs[0].mask)
+
+
+def test_non_object_json_arguments_render_as_json_with_escapes_as_markup(tokenizer):
+    traj = Trajectory("t", "test", [Message("user", [Segment(Kind.USER, "go")]), Message("assistant", [
+        ToolCall("run", {}, raw_arguments='["ls\\nnext", 3]'), ToolCall("run", {}, raw_arguments='{"cut": "of')])])
+    rd = render(traj, "chatml", "json")
+    assert '{"name": "run", "arguments": ["ls\\nnext", 3]}' in rd.text
+    assert '{"name": "run", "arguments": {"cut": "of}' in rd.text   # not JSON: verbatim
+    _check_scored_inside_actions(tokenizer, traj, "json")
