@@ -402,3 +402,22 @@ def test_non_object_json_arguments_render_as_json_with_escapes_as_markup(tokeniz
     assert '{"name": "run", "arguments": ["ls\\nnext", 3]}' in rd.text
     assert '{"name": "run", "arguments": {"cut": "of}' in rd.text   # not JSON: verbatim
     _check_scored_inside_actions(tokenizer, traj, "json")
+
+
+def test_broken_parquet_files_say_why(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    from megatron_hesnr.data.readers import ReadError
+
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(ReadError, match="not a readable parquet file"):
+        read_trajectories(str(tmp_path / "junk.parquet"))
+    pq.write_table(pa.table({"messages": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    with pytest.raises(ReadError, match="empty file"):
+        read_trajectories(str(tmp_path / "empty.parquet"))
+    pq.write_table(pa.table({"text": ["a", "b"]}), tmp_path / "other.parquet")
+    res = read_trajectories(str(tmp_path / "other.parquet"))
+    assert res.errors == ["row 1: unknown schema: object without messages/trajectory/conversations/history "
+                          "(keys: ['text'])", "row 2: unknown schema: object without messages/trajectory/"
+                          "conversations/history (keys: ['text'])"]
