@@ -421,3 +421,25 @@ def test_broken_parquet_files_say_why(tmp_path):
     assert res.errors == ["row 1: unknown schema: object without messages/trajectory/conversations/history "
                           "(keys: ['text'])", "row 2: unknown schema: object without messages/trajectory/"
                           "conversations/history (keys: ['text'])"]
+
+
+def test_think_tool_calls_are_thoughts_not_actions(tokenizer):
+    from megatron_hesnr.data.readers import openhands
+    from megatron_hesnr.data.readers.messages import messages_to_trajectory
+
+    think = {"id": "t1", "type": "function", "function": {"name": "think", "arguments": json.dumps(
+        {"thought": "Maybe the cache key is stale."})}}
+    run = {"id": "r1", "type": "function", "function": {"name": "execute_bash", "arguments": '{"command": "ls"}'}}
+    msgs = [{"role": "user", "content": "Fix it."}, {"role": "assistant", "content": "", "tool_calls": [think, run]},
+            {"role": "tool", "content": "a.py"}]
+    traj = messages_to_trajectory(msgs, "row", "chat-rows")
+    assert traj.num_actions == 1
+    assert [getattr(p, "text", getattr(p, "name", None)) for p in traj.messages[1].parts] == \
+        ["Maybe the cache key is stale.", "execute_bash"]
+    rd = render(traj, "chatml", "json")
+    (ids, mask, _), = encode_and_mask(tokenizer, [rd], FilterConfig())
+    assert "stale" in rd.text and "stale" not in tokenizer.decode(ids[mask == 1].tolist())
+    events = [{"source": "user", "action": "message", "args": {"content": "Fix it."}},
+              _oh_event(1, "t1", [think, run]), _oh_event(2, "r1", [think, run])]
+    traj = openhands.read(events, "oh")
+    assert [type(p).__name__ for m in traj.messages for p in m.parts] == ["Segment", "Segment", "Segment", "ToolCall"]

@@ -37,6 +37,21 @@ def tool_call(call, where: str) -> ToolCall:
     raise ReadError(f"{where}: tool call arguments must be a JSON object or string")
 
 
+#: Tools whose call is the agent thinking aloud (OpenHands' and Anthropic's ``think``):
+#: the argument is a thought, not an action.
+THINK_TOOLS = ("think",)
+
+
+def add_call(msg: Message, call: ToolCall) -> None:
+    """Append a tool call to an assistant message; a ``think`` call becomes its thought."""
+    if call.name in THINK_TOOLS:
+        args = call.arguments
+        text = args.get("thought", args.get("content")) if isinstance(args, dict) else None
+        msg.add(Kind.THOUGHT, text if isinstance(text, str) else (call.raw_arguments or ""))
+    else:
+        msg.parts.append(call)
+
+
 def messages_to_trajectory(messages, source: str, fmt: str) -> Trajectory:
     if not isinstance(messages, list) or not messages:
         raise ReadError("no messages")
@@ -73,7 +88,8 @@ def messages_to_trajectory(messages, source: str, fmt: str) -> Trajectory:
                     raise ReadError(f"{where}: 'tool_calls' must be a list")
                 msg = Message("assistant")
                 msg.add(Kind.THOUGHT, text)
-                msg.parts.extend(tool_call(c, f"{where} tool call {j}") for j, c in enumerate(calls))
+                for j, c in enumerate(calls):
+                    add_call(msg, tool_call(c, f"{where} tool call {j}"))
             else:
                 hint = m.get("action") if isinstance(m.get("action"), str) else None
                 msg = split_text_action(text, hint)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..segments import Kind, Message, ToolCall, Trajectory
 from .base import ReadError, text_of
-from .messages import tool_call
+from .messages import add_call, tool_call
 
 FORMAT = "openhands"
 _SKIP_ACTIONS = {"change_agent_state", "null"}
@@ -59,7 +59,7 @@ def _from_response(msg: dict, tcm: dict, where: str) -> Message:
         reasoning = msg.get("reasoning_content")
         out.add(Kind.THOUGHT, (reasoning + "\n") if isinstance(reasoning, str) and reasoning else "")
         out.add(Kind.THOUGHT, text_of(msg.get("content"), where))
-    out.parts.append(tool_call(calls[index], f"{where} tool call {index}"))
+    add_call(out, tool_call(calls[index], f"{where} tool call {index}"))
     return out
 
 
@@ -68,7 +68,7 @@ def _from_args(name: str, args: dict, where: str) -> Message:
     if isinstance(args.get("thought"), str):
         out.add(Kind.THOUGHT, args["thought"])
     kept = {k: v for k, v in args.items() if k not in _BOOKKEEPING and v not in (None, "")}
-    out.parts.append(ToolCall(name, kept))
+    add_call(out, ToolCall(name, kept))
     return out
 
 
@@ -118,6 +118,8 @@ def read(events, source: str) -> Trajectory:
         elif src == "agent":
             msg = _agent_action(e, where)
             agent_actions += any(isinstance(p, ToolCall) for p in msg.parts)
+            if not msg.parts:
+                continue
         else:
             continue   # environment actions: the scaffold's, not the agent's
         traj.messages.append(msg)
