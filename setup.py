@@ -10,11 +10,16 @@ EXTRAS = {
     "triton": ["triton>=3.0"],
     # Megatron integration (parallel_state, vocab-parallel CE, indexed dataset).
     "megatron": ["megatron-core>=0.13"],
-    # Trajectory preparation: tokenizers with offset mappings, progress bars, indexed dataset writer.
-    "data": ["tokenizers>=0.15", "tqdm>=4.60", "megatron-core>=0.13"],
+    # Parquet trajectory datasets (SWE-smith, nebius, SWE-Gym, ... as published), read in record batches.
+    "parquet": ["pyarrow>=12"],
+}
+EXTRAS.update({
+    # Trajectory preparation: tokenizers with offset mappings, progress bars, indexed dataset writer,
+    # parquet input.
+    "data": ["tokenizers>=0.15", "tqdm>=4.60", "megatron-core>=0.13"] + EXTRAS["parquet"],
     # Analysis and report: correlations, figures.
     "report": ["scipy>=1.9", "matplotlib>=3.6"],
-}
+})
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # `hesnr demo` on a CPU laptop: everything but the GPU kernel.
 EXTRAS["demo"] = sorted(set(EXTRAS["megatron"] + EXTRAS["data"] + EXTRAS["report"]))

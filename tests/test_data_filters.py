@@ -61,7 +61,7 @@ def test_token_mask_straddle_rule():
 
 def test_json_tool_calls_map_filters_through_escaping():
     raw = 'print("hi")  # say\n\tx'
-    body, imap = json_escape_map(raw)
+    body, imap, _ = json_escape_map(raw)
     assert body == json.dumps(raw)[1:-1] and len(imap) == len(raw) + 1
     traj = Trajectory("t", "test", [Message("user"), Message("assistant", [
         ToolCall("python", {"code": raw, "path": "a.py"})])])
@@ -70,7 +70,7 @@ def test_json_tool_calls_map_filters_through_escaping():
     assert json.loads(rd.text.split("\n\n")[1]) == {"name": "python", "arguments": {"code": raw, "path": "a.py"}}
     cat, kept, action = char_categories(rd, FilterConfig())
     scored = "".join(c for c, k, v in zip(rd.text, kept, cat) if k and v == 1)
-    assert scored == 'python' + 'print(\\"hi\\")' + "x" + "a.py"
+    assert scored == 'python' + 'print("hi")' + "x" + "a.py"   # the backslashes of \" are markup
 
 
 def test_text_action_splitting_variants():

@@ -1,6 +1,7 @@
 """Trajectory preparation: agent trajectories -> token ids + per-token scoring mask.
 
-Pipeline (one module per step): ``readers`` (files -> :class:`Trajectory`),
+Pipeline (one module per step): ``readers`` (files -> :class:`Trajectory`; ``row_select``
+decides which dataset rows are kept: ``--only-resolved``, ``--where``, ``--limit``, ``--sample``),
 ``render`` (text + character spans per kind, through a template), ``filters``
 (characters of actions that are not scored), ``tokenize_mask`` (offsets -> per-token
 category mask), ``writer`` / ``dataset`` (megatron-core indexed files + manifest).

@@ -35,6 +35,12 @@ def _summary(ds) -> str:
              f"template: {m['template']}, tool calls: {m['tool_style']}, filters: "
              + ", ".join(f"{k}={'on' if v else 'off'}" for k, v in m["filters"].items()),
              "counts: " + ", ".join(f"{k}={v}" for k, v in m["counts"].items())]
+    rf = m.get("row_filters")
+    if rf:
+        seed = f" (seed {rf['seed']})" if rf.get("sample") is not None else ""
+        lines.append("row filters: " + ", ".join(
+            f"{k}{' ' + str(rf[k]) if k in ('limit', 'sample') else ''}{seed if k == 'sample' else ''} dropped {n}"
+            for k, n in rf["dropped"].items()))
     for f in m.get("inputs", []):
         extra = f" ({f['reason']})" if f["reason"] else (f" ({len(f['line_errors'])} bad lines)" if f["line_errors"] else "")
         lines.append(f"  {f['status']:7s} {f['documents']:5d} docs {f['tokens']:9d} tok  {f['path']}{extra}")

@@ -11,12 +11,15 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 
 from .filters import FILTER_NAMES, FilterConfig
 from .readers import Limits
 from .render import TEMPLATES, TOOL_STYLES
+from .row_select import RowSelect, parse_where
 from .segments import Category
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="trajectory files, folders (searched for .traj/.traj.json/.jsonl/.json) or globs")
+                   help="trajectory files, folders (searched for .traj/.traj.json/.jsonl/.json/.parquet) or globs")
     p.add_argument("--tokenizer", required=True, help="HF tokenizers tokenizer.json (or the folder holding it)")
     p.add_argument("--output-prefix", required=True, metavar="P",
                    help="writes P_tokens.bin/.idx, P_mask.bin/.idx and P_manifest.json")
@@ -43,6 +46,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-file-bytes", type=int, default=Limits.max_file_bytes)
     p.add_argument("--max-line-bytes", type=int, default=Limits.max_line_bytes)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rows = p.add_argument_group("row filters (a row is one trajectory; the manifest records what each dropped)")
+    rows.add_argument("--only-resolved", action="store_true",
+                      help="keep rows whose 'resolved' (or 'target') field is true or 1; a row without one is an error")
+    rows.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                      help="keep rows whose top-level field KEY equals VALUE (repeatable: all must match)")
+    pick = rows.add_mutually_exclusive_group()
+    pick.add_argument("--limit", type=int, default=None, metavar="N", help="the first N rows (after the filters above)")
+    pick.add_argument("--sample", type=int, default=None, metavar="N",
+                      help="N rows drawn at random (after the filters above), reproducible with --seed")
+    rows.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
 
 
 def config_from_args(args) -> "PrepareConfig":
@@ -56,9 +69,11 @@ def config_from_args(args) -> "PrepareConfig":
     if Category.ACTION not in cats:
         cats.insert(0, Category.ACTION)
     filters = FilterConfig(**{n: not getattr(args, f"no_{n}") for n in FILTER_NAMES})
+    select = RowSelect(args.only_resolved, parse_where(args.where), args.limit, args.sample, args.seed)
     return PrepareConfig(template=args.template, tool_style=args.tool_style, filters=filters,
                          categories=tuple(sorted(set(cats))), add_special_tokens=not args.no_special_tokens,
-                         limits=Limits(args.max_file_bytes, args.max_line_bytes))
+                         limits=Limits(args.max_file_bytes, args.max_line_bytes),
+                         select=select if select.active else None)
 
 
 def _counts(mask: np.ndarray) -> np.ndarray:
@@ -75,7 +90,7 @@ def _table(rows: list[list[str]]) -> str:
 def run(args) -> int:
     from .. import __version__
     from .indexed import megatron_indexed
-    from .pipeline import expand_inputs, iter_results, load_tokenizer, tokenizer_info
+    from .pipeline import expand_inputs, iter_results, load_tokenizer, plan_rows, tokenizer_info
     from .writer import DatasetWriter
 
     megatron_indexed(quiet=not getattr(args, "verbose", False))
@@ -92,6 +107,9 @@ def run(args) -> int:
     for m in missing:
         print(f"hesnr prepare: error: {m}: no such file, folder or glob match", file=sys.stderr)
     tok_info = tokenizer_info(args.tokenizer, tokenizer)
+    dropped = Counter()
+    if cfg.select is not None and cfg.select.needs_candidates:
+        cfg = replace(cfg, plan=plan_rows(paths, cfg))
     writer = None
     inputs, documents = [], []
     by_format: dict[str, np.ndarray] = {}
@@ -109,6 +127,7 @@ def run(args) -> int:
         for e in res.line_errors:
             n_err += 1
             print(f"hesnr prepare: error: {res.path}: {e}", file=sys.stderr)
+        dropped.update(res.dropped)
         file_counts = np.zeros(4, dtype=np.int64)
         for d in res.docs:
             if writer is None:
@@ -125,9 +144,15 @@ def run(args) -> int:
                 sum(d.num_actions for d in res.docs), sum(d.actions_scored for d in res.docs)]
         inputs.append({"path": os.path.abspath(res.path), "status": res.status, "format": res.format,
                        "reason": res.reason, "line_errors": res.line_errors, "documents": len(res.docs),
+                       "rows_dropped": dict(res.dropped),
                        "tokens": int(file_counts.sum()),
                        "counts": {c.name.lower(): int(file_counts[int(c)]) for c in Category}})
     elapsed = time.perf_counter() - t0
+    row_filters = None
+    if cfg.select is not None:
+        row_filters = {**cfg.select.as_dict(), "dropped": {k: int(dropped[k]) for k in cfg.select.labels()}}
+        print("row filters: " + ", ".join(f"{k} dropped {v}" for k, v in row_filters["dropped"].items()),
+              file=sys.stderr)
     if writer is None:
         print(f"hesnr prepare: no trajectory could be prepared from {len(paths)} file(s); nothing written",
               file=sys.stderr)
@@ -140,6 +165,7 @@ def run(args) -> int:
         "filters": cfg.filters.as_dict(),
         "categories": [Category(c).name.lower() for c in cfg.categories],
         "add_special_tokens": cfg.add_special_tokens,
+        "row_filters": row_filters,
         "mask_values": {c.name.lower(): int(c) for c in Category},
         "counts": {c.name.lower(): int(totals[int(c)]) for c in Category},
         "inputs": inputs,

@@ -10,13 +10,15 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .filters import FilterConfig
-from .readers import SUFFIXES, Limits, ReadError, read_trajectories
+from .readers import SUFFIXES, Limits, ReadError, file_parts, read_trajectories
+from .row_select import RowSelect, choose
 from .render import TEMPLATES, TOOL_STYLES, render
 from .segments import Category
 from .tokenize_mask import encode_and_mask
@@ -34,6 +36,9 @@ class PrepareConfig:
     categories: tuple = (Category.ACTION,)
     add_special_tokens: bool = True
     limits: Limits = field(default_factory=Limits)
+    select: RowSelect | None = None
+    #: Rows chosen by ``--limit`` / ``--sample`` (see :func:`plan_rows`); None: all rows.
+    plan: RowPlan | None = None
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
@@ -42,6 +47,46 @@ class PrepareConfig:
             raise ValueError(f"--tool-style: unknown style {self.tool_style!r} (choose from {TOOL_STYLES})")
         if Category.ACTION not in self.categories:
             raise ValueError("--categories must include 'action'")
+
+
+@dataclass
+class RowPlan:
+    """Result of the candidate pass, per file: the row numbers to prepare (a file not in
+    ``allowed`` could not be read and is read again, to report why), and the row errors
+    found and rows dropped (both reported with the file's result)."""
+
+    allowed: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    dropped: dict = field(default_factory=dict)
+
+
+def plan_rows(paths: list[str], cfg: PrepareConfig) -> RowPlan:
+    """Read every file once, list the candidate rows (readable, passing the field
+    filters) in input order, and choose among them (``--limit`` / ``--sample``)."""
+    plan, candidates = RowPlan(), []
+    select = cfg.select
+    # Every file is read, also once --limit is reached: the manifest's counts of
+    # dropped rows (and the error lines) cover all the inputs.
+    for path, part in units_of(paths):
+        try:
+            read = read_trajectories(path, cfg.limits, select, part=part)
+        except (ReadError, OSError, RecursionError, MemoryError):
+            continue
+        candidates.extend((path, n) for n in read.row_ids)
+        plan.errors.setdefault(path, []).extend(read.errors)
+        plan.dropped.setdefault(path, Counter()).update(read.dropped)
+        plan.allowed[path] = frozenset()
+    chosen, _ = choose(candidates, select)
+    label = "limit" if select.limit is not None else "sample"
+    by_path: dict = {}
+    for path, n in chosen:
+        by_path.setdefault(path, set()).add(n)
+    for path, n in candidates:
+        if n not in by_path.get(path, ()):
+            plan.dropped[path][label] += 1
+    for path in plan.allowed:
+        plan.allowed[path] = frozenset(by_path.get(path, ()))
+    return plan
 
 
 @dataclass
@@ -61,6 +106,7 @@ class FileResult:
     reason: str = ""               # why the file (status error) failed
     line_errors: list[str] = field(default_factory=list)
     docs: list[Doc] = field(default_factory=list)
+    dropped: Counter = field(default_factory=Counter)   # rows dropped here, per row filter
 
 
 def load_tokenizer(path: str):
@@ -109,17 +155,23 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
     return unique, missing
 
 
-def _read_render(path: str, cfg: PrepareConfig):
-    """-> (FileResult without docs, rendered trajectories); status error on failure."""
+def _read_render(unit, cfg: PrepareConfig):
+    """One unit ``(path, part)`` -> (FileResult without docs, rendered trajectories);
+    status error on failure."""
+    path, part = unit
+    allowed = cfg.plan.allowed.get(path) if cfg.plan else None
     try:
-        read = read_trajectories(path, cfg.limits)
+        read = read_trajectories(path, cfg.limits, cfg.select, allowed, part)
     except ReadError as exc:
         return FileResult(path, "error", reason=str(exc)), []
     except OSError as exc:
         return FileResult(path, "error", reason=f"cannot open ({exc.strerror or exc})"), []
     except (RecursionError, MemoryError) as exc:
         return FileResult(path, "error", reason=f"input too deeply nested or too large ({type(exc).__name__})"), []
-    result = FileResult(path, "ok", read.format, line_errors=list(read.errors))
+    first_part = part is None or part[2] == 1   # the candidate pass's errors go with it
+    earlier = cfg.plan.errors.get(path, []) if cfg.plan and first_part else []
+    dropped = read.dropped + (cfg.plan.dropped.get(path, Counter()) if cfg.plan and first_part else Counter())
+    result = FileResult(path, "ok", read.format, line_errors=earlier + list(read.errors), dropped=dropped)
     try:
         rendered = [render(t, cfg.template, cfg.tool_style) for t in read.trajectories]
     except (RecursionError, MemoryError) as exc:
@@ -133,17 +185,63 @@ def _finish(result: FileResult, rendered, encoded) -> FileResult:
             result.line_errors.append(f"{r.source}: renders to no tokens")
             continue
         result.docs.append(Doc(r.source, ids, mask, r.num_actions, scored))
+    if not result.docs and (result.dropped or not result.line_errors):
+        # Rows were dropped by the row filters (the bad ones, if any, are still reported).
+        result.status, result.reason = "filtered", "no row selected by the row filters"
+        return result
     if not result.docs:
         reasons = "; ".join(result.line_errors[:3]) or "no trajectory"
         return FileResult(result.path, "error", result.format, reason=f"nothing usable ({reasons})",
-                          line_errors=result.line_errors)
+                          line_errors=result.line_errors, dropped=result.dropped)
     if result.line_errors:
         result.status = "partial"
     return result
 
 
-def _stage(paths: list[str], cfg: PrepareConfig):
-    return [_read_render(p, cfg) for p in paths]
+def _stage(units: list, cfg: PrepareConfig):
+    return [_read_render(u, cfg) for u in units]
+
+
+def units_of(paths: list[str]) -> list:
+    """Work units: ``(path, part)``; a large parquet file is several parts."""
+    return [(p, part) for p in paths for part in file_parts(p)]
+
+
+def _merge(parts: list[FileResult]) -> FileResult:
+    """The results of one file's parts -> the file's result."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    out = FileResult(first.path, "ok", next((r.format for r in parts if r.format), ""))
+    for r in parts:
+        out.docs.extend(r.docs)
+        out.line_errors.extend(r.line_errors)
+        out.dropped.update(r.dropped)
+    failed = [r for r in parts if r.status == "error"]
+    if not out.docs and len(failed) == len(parts):
+        return FileResult(first.path, "error", out.format, reason=failed[0].reason, line_errors=out.line_errors,
+                          dropped=out.dropped)
+    out.line_errors.extend(f"part {i + 1}/{len(parts)}: {r.reason}" for i, r in enumerate(parts)
+                           if r.status == "error" and r.reason and not r.reason.startswith("nothing usable"))
+    if out.docs:
+        out.status = "partial" if out.line_errors else "ok"
+    elif out.line_errors and not out.dropped:
+        out.status, out.reason = "error", "nothing usable (" + "; ".join(out.line_errors[:3]) + ")"
+    else:
+        out.status, out.reason = "filtered", "no row selected by the row filters"
+    return out
+
+
+def _by_file(results):
+    """Consecutive unit results of the same path -> one result per file, in order."""
+    pending: list[FileResult] = []
+    for r in results:
+        if pending and r.path != pending[0].path:
+            yield _merge(pending)
+            pending = []
+        pending.append(r)
+    if pending:
+        yield _merge(pending)
 
 
 def _complete(staged, tokenizer, cfg: PrepareConfig) -> list[FileResult]:
@@ -161,7 +259,7 @@ def _complete(staged, tokenizer, cfg: PrepareConfig) -> list[FileResult]:
 def process_files(paths: list[str], tokenizer, cfg: PrepareConfig) -> list[FileResult]:
     """Read and render every file, tokenize all their texts in one ``encode_batch`` call
     (the tokenizer's thread pool then has enough work), then build the masks."""
-    return _complete(_stage(paths, cfg), tokenizer, cfg)
+    return list(_by_file(_complete(_stage(units_of(paths), cfg), tokenizer, cfg)))
 
 
 def process_file(path: str, tokenizer, cfg: PrepareConfig) -> FileResult:
@@ -180,8 +278,8 @@ def _init_worker(tokenizer_path: str, cfg: PrepareConfig) -> None:
     _WORKER["cfg"] = cfg
 
 
-def _work(paths: list[str]) -> list[FileResult]:
-    return process_files(paths, _WORKER["tokenizer"], _WORKER["cfg"])
+def _work(units: list) -> list[FileResult]:
+    return _complete(_stage(units, _WORKER["cfg"]), _WORKER["tokenizer"], _WORKER["cfg"])
 
 
 def _batches(paths: list[str], size: int):
@@ -193,17 +291,22 @@ def iter_results(paths: list[str], tokenizer_path: str, cfg: PrepareConfig, work
                  batch_files: int = 16):
     """Yield one :class:`FileResult` per path, in input order.
 
-    ``workers <= 1``: in this process, ``batch_files`` files per ``encode_batch`` call
-    (the tokenizer uses its own threads). ``workers > 1``: that many processes, each
-    given batches of files and tokenizing single-threaded.
+    Work is split in units (a file, or a part of a large parquet file). ``workers <= 1``:
+    in this process, ``batch_files`` units per ``encode_batch`` call (the tokenizer uses
+    its own threads). ``workers > 1``: that many processes, each given batches of units
+    and tokenizing single-threaded.
     """
-    if workers <= 1 or len(paths) <= 1:
+    yield from _by_file(_iter_units(units_of(paths), tokenizer_path, cfg, workers, tokenizer, batch_files))
+
+
+def _iter_units(units: list, tokenizer_path: str, cfg: PrepareConfig, workers: int, tokenizer, batch_files: int):
+    if workers <= 1 or len(units) <= 1:
         tok = tokenizer or load_tokenizer(tokenizer_path)
         # encode_batch releases the GIL: tokenize batch k in a thread while this thread
         # reads and renders batch k+1 (and the caller writes the results of batch k-1).
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = None
-            for batch in _batches(paths, batch_files):
+            for batch in _batches(units, batch_files):
                 staged = _stage(batch, cfg)
                 nxt = pool.submit(_complete, staged, tok, cfg)
                 if pending is not None:
@@ -213,9 +316,9 @@ def iter_results(paths: list[str], tokenizer_path: str, cfg: PrepareConfig, work
                 yield from pending.result()
         return
     # Small batches keep all workers busy and the progress bar moving.
-    size = max(1, min(batch_files, len(paths) // (4 * workers)))
+    size = max(1, min(batch_files, len(units) // (4 * workers)))
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     ctx = mp.get_context(method)
     with ctx.Pool(workers, initializer=_init_worker, initargs=(tokenizer_path, cfg)) as pool:
-        for results in pool.imap(_work, list(_batches(paths, size))):
+        for results in pool.imap(_work, list(_batches(units, size))):
             yield from results

@@ -19,8 +19,12 @@ Structured tool calls are written in one of two documented styles:
 - ``json`` (one object per call): ``{"name": "NAME", "arguments": {"KEY": VALUE}}``.
 
 In both, the function name and the argument *values* are action content; tags,
-keys, quotes and braces are action markup. In ``json`` the values appear
-JSON-escaped; filters still work on the raw value through an index map.
+keys, quotes and braces are action markup. Wherever a value is written as JSON (every
+argument in ``json`` style; non-string values such as lists in both styles), it appears
+JSON-escaped: the characters of an escape (``\\n``, ``\\t``, ``\\u0001``, the backslash of
+``\\"`` and ``\\\\``) are markup, so a token such as ``necho`` (the ``n`` of ``\\n``
+followed by ``echo``) is never scored; filters still work on the raw value through an
+index map.
 Text a scaffold stored verbatim (fenced commands, ``<command>`` tags) is rendered as
 written, with the readers' labels.
 """
@@ -65,6 +69,9 @@ class Span:
     action: int = -1
     raw: str | None = None
     index_map: np.ndarray | None = None
+    #: ``(start, end)`` ranges relative to ``start``: escape characters inside the
+    #: rendered value, markup although they sit inside action content.
+    escapes: list | None = None
 
 
 @dataclass
@@ -95,13 +102,25 @@ def argument_language(key: str, args: dict) -> str:
     return "auto"
 
 
-def json_escape_map(raw: str) -> tuple[str, np.ndarray]:
-    """JSON string body of ``raw`` (no quotes) and where each raw character starts in it."""
-    pieces = [json.dumps(ch, ensure_ascii=False)[1:-1] for ch in raw] if raw else []
-    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
+def json_escape_map(raw: str) -> tuple[str, np.ndarray, list]:
+    """JSON string body of ``raw`` (no quotes), where each raw character starts in it,
+    and the escape ranges: the characters that only exist because of JSON escaping
+    (all of ``\\n`` / ``\\u0001``; the backslash of ``\\"`` and ``\\\\``)."""
+    body = json.dumps(raw, ensure_ascii=False)[1:-1]
     index_map = np.zeros(len(raw) + 1, dtype=np.int64)
+    if len(body) == len(raw):   # nothing escaped: the common case, no per-character work
+        index_map[1:] = np.arange(1, len(raw) + 1)
+        return body, index_map, []
+    pieces = [json.dumps(ch, ensure_ascii=False)[1:-1] for ch in raw]
+    lengths = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
     np.cumsum(lengths, out=index_map[1:])
-    return "".join(pieces), index_map
+    escapes = []
+    for i, (ch, piece) in enumerate(zip(raw, pieces)):
+        if len(piece) > 1:
+            at = int(index_map[i])
+            # \" and \\ end with the character itself: only the backslash is markup.
+            escapes.append((at, at + (1 if piece[-1] == ch else len(piece))))
+    return body, index_map, escapes
 
 
 class _Builder:
@@ -118,6 +137,31 @@ class _Builder:
         self.pos += len(text)
 
 
+def _json_value(b: _Builder, value, action: int, lang: str = "text") -> None:
+    """A JSON value: strings' characters and scalars are content; quotes, brackets,
+    commas, object keys and escapes are markup."""
+    if isinstance(value, str):
+        body, imap, escapes = json_escape_map(value)
+        b.add('"', Kind.ACTION_MARKUP)
+        b.add(body, Kind.ACTION_CONTENT, lang=lang, action=action, raw=value, index_map=imap, escapes=escapes)
+        b.add('"', Kind.ACTION_MARKUP)
+    elif isinstance(value, dict):
+        b.add("{", Kind.ACTION_MARKUP)
+        for i, (key, item) in enumerate(value.items()):
+            b.add((", " if i else "") + json.dumps(str(key), ensure_ascii=False) + ": ", Kind.ACTION_MARKUP)
+            _json_value(b, item, action)
+        b.add("}", Kind.ACTION_MARKUP)
+    elif isinstance(value, (list, tuple)):
+        b.add("[", Kind.ACTION_MARKUP)
+        for i, item in enumerate(value):
+            if i:
+                b.add(", ", Kind.ACTION_MARKUP)
+            _json_value(b, item, action)
+        b.add("]", Kind.ACTION_MARKUP)
+    else:
+        b.add(json.dumps(value, ensure_ascii=False), Kind.ACTION_CONTENT, action=action)
+
+
 def _xml_call(b: _Builder, call: ToolCall, action: int) -> None:
     b.add("<function=", Kind.ACTION_MARKUP)
     b.add(call.name, Kind.ACTION_CONTENT, action=action)
@@ -127,33 +171,29 @@ def _xml_call(b: _Builder, call: ToolCall, action: int) -> None:
         b.add("\n", Kind.ACTION_MARKUP)
     for key, value in call.arguments.items():
         b.add(f"<parameter={key}>\n", Kind.ACTION_MARKUP)
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        lang = argument_language(key, call.arguments) if isinstance(value, str) else "text"
-        b.add(text, Kind.ACTION_CONTENT, lang=lang, action=action)
+        if isinstance(value, str):
+            b.add(value, Kind.ACTION_CONTENT, lang=argument_language(key, call.arguments), action=action)
+        else:
+            _json_value(b, value, action)
         b.add("\n</parameter>\n", Kind.ACTION_MARKUP)
     b.add("</function>", Kind.ACTION_MARKUP)
 
 
 def _json_call(b: _Builder, call: ToolCall, action: int) -> None:
-    b.add('{"name": "', Kind.ACTION_MARKUP)
-    name, name_map = json_escape_map(call.name)
-    b.add(name, Kind.ACTION_CONTENT, action=action, raw=call.name, index_map=name_map)
+    b.add('{"name": ', Kind.ACTION_MARKUP)
+    _json_value(b, call.name, action)
     if call.raw_arguments is not None:
-        b.add('", "arguments": ', Kind.ACTION_MARKUP)
-        b.add(call.raw_arguments, Kind.ACTION_CONTENT, lang="auto", action=action)
+        b.add(', "arguments": ', Kind.ACTION_MARKUP)
+        try:   # JSON that is not an object (a list, a string): written as JSON, escapes as markup
+            _json_value(b, json.loads(call.raw_arguments), action)
+        except (ValueError, RecursionError):   # not JSON at all (e.g. cut off): verbatim
+            b.add(call.raw_arguments, Kind.ACTION_CONTENT, lang="auto", action=action)
         b.add("}", Kind.ACTION_MARKUP)
         return
-    b.add('", "arguments": {', Kind.ACTION_MARKUP)
+    b.add(', "arguments": {', Kind.ACTION_MARKUP)
     for i, (key, value) in enumerate(call.arguments.items()):
         b.add((", " if i else "") + json.dumps(str(key), ensure_ascii=False) + ": ", Kind.ACTION_MARKUP)
-        if isinstance(value, str):
-            body, imap = json_escape_map(value)
-            b.add('"', Kind.ACTION_MARKUP)
-            b.add(body, Kind.ACTION_CONTENT, lang=argument_language(key, call.arguments), action=action,
-                  raw=value, index_map=imap)
-            b.add('"', Kind.ACTION_MARKUP)
-        else:
-            b.add(json.dumps(value, ensure_ascii=False), Kind.ACTION_CONTENT, action=action)
+        _json_value(b, value, action, argument_language(key, call.arguments) if isinstance(value, str) else "text")
     b.add("}}", Kind.ACTION_MARKUP)
 
 

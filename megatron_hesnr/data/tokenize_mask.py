@@ -60,6 +60,9 @@ def char_categories(rendered: Rendered, filters: FilterConfig, categories=(Categ
             if sp.index_map is not None:
                 s, e = int(sp.index_map[s]), int(sp.index_map[e])
             kept[sp.start + s:sp.start + e] = False
+        if sp.escapes and filters.markup:
+            for s, e in sp.escapes:   # JSON escapes are markup: a token touching them is not scored
+                cat[sp.start + s:sp.start + e] = Category.NOT_SCORED
     return cat, kept, action
 
 

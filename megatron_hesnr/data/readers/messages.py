@@ -1,7 +1,8 @@
 """OpenAI-style chat messages (with ``tool_calls``) -> :class:`Trajectory`.
 
 Shared by every reader: SWE-agent's ``history``, mini-swe-agent's message list and
-chat JSONL datasets (SWE-smith, SWE-Gym, ...) are all lists of such messages.
+dataset rows (SWE-smith, SWE-Gym, SWE-rebench-OpenHands, nebius) are all lists of such
+messages (nebius writes the text under ``text`` and the agent's role as ``ai``).
 """
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from .text_actions import split_text_action
 _OBSERVATION_ROLES = ("tool", "function", "ipython", "observation", "environment")
 
 
-def _tool_call(call, where: str) -> ToolCall:
+def tool_call(call, where: str) -> ToolCall:
     if not isinstance(call, dict):
         raise ReadError(f"{where}: tool call must be an object")
     fn = call.get("function", call)  # {"function": {...}} (OpenAI) or flat {"name", "arguments"}
-    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"].strip():
         raise ReadError(f"{where}: tool call without a function name")
     args = fn.get("arguments", {})
     if isinstance(args, str):
@@ -36,6 +37,21 @@ def _tool_call(call, where: str) -> ToolCall:
     raise ReadError(f"{where}: tool call arguments must be a JSON object or string")
 
 
+#: Tools whose call is the agent thinking aloud (OpenHands' and Anthropic's ``think``):
+#: the argument is a thought, not an action.
+THINK_TOOLS = ("think",)
+
+
+def add_call(msg: Message, call: ToolCall) -> None:
+    """Append a tool call to an assistant message; a ``think`` call becomes its thought."""
+    if call.name in THINK_TOOLS:
+        args = call.arguments
+        text = args.get("thought", args.get("content")) if isinstance(args, dict) else None
+        msg.add(Kind.THOUGHT, text if isinstance(text, str) else (call.raw_arguments or ""))
+    else:
+        msg.parts.append(call)
+
+
 def messages_to_trajectory(messages, source: str, fmt: str) -> Trajectory:
     if not isinstance(messages, list) or not messages:
         raise ReadError("no messages")
@@ -49,7 +65,10 @@ def messages_to_trajectory(messages, source: str, fmt: str) -> Trajectory:
         if not isinstance(role, str):
             raise ReadError(f"{where}: missing 'role'")
         role = role.lower()
-        text = text_of(m.get("content"), where)
+        content = m.get("content")
+        if content is None and isinstance(m.get("text"), str):   # nebius rows: {role, text}
+            content = m["text"]
+        text = text_of(content, where)
         if role == "system":
             msg = Message("system")
             msg.add(Kind.SYSTEM, text)
@@ -69,7 +88,8 @@ def messages_to_trajectory(messages, source: str, fmt: str) -> Trajectory:
                     raise ReadError(f"{where}: 'tool_calls' must be a list")
                 msg = Message("assistant")
                 msg.add(Kind.THOUGHT, text)
-                msg.parts.extend(_tool_call(c, f"{where} tool call {j}") for j, c in enumerate(calls))
+                for j, c in enumerate(calls):
+                    add_call(msg, tool_call(c, f"{where} tool call {j}"))
             else:
                 hint = m.get("action") if isinstance(m.get("action"), str) else None
                 msg = split_text_action(text, hint)

@@ -41,4 +41,7 @@ def read(obj, source: str) -> Trajectory:
     history = obj.get("history")
     if history:
         return messages_to_trajectory(history, source, FORMAT)
-    return from_steps(obj.get("trajectory"), source)
+    steps = obj.get("trajectory")
+    if isinstance(steps, list) and steps and isinstance(steps[0], dict) and "role" in steps[0]:
+        return messages_to_trajectory(steps, source, FORMAT)   # a nebius-style row saved alone
+    return from_steps(steps, source)
