@@ -127,6 +127,8 @@ class MegatronHESNRHook:
         self._sets: list[tuple[WindowedSet, int]] | None = None
         self._last_iteration: int | None = None
         self._validated = False
+        self._plans: dict = {}
+        """Bucket plan of each set at the last evaluation (logged once, recorded in every JSONL config)."""
 
     # ------------------------------------------------------------- set-up
     def args(self):
@@ -246,6 +248,9 @@ class MegatronHESNRHook:
                               padded_vocab_size=getattr(args, "padded_vocab_size", None),
                               make_attention_mask=make_mask)
                 acc = p.run(model, wset)
+                if self._plans.get(wset.name) is not p.plan:
+                    log.info("HE-SNR set %s: %s", wset.name, p.plan.describe())
+                self._plans[wset.name] = p.plan
                 if topo.is_last_stage:
                     out[wset.name] = acc
         return out
@@ -275,7 +280,8 @@ class MegatronHESNRHook:
             records.append(make_record(
                 iteration=iteration, consumed_samples=consumed, checkpoint=checkpoint, run=run_name,
                 dataset=wset.name, acc=acc,
-                config=config_dict(cfg, seq_length=args.seq_length, data=wset.summary(), eval_seconds=seconds),
+                config=config_dict(cfg, seq_length=args.seq_length, data=wset.summary(), eval_seconds=seconds,
+                                   buckets=self._plans[wset.name].summary()),
             ))
         log.info("HE-SNR evaluation at iteration %d took %.2f s", iteration, seconds)
         if cfg.jsonl:
