@@ -201,6 +201,7 @@ _CUDA_MODULES = (
     "megatron.core.transformer.moe.experts",
     "megatron.core.tensor_parallel.layers",
     "megatron.core.tensor_parallel.mappings",
+    "megatron.core.models.common.embeddings.rotary_pos_embedding",
 )
 
 
