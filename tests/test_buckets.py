@@ -128,3 +128,37 @@ def test_hook_logs_and_records_the_plan(tmp_path, caplog):
         assert b["positions_fed"] <= p["positions_fed"] and b["real_inputs"] == p["real_inputs"]
         assert bucketed["metrics"]["num_tokens"] == padded["metrics"]["num_tokens"] > 0
         assert bucketed["metrics"]["hesnr"] == pytest.approx(padded["metrics"]["hesnr"], rel=1e-6, nan_ok=True)
+
+
+def test_explicit_attention_mask_is_one_causal_mask_per_bucket(tmp_path):
+    """``create_attention_mask_in_dataloader``: a ``[1, 1, L, L]`` causal mask per bucket, shared."""
+    import torch
+
+    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.integration.eval_pass import EvalTopology
+    from megatron_hesnr.integration.hook import MegatronHESNRHook
+    from test_integration_hook import Data, Plain, _args, forward_only
+
+    seen = []
+    data = Data(n=8)
+    data.items = [(t[:n], m[:n]) for (t, m), n in zip(data.items * 2, (3, 4, 5, 5, 6, 9, 12, 20) * 2)]
+
+    class Recording(Plain):
+        def forward(self, input_ids, position_ids, attention_mask, labels=None):
+            seen.append((input_ids.shape[1], attention_mask))
+            return super().forward(input_ids, position_ids, attention_mask, labels)
+
+    args = _args(skip_train=True, iteration=1, create_attention_mask_in_dataloader=True)
+    hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),), impl="torch", length_multiple=2),
+                             get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+                             open_dataset=lambda prefix: data, get_wandb_writer=lambda: None)
+    with torch.no_grad():
+        hook.non_loss_data_func([Recording()])
+    lengths = hook._plans["a"].summary()["lengths"]
+    assert len(set(lengths)) > 1
+    masks = {}
+    for L, mask in seen:
+        assert mask.shape == (1, 1, L, L) and mask.dtype == torch.bool
+        assert torch.equal(mask[0, 0], torch.ones(L, L, dtype=torch.bool).triu(1))  # True = masked out
+        masks.setdefault(id(mask), L)
+    assert sorted(masks.values()) == sorted(lengths)  # built once per bucket, not per micro-batch
