@@ -162,3 +162,25 @@ def test_explicit_attention_mask_is_one_causal_mask_per_bucket(tmp_path):
         assert torch.equal(mask[0, 0], torch.ones(L, L, dtype=torch.bool).triu(1))  # True = masked out
         masks.setdefault(id(mask), L)
     assert sorted(masks.values()) == sorted(lengths)  # built once per bucket, not per micro-batch
+
+
+def test_start_up_log_has_the_plan_the_pass_uses(tmp_path, caplog):
+    """With Megatron's layout flags the plan is logged at set-up, and the evaluation uses that plan."""
+    import torch
+
+    from test_integration_hook import Plain, _args, make_hook
+
+    args = _args(skip_train=True, iteration=3, data_parallel_size=1, pipeline_model_parallel_size=1,
+                 tensor_model_parallel_size=1, context_parallel_size=1, sequence_parallel=False,
+                 virtual_pipeline_model_parallel_size=None)
+    hook = make_hook(tmp_path, args, length_multiple=2)
+    with caplog.at_level(logging.INFO, logger="megatron_hesnr.integration.hook"):
+        hook.setup()
+        at_setup = [r.getMessage() for r in caplog.records if "schedule calls" in r.getMessage()]
+        plans = dict(hook._plans)
+        caplog.clear()
+        with torch.no_grad():
+            hook.non_loss_data_func([Plain()])
+        again = [r.getMessage() for r in caplog.records if "schedule calls" in r.getMessage()]
+    assert [m.split(":")[0] for m in at_setup] == ["HE-SNR set a", "HE-SNR set b"]
+    assert again == [] and all(hook._plans[k] is plans[k] for k in plans)

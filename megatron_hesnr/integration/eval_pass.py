@@ -103,6 +103,27 @@ def plan_set(name: str, dataset, seq_length: int, policy: str, stride: int | Non
     return WindowedSet(name, dataset, windows, len(dataset), scored, dropped)
 
 
+def plan_for_layout(config: HESNRConfig, wset: WindowedSet, seq_length: int, *, dp_size: int, pp_size: int,
+                    cp_size: int, tp_size: int, sequence_parallel: bool, vp_group: int | None) -> BucketPlan:
+    """The bucket plan of ``wset`` under a parallel layout (made once per set and layout).
+
+    ``vp_group``: micro-batches per virtual-stage group of an interleaved pipeline (``None``: not
+    interleaved).  Under ``eval_iters`` the same first windows are evaluated, bucketed or padded.
+    """
+    shape = ScheduleShape(dp_size=dp_size, micro_batch_size=config.micro_batch_size,
+                          num_microbatches=config.num_microbatches or max(pp_size, 4), pp_size=pp_size,
+                          vp_group=vp_group)
+    align = alignment(config.length_multiple, cp_size=cp_size, tp_size=tp_size, sequence_parallel=sequence_parallel)
+    limit = len(wset.windows)
+    if config.eval_iters is not None:
+        limit = min(limit, config.eval_iters * shape.full_count * shape.windows_per_microbatch)
+    key = (shape, align, limit, seq_length, config.pad_to_seq_length)
+    if key not in wset.plans:
+        wset.plans[key] = plan_buckets([w.num_inputs for _, w in wset.windows[:limit]], seq_length, align=align,
+                                       shape=shape, padded=config.pad_to_seq_length)
+    return wset.plans[key]
+
+
 class HESNRPass:
     """Runs HE-SNR over windowed sets with a given forward-backward function."""
 
@@ -129,31 +150,14 @@ class HESNRPass:
         c = self.config
         return AccumulatorConfig(k=c.k, threshold=c.threshold, num_bins=c.num_bins, category_names=c.category_names)
 
-    def schedule_shape(self, model: Sequence[torch.nn.Module]) -> ScheduleShape:
-        """How windows fill schedule calls for ``model`` (a list longer than 1: interleaved)."""
-        pp = max(self.topo.pp_size, 1)
-        vp_group = None
-        if len(model) > 1:
-            cfg = getattr(unwrap(model[0]), "config", None)
-            vp_group = getattr(cfg, "microbatch_group_size_per_vp_stage", None) or pp
-        return ScheduleShape(dp_size=self.topo.dp_size, micro_batch_size=self.config.micro_batch_size,
-                             num_microbatches=self.config.num_microbatches or max(pp, 4), pp_size=pp,
-                             vp_group=vp_group)
-
     def plan_for(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> BucketPlan:
-        """The bucket plan of ``wset`` for this layout (made once per set and layout)."""
-        shape = self.schedule_shape(model)
+        """The bucket plan of ``wset`` for this layout and ``model`` (a list longer than 1: interleaved)."""
         cfg = getattr(unwrap(model[0]), "config", None)
-        align = alignment(self.config.length_multiple, cp_size=self.topo.cp_size, tp_size=self.topo.tp_size,
-                          sequence_parallel=bool(getattr(cfg, "sequence_parallel", False)))
-        limit = len(wset.windows)
-        if self.config.eval_iters is not None:  # the same first windows, bucketed or padded
-            limit = min(limit, self.config.eval_iters * shape.full_count * shape.windows_per_microbatch)
-        key = (shape, align, limit, self.seq_length, self.config.pad_to_seq_length)
-        if key not in wset.plans:
-            wset.plans[key] = plan_buckets([w.num_inputs for _, w in wset.windows[:limit]], self.seq_length,
-                                           align=align, shape=shape, padded=self.config.pad_to_seq_length)
-        return wset.plans[key]
+        pp = max(self.topo.pp_size, 1)
+        vp_group = (getattr(cfg, "microbatch_group_size_per_vp_stage", None) or pp) if len(model) > 1 else None
+        return plan_for_layout(self.config, wset, self.seq_length, dp_size=self.topo.dp_size, pp_size=pp,
+                               cp_size=self.topo.cp_size, tp_size=self.topo.tp_size,
+                               sequence_parallel=bool(getattr(cfg, "sequence_parallel", False)), vp_group=vp_group)
 
     def _local_microbatches(self, wset: WindowedSet, ids: Sequence[int], nmb: int, length: int,
                             shape: ScheduleShape) -> list:

@@ -21,7 +21,7 @@ import torch
 
 from .capture import LogitsCapture, resolve_capture
 from .config import HESNRConfig, HESNRConfigError
-from .eval_pass import EvalTopology, HESNRPass, WindowedSet, plan_set
+from .eval_pass import EvalTopology, HESNRPass, WindowedSet, plan_for_layout, plan_set
 from .guard import training_state_preserved
 from .logging_sinks import format_validation_line, print_validation_line, write_tensorboard, write_wandb
 from .records import append_records, config_dict, make_record
@@ -98,6 +98,24 @@ def checkpoint_of(args, iteration: int) -> tuple[str | None, str | None]:
         return None, None
     step = getattr(args, "ckpt_step", None) if skip else None
     return run_dir, os.path.join(run_dir, f"iter_{(step if step is not None else iteration):07d}")
+
+
+def startup_plan(cfg: HESNRConfig, wset: WindowedSet, args):
+    """The bucket plan from Megatron's layout flags, for the start-up log (``None`` without them).
+
+    The pass makes the plan from its topology and model chunks; given the same layout it is
+    the same (cached) plan, so the first evaluation logs it again only if the two differ.
+    """
+    dp = getattr(args, "data_parallel_size", None)
+    if not dp:
+        return None
+    pp = getattr(args, "pipeline_model_parallel_size", 1) or 1
+    vp = getattr(args, "virtual_pipeline_model_parallel_size", None)
+    return plan_for_layout(cfg, wset, args.seq_length, dp_size=dp, pp_size=pp,
+                           cp_size=getattr(args, "context_parallel_size", 1) or 1,
+                           tp_size=getattr(args, "tensor_model_parallel_size", 1) or 1,
+                           sequence_parallel=bool(getattr(args, "sequence_parallel", False)),
+                           vp_group=(getattr(args, "microbatch_group_size_per_vp_stage", None) or pp) if vp else None)
 
 
 def _is_last_rank() -> bool:
@@ -179,6 +197,10 @@ class MegatronHESNRHook:
                             "(--hesnr-long-policy truncate)", spec.name, wset.dropped_scored_targets,
                             wset.num_scored_targets, args.seq_length)
             log.info("HE-SNR set %s: %s", spec.name, wset.summary())
+            plan = startup_plan(cfg, wset, args)
+            if plan is not None:
+                log.info("HE-SNR set %s: %s", spec.name, plan.describe())
+                self._plans[spec.name] = plan
             sets.append((wset, vocab))
         self._sets = sets
 
