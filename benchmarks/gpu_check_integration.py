@@ -15,14 +15,22 @@ What it does, side by side in one process:
 4. times the plain evaluation step (Megatron's forward with labels -> per-token loss,
    as ``evaluate()`` runs it) and the hook pass on the same windows, and reports
    time and peak-memory ratios;
-5. does the same for ``HybridModel`` (``*E`` pattern) when this megatron-core has it
+5. with ``--both`` (the default), runs the pass padded to --seq-length and length-bucketed
+   on the same windows and reports pass time and peak memory of each and their ratios,
+   and whether both give the same metrics (``--bucketed`` / ``--padded`` time one mode);
+6. does the same for ``HybridModel`` (``*E`` pattern) when this megatron-core has it
    and it builds without Transformer Engine (else says why it was skipped).
+
+At 32K, as the integration check of the bucketing::
+
+    torchrun --nproc-per-node 1 benchmarks/gpu_check_integration.py --seq-length 32768 --both
 
 ``--cpu`` runs a tiny version on CPU/gloo (a dry run of this script, not a measurement).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -221,14 +229,20 @@ def check_model(name, model, args, mtp=False):
 
     device = torch.device("cpu") if args.cpu else torch.device("cuda", torch.cuda.current_device())
     data = SyntheticTrajectories(args.trajectories, args.seq_length, args.vocab)
-    cfg = HESNRConfig(datasets=(EvalDataset("synthetic", "-"),), impl=args.impl, long_policy="window")
+    cfg = HESNRConfig(datasets=(EvalDataset("synthetic", "-"),), impl=args.impl, long_policy="window",
+                      pad_to_seq_length=args.mode == "padded")
     wset = plan_set("synthetic", data, args.seq_length, "window", cfg.stride_for(args.seq_length))
     fb = get_forward_backward_func()
     strategy = resolve_capture(model, "auto", mtp=mtp)
-    hesnr_pass = HESNRPass(cfg, vocab_size=args.vocab, seq_length=args.seq_length, topology=topology(device),
-                           forward_backward_func=fb, capture=LogitsCapture(strategy),
-                           padded_vocab_size=args.padded_vocab)
-    out = {"model": name, "capture": strategy, "windows": len(wset.windows), **wset.summary()}
+
+    def make_pass(config):
+        return HESNRPass(config, vocab_size=args.vocab, seq_length=args.seq_length, topology=topology(device),
+                         forward_backward_func=fb, capture=LogitsCapture(strategy),
+                         padded_vocab_size=args.padded_vocab)
+
+    hesnr_pass = make_pass(cfg)
+    out = {"model": name, "capture": strategy, "windows": len(wset.windows), **wset.summary(),
+           "mode": "padded" if cfg.pad_to_seq_length else "bucketed"}
     model.train()
     with training_state_preserved([model]):
         acc = hesnr_pass.run([model], wset)
@@ -263,11 +277,39 @@ def check_model(name, model, args, mtp=False):
     out["peak_mem_plain_eval_bytes"] = m_plain
     out["peak_mem_hook_bytes"] = m_hook
     out["peak_mem_ratio_hook_over_plain"] = (m_hook / m_plain) if m_plain else None
+    out["plan"] = hesnr_pass.plan.summary()
+    if args.mode == "both":
+        out["padded_vs_bucketed"] = padded_vs_bucketed(model, wset, cfg, make_pass, args)
     model.train()
     return out
 
 
-def main():
+def padded_vs_bucketed(model, wset, cfg, make_pass, args) -> dict:
+    """The same windows padded to --seq-length and length-bucketed: time, peak memory, metrics."""
+    res = {}
+    for mode in ("padded", "bucketed"):
+        p = make_pass(dataclasses.replace(cfg, pad_to_seq_length=mode == "padded"))
+
+        def run(p=p):
+            with training_state_preserved([model]):
+                res[mode + "_metrics"] = p.run([model], wset).compute()
+
+        run()  # warm-up (new shapes)
+        t, m = timed(run, args, args.repeat)
+        res[f"time_{mode}_s"], res[f"peak_mem_{mode}_bytes"], res[f"plan_{mode}"] = t, m, p.plan.summary()
+    pm, bm = res.pop("padded_metrics"), res.pop("bucketed_metrics")
+    res["time_ratio_padded_over_bucketed"] = res["time_padded_s"] / res["time_bucketed_s"]
+    res["peak_mem_ratio_padded_over_bucketed"] = (res["peak_mem_padded_bytes"] / res["peak_mem_bucketed_bytes"]
+                                                  if res["peak_mem_bucketed_bytes"] else None)
+    res["counts_equal"] = all(pm[k] == bm[k] for k in ("num_tokens", "num_invalid"))
+    res["high_entropy_count_diff"] = bm["num_high_entropy"] - pm["num_high_entropy"]
+    res["max_rel_diff"] = max(abs(bm[k] - pm[k]) / max(abs(pm[k]), 1e-30)
+                              for k in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc")
+                              if not (math.isnan(bm[k]) and math.isnan(pm[k])))
+    return res
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="tiny dry run on CPU/gloo")
     p.add_argument("--seq-length", type=int, default=4096)
@@ -283,7 +325,19 @@ def main():
     p.add_argument("--impl", default="auto")
     p.add_argument("--mtp", action="store_true", help="also check a GPTModel with one MTP layer")
     p.add_argument("--out", default=None, help="write the JSON summary here")
-    args = p.parse_args()
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--both", dest="mode", action="store_const", const="both",
+                      help="also time the pass padded vs length-bucketed on the same windows (default)")
+    mode.add_argument("--bucketed", dest="mode", action="store_const", const="bucketed",
+                      help="check and time the length-bucketed pass only")
+    mode.add_argument("--padded", dest="mode", action="store_const", const="padded",
+                      help="check and time the pass padded to --seq-length only (--hesnr-pad-to-seq-length)")
+    p.set_defaults(mode="both")
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     if args.cpu:
         args.seq_length, args.vocab, args.padded_vocab = min(args.seq_length, 64), 1000, 1024
         args.hidden, args.heads, args.trajectories, args.repeat = 64, 4, 3, 1
@@ -315,7 +369,9 @@ def main():
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
-    ok = all(c.get("skipped") or (c["counts_equal"] and c["max_rel_diff"] < 1e-4) for c in results["checks"])
+    ok = all(c.get("skipped") or (c["counts_equal"] and c["max_rel_diff"] < 1e-4
+                                  and c.get("padded_vs_bucketed", {}).get("counts_equal", True))
+             for c in results["checks"])
     torch.distributed.destroy_process_group()
     return 0 if ok else 1
 

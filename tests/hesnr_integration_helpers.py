@@ -201,6 +201,7 @@ _CUDA_MODULES = (
     "megatron.core.transformer.moe.experts",
     "megatron.core.tensor_parallel.layers",
     "megatron.core.tensor_parallel.mappings",
+    "megatron.core.models.common.embeddings.rotary_pos_embedding",
 )
 
 
@@ -251,3 +252,35 @@ def reference_accumulator(wset, weights, cfg):
         acc.update(token_stats(logits, y, k=cfg.k, vocab_size=VOCAB, impl="torch"), m)
     return acc
 
+
+
+def model_chunks(make_chunk, vp: int | None = None) -> list:
+    """This pipeline rank's model chunks (``vp`` of them under an interleaved schedule).
+
+    ``make_chunk(pre_process=, post_process=, vp_stage=)`` builds one; chunk ``i`` of
+    pipeline rank ``r`` is virtual stage ``i * PP + r``, as megatron-core numbers them.
+    """
+    from megatron.core import parallel_state as ps
+
+    pp, rank, n = ps.get_pipeline_model_parallel_world_size(), ps.get_pipeline_model_parallel_rank(), vp or 1
+    return [make_chunk(pre_process=rank == 0 and i == 0, post_process=rank == pp - 1 and i == n - 1,
+                       vp_stage=i if vp else None) for i in range(n)]
+
+
+def run_pass(model: list, wset, cfg, *, vocab: int, padded_vocab: int, seq_length: int):
+    """One ``HESNRPass`` through megatron-core's real ``get_forward_backward_func`` schedule
+    (interleaved when ``model`` has several chunks); returns ``(accumulator, bucket plan)``."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_hesnr.integration.capture import LogitsCapture, resolve_capture
+    from megatron_hesnr.integration.eval_pass import HESNRPass
+    from megatron_hesnr.integration.hook import topology_from_parallel_state
+
+    p = HESNRPass(cfg, vocab_size=vocab, seq_length=seq_length, topology=topology_from_parallel_state(),
+                  forward_backward_func=get_forward_backward_func(),
+                  capture=LogitsCapture(resolve_capture(model[-1], cfg.logits_capture)), padded_vocab_size=padded_vocab)
+    for m in model:
+        m.eval()
+    with torch.no_grad():
+        acc = p.run(model, wset)
+    return acc, p.plan

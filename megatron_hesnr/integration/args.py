@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
+from .buckets import DEFAULT_LENGTH_MULTIPLE
 from .config import IMPLS, LOGITS_CAPTURES, LONG_POLICIES, HESNRConfig, HESNRConfigError, parse_data_specs
 
 #: (flag, dest) of every flag this module adds; the README table is built from it.
@@ -18,6 +19,7 @@ FLAGS = (
     "--hesnr-num-microbatches", "--hesnr-k", "--hesnr-threshold", "--hesnr-num-bins", "--hesnr-impl",
     "--hesnr-category-names", "--hesnr-report-categories", "--hesnr-jsonl", "--hesnr-long-policy",
     "--hesnr-window-stride", "--hesnr-logits-capture", "--hesnr-run-name", "--hesnr-keep-empty-windows",
+    "--hesnr-length-multiple", "--hesnr-pad-to-seq-length",
 )
 
 
@@ -58,6 +60,12 @@ def add_hesnr_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--hesnr-run-name", default=None, help="Run name written into the JSONL records.")
     g.add_argument("--hesnr-keep-empty-windows", action="store_true",
                    help="Also run windows that score no token (normally skipped).")
+    g.add_argument("--hesnr-length-multiple", type=int, default=DEFAULT_LENGTH_MULTIPLE,
+                   help="Windows are grouped into a few length buckets and each bucket runs at its own "
+                        "sequence length, a multiple of this (and of 2 x CP, and of TP with sequence "
+                        "parallelism), or --seq-length itself.")
+    g.add_argument("--hesnr-pad-to-seq-length", action="store_true",
+                   help="Pad every window to --seq-length instead (slower; for comparison).")
     return parser
 
 
@@ -98,6 +106,8 @@ def config_from_args(args) -> HESNRConfig | None:
         logits_capture=args.hesnr_logits_capture,
         run_name=args.hesnr_run_name,
         skip_empty_windows=not args.hesnr_keep_empty_windows,
+        length_multiple=args.hesnr_length_multiple,
+        pad_to_seq_length=args.hesnr_pad_to_seq_length,
     )
 
 

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
+from .buckets import DEFAULT_LENGTH_MULTIPLE
 
 IMPLS = ("auto", "torch", "triton")
 LONG_POLICIES = ("truncate", "window")
@@ -98,6 +99,10 @@ class HESNRConfig:
     """Recorded in each JSONL record (default: the checkpoint directory name)."""
     skip_empty_windows: bool = True
     """Skip windows that score no token (their forward would add nothing)."""
+    length_multiple: int = DEFAULT_LENGTH_MULTIPLE
+    """Bucket lengths are multiples of this (and of 2 x CP, and of TP with sequence parallelism)."""
+    pad_to_seq_length: bool = False
+    """Pad every window to --seq-length (one bucket) instead of bucketing windows by length."""
 
     def __post_init__(self):
         self.datasets = tuple(self.datasets)
@@ -138,6 +143,8 @@ class HESNRConfig:
                 raise HESNRConfigError("--hesnr-window-stride", "only applies with --hesnr-long-policy window")
             if self.window_stride < 1:
                 raise HESNRConfigError("--hesnr-window-stride", f"must be >= 1, got {self.window_stride}")
+        if int(self.length_multiple) != self.length_multiple or self.length_multiple < 1:
+            raise HESNRConfigError("--hesnr-length-multiple", f"must be an integer >= 1, got {self.length_multiple}")
         if self.logits_capture not in LOGITS_CAPTURES:
             raise HESNRConfigError("--hesnr-logits-capture", f"must be one of {LOGITS_CAPTURES}, got {self.logits_capture!r}")
         if self.enabled:

@@ -4,8 +4,12 @@ Independent of ``megatron.training``: everything it needs (process groups, the
 forward-backward function, the model chunks, the dataset) is passed in, so the
 Megatron-LM hook (:mod:`.hook`) and a NeMo / Megatron-Bridge adapter share it.
 
-Per step every data-parallel rank runs ``num_microbatches`` micro-batches of
-``micro_batch_size`` windows.  As in Megatron's ``get_batch``, only tensor-parallel
+Windows are grouped into length buckets (:mod:`.buckets`; or all padded to
+``seq_length`` under ``--hesnr-pad-to-seq-length``) and each bucket runs as whole
+forward-only schedule calls at that bucket's sequence length: per call every
+data-parallel rank runs ``num_microbatches`` micro-batches of ``micro_batch_size``
+windows (fewer in a bucket's last call; slots beyond its windows are empty samples
+that score nothing).  As in Megatron's ``get_batch``, only tensor-parallel
 rank 0 reads the data; the micro-batch (tokens, labels, scoring mask, positions)
 is broadcast over the TP group and then split for context parallelism by the same
 function that splits the loss mask, so the scoring mask goes where its tokens go.
@@ -15,7 +19,6 @@ and into one accumulator per set, reduced once over data x context parallel.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Sequence
@@ -25,7 +28,8 @@ import torch
 
 from ..accumulator import AccumulatorConfig, HESNRAccumulator
 from ..token_stats import token_stats
-from .capture import LogitsCapture
+from .buckets import BucketPlan, ScheduleShape, alignment, plan_buckets
+from .capture import LogitsCapture, unwrap
 from .config import HESNRConfig
 from .windows import Window, plan_windows, window_sample
 
@@ -67,6 +71,8 @@ class WindowedSet:
     num_scored_targets: int
     dropped_scored_targets: int
     """Scored targets no window covers (only under ``truncate``)."""
+    plans: dict = field(default_factory=dict, repr=False, compare=False)
+    """Bucket plans already made for this set, by layout (the plan is pure: made once)."""
 
     def summary(self) -> dict:
         return {"num_trajectories": self.num_trajectories, "num_windows": len(self.windows),
@@ -97,6 +103,27 @@ def plan_set(name: str, dataset, seq_length: int, policy: str, stride: int | Non
     return WindowedSet(name, dataset, windows, len(dataset), scored, dropped)
 
 
+def plan_for_layout(config: HESNRConfig, wset: WindowedSet, seq_length: int, *, dp_size: int, pp_size: int,
+                    cp_size: int, tp_size: int, sequence_parallel: bool, vp_group: int | None) -> BucketPlan:
+    """The bucket plan of ``wset`` under a parallel layout (made once per set and layout).
+
+    ``vp_group``: micro-batches per virtual-stage group of an interleaved pipeline (``None``: not
+    interleaved).  Under ``eval_iters`` the same first windows are evaluated, bucketed or padded.
+    """
+    shape = ScheduleShape(dp_size=dp_size, micro_batch_size=config.micro_batch_size,
+                          num_microbatches=config.num_microbatches or max(pp_size, 4), pp_size=pp_size,
+                          vp_group=vp_group)
+    align = alignment(config.length_multiple, cp_size=cp_size, tp_size=tp_size, sequence_parallel=sequence_parallel)
+    limit = len(wset.windows)
+    if config.eval_iters is not None:
+        limit = min(limit, config.eval_iters * shape.full_count * shape.windows_per_microbatch)
+    key = (shape, align, limit, seq_length, config.pad_to_seq_length)
+    if key not in wset.plans:
+        wset.plans[key] = plan_buckets([w.num_inputs for _, w in wset.windows[:limit]], seq_length, align=align,
+                                       shape=shape, padded=config.pad_to_seq_length)
+    return wset.plans[key]
+
+
 class HESNRPass:
     """Runs HE-SNR over windowed sets with a given forward-backward function."""
 
@@ -114,34 +141,63 @@ class HESNRPass:
         if topology.cp_size > 1 and seq_length % (2 * topology.cp_size):
             raise ValueError(f"seq_length {seq_length} must be divisible by 2 x CP = {2 * topology.cp_size}")
         self._acc: HESNRAccumulator | None = None
+        self._masks: dict[int, torch.Tensor] = {}
+        self.plan: BucketPlan | None = None
+        """The bucket plan of the last :meth:`run`."""
 
     # ----------------------------------------------------------------- batches
     def accumulator_config(self) -> AccumulatorConfig:
         c = self.config
         return AccumulatorConfig(k=c.k, threshold=c.threshold, num_bins=c.num_bins, category_names=c.category_names)
 
-    def _local_microbatches(self, wset: WindowedSet, step_start: int, nmb: int) -> list:
-        """This DP rank's micro-batches of one step (numpy arrays; ``None`` off TP rank 0)."""
-        mbs, dp, S = self.config.micro_batch_size, self.topo.dp_size, self.seq_length
+    def plan_for(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> BucketPlan:
+        """The bucket plan of ``wset`` for this layout and ``model`` (a list longer than 1: interleaved)."""
+        cfg = getattr(unwrap(model[0]), "config", None)
+        pp = max(self.topo.pp_size, 1)
+        vp_group = (getattr(cfg, "microbatch_group_size_per_vp_stage", None) or pp) if len(model) > 1 else None
+        return plan_for_layout(self.config, wset, self.seq_length, dp_size=self.topo.dp_size, pp_size=pp,
+                               cp_size=self.topo.cp_size, tp_size=self.topo.tp_size,
+                               sequence_parallel=bool(getattr(cfg, "sequence_parallel", False)), vp_group=vp_group)
+
+    def _local_microbatches(self, wset: WindowedSet, ids: Sequence[int], nmb: int, length: int,
+                            shape: ScheduleShape) -> list:
+        """This DP rank's micro-batches of one call: ``(length, int64 [3, mbs, length] or None off TP rank 0)``."""
+        mbs = shape.micro_batch_size
         out = []
         for j in range(nmb):
             if self.topo.tp_rank != 0:
-                out.append(None)
+                out.append((length, None))
                 continue
-            arr = np.zeros((3, mbs, S), dtype=np.int64)
+            arr = np.zeros((3, mbs, length), dtype=np.int64)
             for b in range(mbs):
-                g = step_start + (j * dp + self.topo.dp_rank) * mbs + b
-                if g >= len(wset.windows):
+                g = shape.slot(j, self.topo.dp_rank, b)
+                if g >= len(ids):
                     continue  # empty sample: all-zero mask, scores nothing
-                idx, w = wset.windows[g]
+                idx, w = wset.windows[ids[g]]
                 tokens, mask = wset.dataset[idx]
-                arr[0, b], arr[1, b], arr[2, b] = window_sample(np.asarray(tokens), np.asarray(mask), w, S)
-            out.append(arr)
+                arr[0, b], arr[1, b], arr[2, b] = window_sample(np.asarray(tokens), np.asarray(mask), w, length)
+            out.append((length, arr))
         return out
 
-    def _materialize(self, raw) -> dict:
+    def _attention_mask(self, length: int):
+        """One causal ``[1, 1, L, L]`` bool mask per bucket length (CP-split once), shared by its micro-batches."""
+        if length not in self._masks:
+            causal = torch.ones(length, length, dtype=torch.bool, device=self.topo.device).triu_(1)
+            batch = {"attention_mask": causal.view(1, 1, length, length)}
+            if self.topo.cp_size > 1:
+                batch = self._cp_split(batch)
+            self._masks = {length: batch["attention_mask"]}  # one bucket at a time: free the last one
+        return self._masks[length]
+
+    def _cp_split(self, batch: dict) -> dict:
+        if self.topo.cp_split is None:
+            raise RuntimeError("context parallelism needs EvalTopology.cp_split")
+        return self.topo.cp_split(batch)
+
+    def _materialize(self, item) -> dict:
         """TP broadcast of one micro-batch, positions (and mask), then the CP split."""
-        mbs, S, topo = self.config.micro_batch_size, self.seq_length, self.topo
+        S, raw = item
+        mbs, topo = self.config.micro_batch_size, self.topo
         if topo.tp_rank == 0:
             buf = torch.from_numpy(raw).to(topo.device)
         else:
@@ -155,13 +211,10 @@ class HESNRPass:
             "position_ids": torch.arange(S, device=topo.device, dtype=torch.int64).unsqueeze(0).expand(mbs, S).contiguous(),
             "attention_mask": None,
         }
-        if self.make_attention_mask:
-            causal = torch.ones(S, S, dtype=torch.bool, device=topo.device).triu_(1)
-            batch["attention_mask"] = causal.view(1, 1, S, S).expand(mbs, 1, S, S).contiguous()
         if topo.cp_size > 1:
-            if topo.cp_split is None:
-                raise RuntimeError("context parallelism needs EvalTopology.cp_split")
-            batch = topo.cp_split(batch)
+            batch = self._cp_split(batch)
+        if self.make_attention_mask:
+            batch["attention_mask"] = self._attention_mask(S)
         return batch
 
     # ------------------------------------------------------------- schedule
@@ -193,41 +246,31 @@ class HESNRPass:
         self._acc.update(stats, mask.to(stats.valid.device))
         return int((mask != 0).sum())
 
-    def _num_microbatches(self) -> int:
-        return self.config.num_microbatches or max(self.topo.pp_size, 4)
-
     def run(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> HESNRAccumulator:
         """Evaluate one set; returns its accumulator (reduced on the last stage)."""
         model = list(model)
         acc = HESNRAccumulator(self.accumulator_config(), device=self.topo.device)
         self._acc = acc
-        mbs, dp = self.config.micro_batch_size, self.topo.dp_size
-        per_step = dp * mbs * self._num_microbatches()
-        steps = math.ceil(len(wset.windows) / per_step) if wset.windows else 0
-        if self.config.eval_iters is not None:
-            steps = min(steps, self.config.eval_iters)
-        for step in range(steps):
-            start = step * per_step
-            remaining = len(wset.windows) - start
-            nmb = min(self._num_microbatches(), math.ceil(remaining / (dp * mbs)))
-            if len(model) > 1:  # interleaved schedules want whole rounds of PP micro-batches
-                pp = max(self.topo.pp_size, 1)
-                nmb = math.ceil(nmb / pp) * pp
-            raw = self._local_microbatches(wset, start, nmb)
-            # One iterator per model chunk, as Megatron's evaluate() passes them.
-            iterator = [iter(raw) for _ in model]
-            self.forward_backward_func(
-                forward_step_func=self._forward_step,
-                data_iterator=iterator,
-                model=model,
-                num_microbatches=nmb,
-                seq_length=self.seq_length,
-                micro_batch_size=mbs,
-                decoder_seq_length=None,
-                forward_only=True,
-                collect_non_loss_data=True,
-            )
+        plan = self.plan = self.plan_for(model, wset)
+        for bucket in plan.buckets:
+            for first, count, nmb in plan.shape.calls(len(bucket.windows)):
+                raw = self._local_microbatches(wset, bucket.windows[first:first + count], nmb, bucket.length,
+                                               plan.shape)
+                # One iterator per model chunk, as Megatron's evaluate() passes them.
+                iterator = [iter(raw) for _ in model]
+                self.forward_backward_func(
+                    forward_step_func=self._forward_step,
+                    data_iterator=iterator,
+                    model=model,
+                    num_microbatches=nmb,
+                    seq_length=bucket.length,
+                    micro_batch_size=plan.shape.micro_batch_size,
+                    decoder_seq_length=None,
+                    forward_only=True,
+                    collect_non_loss_data=True,
+                )
         self._acc = None
+        self._masks = {}
         if self.topo.is_last_stage:
             acc.all_reduce(self.topo.reduce_group)
         return acc

@@ -21,7 +21,7 @@ import torch
 
 from .capture import LogitsCapture, resolve_capture
 from .config import HESNRConfig, HESNRConfigError
-from .eval_pass import EvalTopology, HESNRPass, WindowedSet, plan_set
+from .eval_pass import EvalTopology, HESNRPass, WindowedSet, plan_for_layout, plan_set
 from .guard import training_state_preserved
 from .logging_sinks import format_validation_line, print_validation_line, write_tensorboard, write_wandb
 from .records import append_records, config_dict, make_record
@@ -100,6 +100,24 @@ def checkpoint_of(args, iteration: int) -> tuple[str | None, str | None]:
     return run_dir, os.path.join(run_dir, f"iter_{(step if step is not None else iteration):07d}")
 
 
+def startup_plan(cfg: HESNRConfig, wset: WindowedSet, args):
+    """The bucket plan from Megatron's layout flags, for the start-up log (``None`` without them).
+
+    The pass makes the plan from its topology and model chunks; given the same layout it is
+    the same (cached) plan, so the first evaluation logs it again only if the two differ.
+    """
+    dp = getattr(args, "data_parallel_size", None)
+    if not dp:
+        return None
+    pp = getattr(args, "pipeline_model_parallel_size", 1) or 1
+    vp = getattr(args, "virtual_pipeline_model_parallel_size", None)
+    return plan_for_layout(cfg, wset, args.seq_length, dp_size=dp, pp_size=pp,
+                           cp_size=getattr(args, "context_parallel_size", 1) or 1,
+                           tp_size=getattr(args, "tensor_model_parallel_size", 1) or 1,
+                           sequence_parallel=bool(getattr(args, "sequence_parallel", False)),
+                           vp_group=(getattr(args, "microbatch_group_size_per_vp_stage", None) or pp) if vp else None)
+
+
 def _is_last_rank() -> bool:
     if not torch.distributed.is_initialized():
         return True
@@ -127,6 +145,8 @@ class MegatronHESNRHook:
         self._sets: list[tuple[WindowedSet, int]] | None = None
         self._last_iteration: int | None = None
         self._validated = False
+        self._plans: dict = {}
+        """Bucket plan of each set at the last evaluation (logged once, recorded in every JSONL config)."""
 
     # ------------------------------------------------------------- set-up
     def args(self):
@@ -177,6 +197,10 @@ class MegatronHESNRHook:
                             "(--hesnr-long-policy truncate)", spec.name, wset.dropped_scored_targets,
                             wset.num_scored_targets, args.seq_length)
             log.info("HE-SNR set %s: %s", spec.name, wset.summary())
+            plan = startup_plan(cfg, wset, args)
+            if plan is not None:
+                log.info("HE-SNR set %s: %s", spec.name, plan.describe())
+                self._plans[spec.name] = plan
             sets.append((wset, vocab))
         self._sets = sets
 
@@ -246,6 +270,9 @@ class MegatronHESNRHook:
                               padded_vocab_size=getattr(args, "padded_vocab_size", None),
                               make_attention_mask=make_mask)
                 acc = p.run(model, wset)
+                if self._plans.get(wset.name) is not p.plan:
+                    log.info("HE-SNR set %s: %s", wset.name, p.plan.describe())
+                self._plans[wset.name] = p.plan
                 if topo.is_last_stage:
                     out[wset.name] = acc
         return out
@@ -275,7 +302,8 @@ class MegatronHESNRHook:
             records.append(make_record(
                 iteration=iteration, consumed_samples=consumed, checkpoint=checkpoint, run=run_name,
                 dataset=wset.name, acc=acc,
-                config=config_dict(cfg, seq_length=args.seq_length, data=wset.summary(), eval_seconds=seconds),
+                config=config_dict(cfg, seq_length=args.seq_length, data=wset.summary(), eval_seconds=seconds,
+                                   buckets=self._plans[wset.name].summary()),
             ))
         log.info("HE-SNR evaluation at iteration %d took %.2f s", iteration, seconds)
         if cfg.jsonl:
