@@ -504,29 +504,38 @@ def main(args) -> int:
     env = environment(device)
     log.info("environment: %s", env)
     entries = []
+
+    def result(complete):
+        return {"environment": env, "k": args.k, "repeats": args.repeats, "targets": TARGETS,
+                "variants": args.variants, "not_measured": not_measured, "complete": complete,
+                "results": entries, "verdicts": verdicts(entries),
+                "best_kernel": [{"tokens": e["tokens"], "v_local": e["v_local"], **(e.get("best_kernel") or {})}
+                                for e in entries]}
+
+    def write(complete):
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result(complete), indent=1))
+
     try:
         for s in args.tokens:
             for v in args.vocab:
                 entry = run_size(args, device, s, v, dtype, peers, kernel_ok)
                 entries.append(entry)
                 print_entry(entry)
+                write(complete=False)  # a run stopped by a time budget keeps the sizes done
                 if device == "cuda":
                     torch.cuda.empty_cache()
     finally:
         if "megatron_vocab_parallel_ce" in peers:
             peers["megatron_vocab_parallel_ce"].close()
-    result = {"environment": env, "k": args.k, "repeats": args.repeats, "targets": TARGETS,
-              "variants": args.variants, "not_measured": not_measured,
-              "results": entries, "verdicts": verdicts(entries),
-              "best_kernel": [{"tokens": e["tokens"], "v_local": e["v_local"], **(e.get("best_kernel") or {})}
-                              for e in entries]}
+    final = result(complete=True)
     print_best(entries)
     print("\nverdicts (V_local=151936, S>=32K):")
-    for row in result["verdicts"]:
+    for row in final["verdicts"]:
         print("  " + json.dumps(row))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        write(complete=True)
         print(f"wrote {args.json}")
     return 0
 
