@@ -43,6 +43,8 @@ ARGS=(
     --bf16 --mock-data --tokenizer-type NullTokenizer --vocab-size 8000 --split 90,10,0
     --eval-interval 5 --eval-iters 2 --log-interval 1 --seed 1234 --deterministic-mode
     --hidden-dropout 0.1 --attention-dropout 0.1
+    # No Transformer Engine or Apex on a plain PyTorch image: their fused paths off.
+    --no-rope-fusion --no-gradient-accumulation-fusion --no-masked-softmax-fusion --no-persist-layer-norm
 )
 HESNR=(--hesnr-data-path synthetic="$OUT/synthetic" --hesnr-jsonl "$OUT/hesnr.jsonl" --hesnr-window-stride 256)
 rm -f "$OUT/hesnr.jsonl"

@@ -300,7 +300,7 @@ def test_errors_name_the_problem(kmod, monkeypatch):
         kmod.shard_stats_triton(rows, labels, shard, 10, mode="heap")
     with pytest.raises(TypeError, match="integer token ids"):
         kmod.shard_stats_triton(rows, labels.float(), shard, 10)
-    for bad in (0, -2, 2.0, True):
+    for bad in (0, -2, 2.0, True, kmod.MAX_SPLITS + 1):
         with pytest.raises(ValueError, match="splits="):
             kmod.shard_stats_triton(rows, labels, shard, 10, splits=bad)
     monkeypatch.setattr(kmod, "_is_interpreted", lambda: False)

@@ -146,7 +146,8 @@ def _shard_stats_kernel(
     row = tl.program_id(0).to(tl.int64)  # int64: N * stride_row exceeds 2**31
     part = tl.program_id(1).to(tl.int64)  # which column chunk of the row (0 when not split)
     c0 = part * chunk
-    width = tl.maximum(tl.minimum(real - c0, chunk), 0)  # 0: a chunk past the real columns
+    # Columns of this chunk (< 2**31; 0 for a chunk past the real columns).
+    width = tl.maximum(tl.minimum(real - c0, chunk), 0).to(tl.int32)
     rec = part * n_rows + row
     row_ptr = logits_ptr + row * stride_row
     chunk_ptr = row_ptr + c0 * stride_col
@@ -238,6 +239,8 @@ def default_launch(real_size: int) -> tuple[int, int]:
 
 #: Programs one SM runs at once with the default launch (72 registers x 128 threads).
 PROGRAMS_PER_SM = 7
+#: Most chunks per row (the grid's second axis holds at most 65535 programs).
+MAX_SPLITS = 65535
 #: Largest default split; the benchmark times up to 16 (``splits`` may be any positive int).
 MAX_DEFAULT_SPLITS = 16
 #: A chunk keeps at least this many tiles, so its fixed cost (final reductions,
@@ -310,8 +313,9 @@ def shard_stats_triton(
         raise ValueError(f"shard real_size={shard.real_size} must be in [0, {local_size}]")
     if mode not in ("select", "bitonic"):
         raise ValueError(f"mode={mode!r} is not 'select' or 'bitonic'")
-    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int) or splits < 1):
-        raise ValueError(f"splits={splits!r} must be a positive integer (column chunks per row)")
+    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int)
+                               or not 1 <= splits <= MAX_SPLITS):
+        raise ValueError(f"splits={splits!r} must be an integer in [1, {MAX_SPLITS}] (column chunks per row)")
     if not rows.is_cuda and not _is_interpreted():
         raise RuntimeError(
             "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before Triton "
