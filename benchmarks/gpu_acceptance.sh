@@ -19,7 +19,10 @@
 #
 # OUT_DIR gets acceptance.json (every stage: status ok/failed/timeout/skipped, seconds,
 # budget, exit code, command; plus the benchmark's best kernel launch per size and the
-# integration checks), acceptance.log (all output) and each stage's own JSON.
+# integration checks), acceptance.log (all output), bench_token_stats.json,
+# integration.json and the example's logs and JSONL: at most 8 files, no folders, so that
+# all of it comes back from a lent machine.  Scratch files go to HESNR_SCRATCH (default:
+# a fresh temporary folder).
 # Exit status: 0 when every stage is ok or skipped, else 1.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,8 +42,14 @@ done
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
 
 PY=${PYTHON:-python3}
+export PYTHON="$PY"  # gpu_run_example.sh uses the same interpreter
 LOG="$OUT/acceptance.log"
-TSV="$OUT/.stages.tsv"
+if [ -n "${HESNR_SCRATCH:-}" ]; then
+    SCRATCH=$HESNR_SCRATCH && mkdir -p "$SCRATCH"
+else
+    SCRATCH=$(mktemp -d -t hesnr_acceptance.XXXXXX) && trap 'rm -rf "$SCRATCH"' EXIT
+fi
+TSV="$SCRATCH/stages.tsv"
 SITE=${HESNR_SITE:-/tmp/hesnr_site}
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
@@ -150,7 +159,10 @@ if [ "$CPU" = 1 ]; then
     run_stage example "$B_EXAMPLE" "$PY" -m pytest -q -p no:cacheprovider ${HESNR_CPU_EXAMPLE_TESTS:-tests/test_megatron_e2e.py}
 else
     run_stage example "$B_EXAMPLE" env MEGATRON_LM_DIR="${MEGATRON_LM_DIR:-$HERE/.megatron-lm}" \
-        bash benchmarks/gpu_run_example.sh "$OUT/example"
+        bash benchmarks/gpu_run_example.sh "$SCRATCH/example"
+    for f in plain.log hesnr.log hesnr.jsonl; do
+        [ -f "$SCRATCH/example/$f" ] && cp "$SCRATCH/example/$f" "$OUT/example_$f"
+    done
 fi
 
 # ---------------------------------------------------------------- summary

@@ -57,6 +57,10 @@ def test_acceptance_cpu_runs_every_stage(tmp_path):
         assert example["status"] == "failed" and example["rc"] != 0
     assert proc.returncode == (0 if res["ok"] else 1)
     assert res["ok"] == (example["status"] == "ok")
+    # What a lent machine sends back: at most 8 plain files, no folders.
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert all((tmp_path / n).is_file() for n in left) and len(left) <= 8, left
+    assert {"acceptance.json", "acceptance.log", "bench_token_stats.json", "integration.json"} <= set(left)
 
 
 def test_stage_out_of_time_is_reported_and_the_rest_runs(tmp_path):
