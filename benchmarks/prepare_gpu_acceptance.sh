@@ -117,5 +117,5 @@ ls "$WHL"
 du -sh "$MLM" | sed 's/^/entry files: /'
 cat <<'EOF'
 Next, with a device lent (one call, about 8 minutes of device time):
-  run(command="bash benchmarks/gpu_acceptance.sh $OUT/acceptance", carry=[".whl", ".megatron-lm"], timeout_s=600)
+  run(command="bash benchmarks/gpu_acceptance.sh \"$OUT\"", carry=[".whl", ".megatron-lm"], timeout_s=600)
 EOF
