@@ -4,11 +4,14 @@
 For every (tokens S, shard width V_local) it measures, in one run and on the same
 tensor: reading the logits once (``amax``), ``torch.topk`` alone, a naive PyTorch
 implementation (fp32 copy, logsumexp, topk, gather), the chunked PyTorch reference
-(``shard_stats_torch``), the fused Triton kernel (default launch and optional
-variants), ``token_stats`` end to end with the kernel, and megatron-core's
-``vocab_parallel_cross_entropy`` (TP=1) when it is installed.  It prints times,
-peak extra memory and ratios, checks the kernel's records against the reference,
-and writes everything as JSON (``--json PATH``).
+(``shard_stats_torch``), the fused Triton kernel (default launch and the variants
+of ``--variants``: split-row ``splits`` 1..16, the bitonic mode, other tiles),
+``token_stats`` end to end with the kernel, megatron-core's
+``vocab_parallel_cross_entropy`` (TP=1) and Liger-Kernel's cross-entropy forward
+(the nearest single-pass peer; it computes no top-k) when they are installed.
+It prints times, peak extra memory and ratios, checks every kernel variant's
+records against the reference, prints the best correct kernel variant per size
+with the ratios against the goals, and writes everything as JSON (``--json PATH``).
 
 GPU (the issue's grid; about two minutes on an H100/H200):
 
@@ -40,8 +43,9 @@ log = logging.getLogger("bench_token_stats")
 
 DEFAULT_TOKENS = (8192, 32768, 131072)
 DEFAULT_VOCAB = (151936, 151936 // 8)
-#: Extra kernel launches timed beside the default one ("BLOCKxWARPS[:mode]").
-DEFAULT_VARIANTS = ("512x2", "2048x8", "4096x8", "1024x4:bitonic")
+#: Extra kernel launches timed beside the default one: ':'-joined tokens
+#: ``sN`` (splits), ``select``/``bitonic`` (mode), ``BLOCKxWARPS`` (tile, warps).
+DEFAULT_VARIANTS = ("s1", "s2", "s4", "s8", "s16", "bitonic", "512x2", "2048x8")
 TARGETS = {"kernel_over_read_once_max": 1.5, "speedup_vs_naive_min": 20.0, "extra_mem_fraction_max": 0.01}
 GIB = 2**30
 
@@ -59,7 +63,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--variants", nargs="*", default=None,
-                   help=f"extra kernel launches BLOCKxWARPS[:select|bitonic] (GPU default: {' '.join(DEFAULT_VARIANTS)})")
+                   help="extra kernel launches, ':'-joined tokens sN (splits), select|bitonic, BLOCKxWARPS "
+                        f"(default on GPU and CPU: {' '.join(DEFAULT_VARIANTS)})")
     p.add_argument("--methods", nargs="*", default=None,
                    help="subset of methods to run (default: all); see the table's first column")
     p.add_argument("--logit-scale", type=float, default=3.0, help="logits ~ N(0, scale^2)")
@@ -136,6 +141,37 @@ class MegatronCE:
                 os.unlink(self._store)
 
 
+class LigerCE:
+    """Liger-Kernel's cross-entropy forward (per-token loss, no gradient written)."""
+
+    def __init__(self, device: str):
+        if device != "cuda":
+            raise RuntimeError("Liger-Kernel's Triton kernels need CUDA tensors")
+        from liger_kernel.transformers.functional import liger_cross_entropy
+
+        self._fn = liger_cross_entropy
+
+    def __call__(self, x, labels):
+        # Inputs that do not require grad: the kernel skips writing gradients into x.
+        with torch.no_grad():
+            return self._fn(x, labels, reduction="none")
+
+
+def parse_variant(spec: str) -> dict:
+    """``"s4:bitonic:2048x8"`` -> keyword arguments of ``shard_stats_triton``."""
+    kw = {}
+    for tok in spec.lower().split(":"):
+        if tok in ("select", "bitonic"):
+            kw["mode"] = tok
+        elif tok[:1] == "s" and tok[1:].isdigit() and int(tok[1:]) > 0:
+            kw["splits"] = int(tok[1:])
+        elif tok.count("x") == 1 and all(t.isdigit() for t in tok.split("x")):
+            kw["block"], kw["num_warps"] = (int(t) for t in tok.split("x"))
+        else:
+            raise ValueError(f"--variants: {spec!r}: token {tok!r} is not sN, select, bitonic or BLOCKxWARPS")
+    return kw
+
+
 # ----------------------------------------------------------------------------- timing
 def sync(device):
     if device == "cuda":
@@ -185,7 +221,7 @@ def free_bytes(device):
 
 
 # ----------------------------------------------------------------------------- one size
-def build_methods(args, device, shard, k, megatron, kernel_ok):
+def build_methods(args, device, shard, k, peers, kernel_ok):
     """name -> (callable(x, labels), estimated extra bytes for (S, V, itemsize))."""
     fp32 = lambda s, v, isz: 4 * s * v  # noqa: E731
     methods = {
@@ -199,22 +235,21 @@ def build_methods(args, device, shard, k, megatron, kernel_ok):
 
         methods["kernel"] = (lambda x, y: shard_stats_triton(x, y, shard, k), lambda s, v, isz: 0)
         for spec in args.variants:
-            cfg, _, mode = spec.partition(":")
-            block, warps = (int(t) for t in cfg.lower().split("x"))
-            mode = mode or "select"
-            if mode == "bitonic" and not has_tl_topk():
+            kw = parse_variant(spec)
+            if kw.get("mode") == "bitonic" and not has_tl_topk():
                 log.info("variant %s skipped: this Triton has no tl.topk", spec)
                 continue
             methods[f"kernel[{spec}]"] = (
-                lambda x, y, b=block, w=warps, m=mode: shard_stats_triton(x, y, shard, k, block=b, num_warps=w, mode=m),
-                lambda s, v, isz: 0,
-            )
+                lambda x, y, kw=kw: shard_stats_triton(x, y, shard, k, **kw), lambda s, v, isz: 0)
         methods["token_stats[triton]"] = (
             lambda x, y: token_stats(x, y, k=k, impl="triton"), lambda s, v, isz: 0)
-    if megatron is not None:
+    if "megatron_vocab_parallel_ce" in peers:
         # Megatron makes one fp32 copy and works in place on it (+20 GB at 32K x 151936).
-        methods["megatron_vocab_parallel_ce"] = (lambda x, y: megatron(x, y),
+        methods["megatron_vocab_parallel_ce"] = (peers["megatron_vocab_parallel_ce"],
                                                  lambda s, v, isz: fp32(s, v, isz) * 11 // 10)
+    if "liger_ce_forward" in peers:
+        # One pass per row like ours, a per-token loss out; no fp32 copy.
+        methods["liger_ce_forward"] = (peers["liger_ce_forward"], lambda s, v, isz: 8 * s)
     if args.methods:
         unknown = set(args.methods) - set(methods)
         if unknown:
@@ -235,7 +270,7 @@ def compare(kern, ref):
     }
 
 
-def run_size(args, device, s, v, dtype, megatron, kernel_ok):
+def run_size(args, device, s, v, dtype, peers, kernel_ok):
     itemsize = torch.finfo(dtype).bits // 8
     logits_bytes = s * v * itemsize
     entry = {"tokens": s, "v_local": v, "dtype": args.dtype, "logits_bytes": logits_bytes, "methods": {}}
@@ -249,7 +284,7 @@ def run_size(args, device, s, v, dtype, megatron, kernel_ok):
     x.mul_(args.logit_scale)
     labels = torch.randint(0, v, (s,), device=device, generator=gen)
     shard = VocabShard(0, v, v)
-    methods = build_methods(args, device, shard, args.k, megatron, kernel_ok)
+    methods = build_methods(args, device, shard, args.k, peers, kernel_ok)
     results = {}
     for name, (fn, est) in methods.items():
         need = est(s, v, itemsize)
@@ -282,12 +317,10 @@ def run_size(args, device, s, v, dtype, megatron, kernel_ok):
         entry["check"] = compare(shard_stats_triton(x, labels, shard, args.k), ref)
         for name in methods:
             if name.startswith("kernel[") and "ms" in results.get(name, {}):
-                spec = name[len("kernel["):-1]
-                cfg, _, mode = spec.partition(":")
-                block, warps = (int(t) for t in cfg.split("x"))
-                got = shard_stats_triton(x, labels, shard, args.k, block=block, num_warps=warps, mode=mode or "select")
+                got = shard_stats_triton(x, labels, shard, args.k, **parse_variant(name[len("kernel["):-1]))
                 entry.setdefault("variant_checks", {})[name] = compare(got, ref)
     entry["ratios"] = ratios(entry, results, logits_bytes)
+    entry["best_kernel"] = best_kernel(entry, logits_bytes)
     del x, labels
     return entry
 
@@ -307,13 +340,62 @@ def ratios(entry, results, logits_bytes):
     for name in results:
         if name.startswith("kernel[") and ms(name) and read:
             out[f"{name}_over_read_once"] = ms(name) / read
-    for base in ("naive_torch", "chunked_reference", "torch_topk", "megatron_vocab_parallel_ce"):
+    for base in ("naive_torch", "chunked_reference", "torch_topk", "megatron_vocab_parallel_ce", "liger_ce_forward"):
         if kern and ms(base):
             out[f"speedup_vs_{base}"] = ms(base) / kern
     mem = results.get("kernel", {}).get("peak_extra_bytes")
     if mem is not None:
         out["kernel_extra_mem_fraction"] = mem / logits_bytes
     return out
+
+
+def _equal(check) -> bool:
+    return all(v for v in check.values() if isinstance(v, bool)) and check["sumexp_max_rel_diff"] < 1e-5
+
+
+def best_kernel(entry, logits_bytes):
+    """The fastest kernel launch whose records equal the reference, with the goals' ratios."""
+    res = entry["methods"]
+    checks = dict(entry.get("variant_checks", {}))
+    if "check" in entry:
+        checks["kernel"] = entry["check"]
+    timed = {n: r for n, r in res.items() if (n == "kernel" or n.startswith("kernel[")) and "ms" in r}
+    good = {n: r for n, r in timed.items() if n in checks and _equal(checks[n])}
+    if not good:
+        return {"method": None, "reason": "no kernel launch measured and equal to the reference"
+                if timed else "kernel not measured"}
+    name = min(good, key=lambda n: good[n]["ms"])
+    r = good[name]
+    out = {"method": name, "ms": r["ms"]}
+    read, naive = res.get("read_once", {}).get("ms"), res.get("naive_torch", {}).get("ms")
+    if read:
+        out["over_read_once"] = r["ms"] / read
+        out["over_read_once<=1.5"] = out["over_read_once"] <= TARGETS["kernel_over_read_once_max"]
+    if naive:
+        out["speedup_vs_naive"] = naive / r["ms"]
+        out["speedup_vs_naive>=20"] = out["speedup_vs_naive"] >= TARGETS["speedup_vs_naive_min"]
+    if r.get("peak_extra_bytes") is not None:
+        out["extra_mem_fraction"] = r["peak_extra_bytes"] / logits_bytes
+        out["extra_mem<=1%"] = out["extra_mem_fraction"] <= TARGETS["extra_mem_fraction_max"]
+    return out
+
+
+def print_best(entries):
+    print("\nbest kernel launch per size (equal to the reference; goals: <=1.5x read-once, "
+          ">=20x naive, extra memory <=1% of the logits):")
+    print(f"  {'S':>7} {'V_local':>8}  {'method':<24} {'ms':>9} {'x read':>7} {'x naive':>8} {'mem %':>7}")
+    for e in entries:
+        b = e.get("best_kernel") or {"method": None, "reason": e.get("skipped", "not measured")}
+        if b["method"] is None:
+            print(f"  {e['tokens']:>7} {e['v_local']:>8}  - ({b['reason']})")
+            continue
+
+        def num(key, fmt):
+            return format(b[key], fmt) if key in b else "-"
+
+        mem = format(100 * b["extra_mem_fraction"], ".3f") if "extra_mem_fraction" in b else "-"
+        print(f"  {e['tokens']:>7} {e['v_local']:>8}  {b['method']:<24} {b['ms']:9.3f} "
+              f"{num('over_read_once', '7.2f')} {num('speedup_vs_naive', '8.1f')} {mem:>7}")
 
 
 # ----------------------------------------------------------------------------- report
@@ -365,8 +447,7 @@ def verdicts(entries):
         if "kernel_extra_mem_fraction" in r:
             row["extra_mem<=1%"] = r["kernel_extra_mem_fraction"] <= TARGETS["extra_mem_fraction_max"]
         if c:
-            row["equal_to_reference"] = all(v for k, v in c.items() if isinstance(v, bool)) and \
-                c["sumexp_max_rel_diff"] < 1e-5
+            row["equal_to_reference"] = _equal(c)
         out.append(row)
     return out
 
@@ -375,7 +456,7 @@ def environment(device):
     import importlib.metadata as md
 
     env = {"device": device, "python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("triton", "megatron-core"):
+    for pkg in ("triton", "megatron-core", "liger-kernel"):
         try:
             env[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -394,43 +475,67 @@ def main(args) -> int:
         log.error("--device cuda: no CUDA device is visible")
         return 2
     if args.variants is None:
-        args.variants = list(DEFAULT_VARIANTS) if device == "cuda" else []
+        args.variants = list(DEFAULT_VARIANTS)
+    try:
+        for spec in args.variants:
+            parse_variant(spec)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     dtype = DTYPES[args.dtype]
     from megatron_hesnr.kernels import triton_available
 
     kernel_ok = triton_available() and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
     if not kernel_ok:
         log.warning("kernel not measured: Triton missing, or CPU without TRITON_INTERPRET=1")
-    megatron = None
-    if args.methods is None or "megatron_vocab_parallel_ce" in args.methods:
+    peers, not_measured = {}, {}
+    for name, cls, pkg in (("megatron_vocab_parallel_ce", MegatronCE, "megatron-core"),
+                           ("liger_ce_forward", LigerCE, "liger-kernel")):
+        if args.methods is not None and name not in args.methods:
+            continue
         try:
-            megatron = MegatronCE(device)
+            peers[name] = cls(device)
         except ImportError as exc:
-            log.warning("megatron-core not installed (%s): its cross-entropy is not measured", exc)
-        except Exception:  # e.g. process-group setup; measure everything else
-            log.exception("megatron-core cross-entropy could not be set up: not measured")
+            not_measured[name] = f"{pkg} not installed ({exc})"
+        except Exception as exc:  # e.g. process-group setup, or no CUDA: measure everything else
+            not_measured[name] = f"{type(exc).__name__}: {exc}"
+        if name in not_measured:
+            log.warning("%s not measured: %s", name, not_measured[name])
     env = environment(device)
     log.info("environment: %s", env)
     entries = []
+
+    def result(complete):
+        return {"environment": env, "k": args.k, "repeats": args.repeats, "targets": TARGETS,
+                "variants": args.variants, "not_measured": not_measured, "complete": complete,
+                "results": entries, "verdicts": verdicts(entries),
+                "best_kernel": [{"tokens": e["tokens"], "v_local": e["v_local"], **(e.get("best_kernel") or {})}
+                                for e in entries]}
+
+    def write(complete):
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result(complete), indent=1))
+
     try:
         for s in args.tokens:
             for v in args.vocab:
-                entry = run_size(args, device, s, v, dtype, megatron, kernel_ok)
+                entry = run_size(args, device, s, v, dtype, peers, kernel_ok)
                 entries.append(entry)
                 print_entry(entry)
+                write(complete=False)  # a run stopped by a time budget keeps the sizes done
                 if device == "cuda":
                     torch.cuda.empty_cache()
     finally:
-        if megatron is not None:
-            megatron.close()
-    result = {"environment": env, "k": args.k, "repeats": args.repeats, "targets": TARGETS,
-              "results": entries, "verdicts": verdicts(entries)}
+        if "megatron_vocab_parallel_ce" in peers:
+            peers["megatron_vocab_parallel_ce"].close()
+    final = result(complete=True)
+    print_best(entries)
     print("\nverdicts (V_local=151936, S>=32K):")
-    for row in result["verdicts"]:
+    for row in final["verdicts"]:
         print("  " + json.dumps(row))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
+        write(complete=True)
         print(f"wrote {args.json}")
     return 0
 

@@ -3,6 +3,8 @@
 #
 #   MEGATRON_LM_DIR=/path/to/Megatron-LM bash benchmarks/gpu_run_example.sh [OUT_DIR]
 #
+# PYTHON (default python3) is the interpreter; MASTER_PORT (default 29561) torchrun's port.
+#
 # Needs megatron-core with megatron.training (>= 0.17, or a checkout on PYTHONPATH)
 # and the checkout's entry files (pretrain_gpt.py, gpt_builders.py, model_provider.py).
 # Runs a tiny MoE GPT for 10 iterations on mock data twice, without and with the
@@ -15,9 +17,10 @@ MEGATRON_LM_DIR=${MEGATRON_LM_DIR:?set MEGATRON_LM_DIR to a Megatron-LM checkout
 OUT=${1:-${OUT:-/tmp/hesnr_example}}
 mkdir -p "$OUT"
 export PYTHONPATH="$HERE:$MEGATRON_LM_DIR:${PYTHONPATH:-}"
+PYTHON=${PYTHON:-python3}
 export CUDA_DEVICE_MAX_CONNECTIONS=1 CUBLAS_WORKSPACE_CONFIG=:4096:8 NCCL_ALGO=Ring
 
-python - "$OUT/synthetic" <<'PY'
+"$PYTHON" - "$OUT/synthetic" <<'PY'
 import sys
 import numpy as np
 from megatron_hesnr.data.writer import DatasetWriter
@@ -40,16 +43,18 @@ ARGS=(
     --bf16 --mock-data --tokenizer-type NullTokenizer --vocab-size 8000 --split 90,10,0
     --eval-interval 5 --eval-iters 2 --log-interval 1 --seed 1234 --deterministic-mode
     --hidden-dropout 0.1 --attention-dropout 0.1
+    # No Transformer Engine or Apex on a plain PyTorch image: their fused paths off.
+    --no-rope-fusion --no-gradient-accumulation-fusion --no-masked-softmax-fusion --no-persist-layer-norm
 )
 HESNR=(--hesnr-data-path synthetic="$OUT/synthetic" --hesnr-jsonl "$OUT/hesnr.jsonl" --hesnr-window-stride 256)
 rm -f "$OUT/hesnr.jsonl"
 cd "$MEGATRON_LM_DIR"
-LAUNCH=(torchrun --nproc-per-node 1 --master-port 29561)
+LAUNCH=("$PYTHON" -m torch.distributed.run --nproc-per-node 1 --master-port "${MASTER_PORT:-29561}")
 "${LAUNCH[@]}" "$HERE/examples/pretrain_gpt_hesnr.py" "${ARGS[@]}" > "$OUT/plain.log" 2>&1 || { tail -40 "$OUT/plain.log"; exit 1; }
 "${LAUNCH[@]}" "$HERE/examples/pretrain_gpt_hesnr.py" "${ARGS[@]}" "${HESNR[@]}" > "$OUT/hesnr.log" 2>&1 || { tail -40 "$OUT/hesnr.log"; exit 1; }
 
 grep "validation hesnr-" "$OUT/hesnr.log" | cut -c1-200
-python - "$OUT" <<'PY'
+"$PYTHON" - "$OUT" <<'PY'
 import json, re, sys
 out = sys.argv[1]
 def losses(path):

@@ -102,16 +102,92 @@ CASES = [
 
 
 @in_interpreter
+@pytest.mark.parametrize("splits", [1, 2, 16])
 @pytest.mark.parametrize("n,v,real,start,dtype,k,block", CASES)
-def test_kernel_matches_reference(kmod, n, v, real, start, dtype, k, block):
+def test_kernel_matches_reference(kmod, n, v, real, start, dtype, k, block, splits):
+    """splits=2: a full chunk and a tail chunk; 16: most chunks lie past the real columns."""
     gen = torch.Generator().manual_seed(n * 1000 + v)
     rows = (torch.randn(n, v, generator=gen) * 4).to(dtype)
     labels = _labels(n, start, v, gen)
     shard = VocabShard(start, v, real)
-    kern = kmod.shard_stats_triton(rows, labels, shard, k, block=block)
+    kern = kmod.shard_stats_triton(rows, labels, shard, k, block=block, splits=splits)
     ref = shard_stats_torch(rows, labels, shard, k)
     check_against_reference(kern, ref, rows, real)
     assert kern.topk.shape == (n, k) and kern.topk.dtype == torch.float32
+    assert kern.max.shape == kern.sumexp.shape == kern.target.shape == (n,)
+
+
+@in_interpreter
+def test_split_rows_ties_across_chunk_borders(kmod):
+    """The largest values sit on both sides of every chunk border, with multiplicity.
+
+    V=70, block=16, splits=4: chunks [0,32) [32,64) [64,70) and one empty chunk
+    (splits=4 -> 18 columns per chunk -> rounded up to two tiles).  The merged top-k
+    must keep every copy of a tied value and the target of the chunk that owns it.
+    """
+    gen = torch.Generator().manual_seed(5)
+    v = 70
+    base = torch.randn(4, v, generator=gen)
+    border = [31, 32, 63, 64, 69]
+    base[0, border] = 9.0  # five copies of the max, split over three chunks
+    base[1, :] = 1.0  # constant row: every value ties, in every chunk
+    base[2, [0, 31, 32, 63, 64]] = torch.tensor([5.0, 7.0, 7.0, 6.0, 6.0])
+    base[3] = torch.arange(v, dtype=torch.float32) % 32 / 4  # the same ramp in every chunk
+    labels = torch.tensor([32, 64, 31, 69])
+    shard = VocabShard(0, v, v)
+    for dtype in (FP32, BF16):
+        rows = base.to(dtype)
+        for k in (1, 10, 16):
+            kern = kmod.shard_stats_triton(rows, labels, shard, k, block=16, splits=4)
+            check_against_reference(kern, shard_stats_torch(rows, labels, shard, k), rows, v)
+        assert kern.topk[0, :5].tolist() == [9.0] * 5
+
+
+@in_interpreter
+def test_split_rows_non_finite_in_one_chunk(kmod):
+    """A NaN/inf/-inf in any one chunk marks the merged row; one in padding does not."""
+    v, real = 70, 66
+    rows = torch.randn(6, v) * 2
+    rows[0, 40] = float("nan")  # second chunk only
+    rows[1, 65] = float("inf")  # last real column, in the short third chunk
+    rows[2, 0] = float("-inf")  # first chunk
+    rows[3, 33:real] = float("-inf")  # whole chunks of -inf
+    rows[4, 67] = float("nan")  # padding: ignored
+    labels = torch.tensor([1, 65, 64, 33, 66, 5])
+    shard = VocabShard(0, v, real)
+    for splits in (2, 4):
+        kern = kmod.shard_stats_triton(rows, labels, shard, 10, block=16, splits=splits)
+        assert torch.isnan(kern.max).tolist() == [True, True, True, True, False, False]
+        check_against_reference(kern, shard_stats_torch(rows, labels, shard, 10), rows, real)
+
+
+@in_interpreter
+def test_split_rows_strided_layout(kmod):
+    """Megatron's [s, b, V] view (padded row pitch) split into chunks, no copy."""
+    gen = torch.Generator().manual_seed(6)
+    s, b, v = 3, 2, 45
+    sbv = (torch.randn(s, b, v + 3, generator=gen) * 3).to(BF16)[..., :v]
+    rows = sbv.reshape(s * b, v)
+    labels = torch.randint(0, v, (s * b,), generator=gen)
+    shard = VocabShard(0, v, v)
+    check_against_reference(
+        kmod.shard_stats_triton(rows, labels, shard, 10, block=16, splits=3),
+        shard_stats_torch(rows, labels, shard, 10), rows, v,
+    )
+
+
+@in_interpreter
+def test_default_splits_fill_two_waves(kmod):
+    # Many rows: no split (the grid is already two waves of 7 x 132 programs).
+    assert kmod.default_splits(8192, 151936, 1024) == 1
+    assert kmod.default_splits(1848, 18992, 1024) == 1
+    # Few rows of a wide shard: split until two waves, each chunk >= 4 tiles.
+    assert kmod.default_splits(256, 151936, 1024) == 8
+    assert kmod.default_splits(16, 151936, 1024) == 16
+    assert kmod.default_splits(16, 18992, 1024) == 4  # 4 chunks of 4748 columns
+    # Narrow rows are never split below MIN_CHUNK_TILES tiles per chunk.
+    assert kmod.default_splits(4, 5000, 1024) == 1
+    assert kmod.default_splits(2, 151936, 1024, sm_count=1) == 8
 
 
 @in_interpreter
@@ -224,6 +300,9 @@ def test_errors_name_the_problem(kmod, monkeypatch):
         kmod.shard_stats_triton(rows, labels, shard, 10, mode="heap")
     with pytest.raises(TypeError, match="integer token ids"):
         kmod.shard_stats_triton(rows, labels.float(), shard, 10)
+    for bad in (0, -2, 2.0, True, kmod.MAX_SPLITS + 1):
+        with pytest.raises(ValueError, match="splits="):
+            kmod.shard_stats_triton(rows, labels, shard, 10, splits=bad)
     monkeypatch.setattr(kmod, "_is_interpreted", lambda: False)
     with pytest.raises(RuntimeError, match="needs CUDA tensors"):
         kmod.shard_stats_triton(rows, labels, shard, 10)

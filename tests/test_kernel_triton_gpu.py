@@ -57,6 +57,8 @@ def test_kernel_matches_reference_on_gpu(v, real, start, dtype):
         for k in (1, 10, 16):
             ref_k = ref if k == 10 else shard_stats_torch(rows, labels, shard, k)
             _check(shard_stats_triton(rows, labels, shard, k, mode=mode), ref_k, rows, real)
+    for splits in (2, 4, 16):  # split-row mode, merged on the device
+        _check(shard_stats_triton(rows, labels, shard, 10, splits=splits), ref, rows, real)
 
 
 def test_auto_picks_kernel_on_cuda_and_matches_torch():

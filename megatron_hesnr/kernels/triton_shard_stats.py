@@ -33,6 +33,14 @@ Design (why it is shaped like this):
   ``target`` and ``topk`` of such a row are unspecified, as they are never used.
 * **Padding.**  Only the first ``real_size`` columns are read; padding columns
   (Megatron's vocabulary padding) are never loaded.
+* **Split rows.**  With ``splits`` > 1 the real columns of a row are cut into
+  ``splits`` chunks of whole tiles and a 2-D grid runs one program per (row,
+  chunk), so that few rows still give enough programs to fill the GPU and a long
+  row's serial chain of tiles is shorter.  Each program writes the same record for
+  its chunk into ``[splits, N, ...]`` buffers, which the tensor-parallel merge
+  (:func:`megatron_hesnr.shard_stats.merge_shard_stats`: max, log-add-exp of the
+  sums, the one owned target, top-k of the candidates) combines on the device.  A
+  chunk past the real columns writes an empty record.
 
 ``TRITON_INTERPRET=1`` (set before Triton is first imported: ``triton.jit`` reads
 it at decoration time) runs the same kernel on CPU tensors; the tests use that
@@ -47,7 +55,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..shard_stats import ShardStats
+from ..shard_stats import ShardStats, merge_shard_stats
 from ..vocab import VocabShard
 
 log = logging.getLogger(__name__)
@@ -118,15 +126,17 @@ def _consume_tile(x, m, s_vec, lo_vec, best, thr, KB: tl.constexpr, TL_TOPK: tl.
 def _shard_stats_kernel(
     logits_ptr,  # [N, V_local] bf16/fp16/fp32/fp64, rows at stride_row, columns at stride_col
     labels_ptr,  # [N] integer global token ids, at stride_label
-    max_ptr,  # [N] fp32 out: max real logit, NaN for a row with a non-finite real logit
-    sum_ptr,  # [N] fp32 out: sum over real columns of exp(z - max)
-    tgt_ptr,  # [N] fp32 out: target logit if start <= label < start + real, else -inf
-    top_ptr,  # [N, K] fp32 out (contiguous): K largest real logits, descending, -inf padded
+    max_ptr,  # [SPLITS, N] fp32 out: max of the chunk's logits, NaN if one is non-finite
+    sum_ptr,  # [SPLITS, N] fp32 out: sum over the chunk's columns of exp(z - max)
+    tgt_ptr,  # [SPLITS, N] fp32 out: target logit if the chunk holds the label, else -inf
+    top_ptr,  # [SPLITS, N, K] fp32 out (contiguous): K largest of the chunk, descending, -inf padded
+    n_rows,  # N: records of chunk c start at c * N
     stride_row,
     stride_col,
     stride_label,
     start,  # first global id of the shard
     real,  # leading real columns of the shard (> 0; the host handles 0)
+    chunk,  # columns per chunk (a multiple of BLOCK; >= real when the row is not split)
     K: tl.constexpr,  # values written per row (<= KB)
     KB: tl.constexpr,  # running top-k width kept in registers (power of two >= K)
     BLOCK: tl.constexpr,  # columns per tile (power of two)
@@ -134,7 +144,13 @@ def _shard_stats_kernel(
     TL_TOPK: tl.constexpr,  # merge tiles with tl.topk instead of selection
 ):
     row = tl.program_id(0).to(tl.int64)  # int64: N * stride_row exceeds 2**31
+    part = tl.program_id(1).to(tl.int64)  # which column chunk of the row (0 when not split)
+    c0 = part * chunk
+    # Columns of this chunk (< 2**31; 0 for a chunk past the real columns).
+    width = tl.maximum(tl.minimum(real - c0, chunk), 0).to(tl.int32)
+    rec = part * n_rows + row
     row_ptr = logits_ptr + row * stride_row
+    chunk_ptr = row_ptr + c0 * stride_col
     offs = tl.arange(0, BLOCK)
     if COL_CONTIG:
         col_off = offs
@@ -147,25 +163,25 @@ def _shard_stats_kernel(
     best = tl.full([KB], float("-inf"), tl.float32)
     thr = tl.min(best, axis=0)
 
-    n_full = real // BLOCK
+    n_full = width // BLOCK
     tile_step = tl.full([], BLOCK, tl.int64) * stride_col
     # Full tiles need no mask.  The next tile is loaded before the current one is
     # processed so that its memory latency overlaps the arithmetic.
     if n_full > 0:
-        x_next = tl.load(row_ptr + col_off)
+        x_next = tl.load(chunk_ptr + col_off)
         for t in range(1, n_full):
             x = x_next
-            x_next = tl.load(row_ptr + t * tile_step + col_off)
+            x_next = tl.load(chunk_ptr + t * tile_step + col_off)
             m, s_vec, lo_vec, best, thr = _consume_tile(
                 x.to(tl.float32), m, s_vec, lo_vec, best, thr, KB, TL_TOPK
             )
         m, s_vec, lo_vec, best, thr = _consume_tile(
             x_next.to(tl.float32), m, s_vec, lo_vec, best, thr, KB, TL_TOPK
         )
-    tail = real - n_full * BLOCK
+    tail = width - n_full * BLOCK
     if tail > 0:
         keep = offs < tail
-        x = tl.load(row_ptr + n_full * tile_step + col_off, mask=keep, other=float("-inf"))
+        x = tl.load(chunk_ptr + n_full * tile_step + col_off, mask=keep, other=float("-inf"))
         x = x.to(tl.float32)
         m_keep, s_vec, lo_vec_t, best, thr = _consume_tile(
             x, m, s_vec, lo_vec, best, thr, KB, TL_TOPK
@@ -177,15 +193,15 @@ def _shard_stats_kernel(
     s = tl.sum(s_vec, axis=0)
     lo = tl.min(lo_vec, axis=0)
     bad = (s != s) | (m == float("inf")) | (lo == float("-inf"))
-    tl.store(max_ptr + row, tl.where(bad, float("nan"), m))
-    tl.store(sum_ptr + row, s)
+    tl.store(max_ptr + rec, tl.where(bad, float("nan"), m))
+    tl.store(sum_ptr + rec, s)
 
     # The target is one element of the row: a single scalar load, not a second pass.
     local = tl.load(labels_ptr + row * stride_label).to(tl.int64) - start
-    owned = (local >= 0) & (local < real)
+    owned = (local >= c0) & (local < c0 + width)
     safe = tl.where(owned, local, 0)
     z_t = tl.load(row_ptr + safe * stride_col).to(tl.float32)
-    tl.store(tgt_ptr + row, tl.where(owned, z_t, float("-inf")))
+    tl.store(tgt_ptr + rec, tl.where(owned, z_t, float("-inf")))
 
     # Sort the KB kept values (descending) by repeated extraction; KB is small.
     slots = tl.arange(0, KB)
@@ -195,7 +211,7 @@ def _shard_stats_kernel(
         at = tl.argmax(best, axis=0)
         out = tl.where(slots == i, v, out)
         best = tl.where(slots == at, float("-inf"), best)
-    tl.store(top_ptr + row * K + slots, out, mask=slots < K)
+    tl.store(top_ptr + rec * K + slots, out, mask=slots < K)
 
 
 def _is_interpreted() -> bool:
@@ -221,6 +237,42 @@ def default_launch(real_size: int) -> tuple[int, int]:
     return block, warps
 
 
+#: Programs one SM runs at once with the default launch (72 registers x 128 threads).
+PROGRAMS_PER_SM = 7
+#: Most chunks per row (the grid's second axis holds at most 65535 programs).
+MAX_SPLITS = 65535
+#: Largest default split; the benchmark times up to 16 (``splits`` may be any positive int).
+MAX_DEFAULT_SPLITS = 16
+#: A chunk keeps at least this many tiles, so its fixed cost (final reductions,
+#: top-k sort, record store, its share of the merge) stays small next to its reads.
+MIN_CHUNK_TILES = 4
+#: SM count assumed off CUDA (interpreter runs): an H100/H200's.
+NOMINAL_SM_COUNT = 132
+
+
+def default_splits(n_rows: int, real_size: int, block: int, sm_count: int = NOMINAL_SM_COUNT) -> int:
+    """Column chunks per row so that ``n_rows * splits`` programs fill two waves.
+
+    With ``n_rows`` >= 2 waves of programs (2 x 7 x 132 = 1848 on an H200) a row is
+    not split: splitting then adds the merge without adding parallelism.  Below
+    that, rows are split in powers of two while each chunk keeps at least
+    ``MIN_CHUNK_TILES`` tiles, up to ``MAX_DEFAULT_SPLITS``.  This is the starting
+    point the GPU benchmark (``benchmarks/bench_token_stats.py``) is there to confirm.
+    """
+    target = 2 * PROGRAMS_PER_SM * max(1, sm_count)
+    splits = 1
+    while (splits < MAX_DEFAULT_SPLITS and n_rows * splits < target
+           and real_size >= 2 * splits * MIN_CHUNK_TILES * block):
+        splits *= 2
+    return splits
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return NOMINAL_SM_COUNT
+
+
 def shard_stats_triton(
     rows: torch.Tensor,
     labels: torch.Tensor,
@@ -230,6 +282,7 @@ def shard_stats_triton(
     block: int | None = None,
     num_warps: int | None = None,
     mode: str = "select",
+    splits: int | None = None,
 ) -> ShardStats:
     """Statistics of a 2-D logits shard ``[N, V_local]`` in one pass (see module doc).
 
@@ -242,6 +295,10 @@ def shard_stats_triton(
             from :func:`default_launch`.
         mode: ``"select"`` (threshold-filtered selection; any Triton) or
             ``"bitonic"`` (``tl.topk`` merge; Triton >= 3.4).
+        splits: column chunks per row (split-row mode).  Each chunk is its own
+            program writing a partial record; the records are merged on the device
+            by :func:`~megatron_hesnr.shard_stats.merge_shard_stats`, the merge the
+            tensor-parallel path uses.  Default from :func:`default_splits`.
     """
     if rows.dim() != 2:
         raise ValueError(f"shard_stats_triton expects 2-D logits [N, V_local], got {tuple(rows.shape)}")
@@ -256,6 +313,9 @@ def shard_stats_triton(
         raise ValueError(f"shard real_size={shard.real_size} must be in [0, {local_size}]")
     if mode not in ("select", "bitonic"):
         raise ValueError(f"mode={mode!r} is not 'select' or 'bitonic'")
+    if splits is not None and (isinstance(splits, bool) or not isinstance(splits, int)
+                               or not 1 <= splits <= MAX_SPLITS):
+        raise ValueError(f"splits={splits!r} must be an integer in [1, {MAX_SPLITS}] (column chunks per row)")
     if not rows.is_cuda and not _is_interpreted():
         raise RuntimeError(
             "impl='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before Triton "
@@ -268,17 +328,12 @@ def shard_stats_triton(
         return shard_stats_torch(rows, labels, shard, k)
 
     dev = rows.device
-    out_max = torch.empty(n, dtype=torch.float32, device=dev)
-    out_sum = torch.empty(n, dtype=torch.float32, device=dev)
-    out_tgt = torch.empty(n, dtype=torch.float32, device=dev)
-    out_top = torch.empty((n, k), dtype=torch.float32, device=dev)
     if shard.real_size == 0 or n == 0:
         # A shard made only of padding contributes nothing (as in the reference).
-        out_max.fill_(float("-inf"))
-        out_sum.zero_()
-        out_tgt.fill_(float("-inf"))
-        out_top.fill_(float("-inf"))
-        return ShardStats(out_max, out_sum, out_tgt, out_top)
+        return ShardStats(
+            torch.full((n,), float("-inf"), device=dev), torch.zeros(n, device=dev),
+            torch.full((n,), float("-inf"), device=dev), torch.full((n, k), float("-inf"), device=dev),
+        )
 
     labels = labels.to(device=dev)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
@@ -292,13 +347,28 @@ def shard_stats_triton(
         block = max(block, kb)  # tl.topk needs k <= tile width
     if block & (block - 1):
         raise ValueError(f"block={block} must be a power of two")
+    if splits is None:
+        splits = default_splits(n, shard.real_size, block, _sm_count(dev))
+    # Chunks are whole tiles; with few real columns the last chunks hold none
+    # (they write an empty record: max -inf, sum 0, no target, -inf top-k).
+    per_chunk = -(-shard.real_size // splits)
+    chunk = -(-per_chunk // block) * block
+    parts = ShardStats(
+        torch.empty((splits, n), dtype=torch.float32, device=dev),
+        torch.empty((splits, n), dtype=torch.float32, device=dev),
+        torch.empty((splits, n), dtype=torch.float32, device=dev),
+        torch.empty((splits, n, k), dtype=torch.float32, device=dev),
+    )
     # Triton launches on the current CUDA device: make it the logits' device.
     with torch.cuda.device(dev) if rows.is_cuda else _no_context():
-        _shard_stats_kernel[(n,)](
-            rows, labels, out_max, out_sum, out_tgt, out_top,
-            rows.stride(0), rows.stride(1), labels.stride(0),
-            shard.start, shard.real_size,
+        _shard_stats_kernel[(n, splits)](
+            rows, labels, parts.max, parts.sumexp, parts.target, parts.topk,
+            n, rows.stride(0), rows.stride(1), labels.stride(0),
+            shard.start, shard.real_size, chunk,
             K=k, KB=kb, BLOCK=block, COL_CONTIG=rows.stride(1) == 1, TL_TOPK=mode == "bitonic",
             num_warps=num_warps or d_warps,
         )
-    return ShardStats(out_max, out_sum, out_tgt, out_top)
+    if splits == 1:
+        return ShardStats(parts.max[0], parts.sumexp[0], parts.target[0], parts.topk[0])
+    # Device-side merge of the chunk records (no host synchronisation).
+    return merge_shard_stats(parts)
