@@ -60,9 +60,13 @@ export MASTER_ADDR=127.0.0.1 MASTER_PORT
 : > "$TSV"
 T0=$(date +%s.%N)
 
-# Integration passes: gpu_check_integration.py's flags.  Padded only for now; switch to
-# the padded-vs-bucketed comparison here once that script has the option.
-INTEGRATION_FLAGS=${HESNR_INTEGRATION_FLAGS:-}
+# Integration passes: gpu_check_integration.py's flags: padded vs length-bucketed on the
+# same windows (on the GPU at 32K, the context the bucketing is for).
+if [ "$CPU" = 1 ]; then
+    INTEGRATION_FLAGS=${HESNR_INTEGRATION_FLAGS:---both}
+else
+    INTEGRATION_FLAGS=${HESNR_INTEGRATION_FLAGS:---both --seq-length 32768}
+fi
 
 # Time budgets (s) per stage; HESNR_BUDGET_<STAGE> overrides one (e.g. HESNR_BUDGET_BENCH=300).
 if [ "$CPU" = 1 ]; then
