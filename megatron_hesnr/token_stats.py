@@ -5,7 +5,7 @@ merge across the tensor-parallel group -> :func:`finalize` (float64 on ``[N, k]`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +33,9 @@ class TokenStats:
     """bool: target logit >= the largest logit."""
     valid: torch.Tensor
     """bool: finite logits row and a scorable label (0 <= y < vocab_size)."""
+    k: int | None = None
+    """The top-k size these were computed with (``None``: built by hand); the
+    accumulator refuses stats of another ``k``."""
 
     @property
     def nll(self) -> torch.Tensor:
@@ -54,8 +57,11 @@ class TokenStats:
         return self.valid.shape
 
     def map(self, fn) -> "TokenStats":
-        """Apply ``fn`` to every field (e.g. reshape, index, move)."""
-        return TokenStats(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+        """Apply ``fn`` to every tensor field (e.g. reshape, index, move)."""
+        return TokenStats(**{name: fn(getattr(self, name)) for name in TENSOR_FIELDS}, k=self.k)
+
+
+TENSOR_FIELDS = ("entropy", "logp", "logq", "in_topk", "top1", "valid")
 
 
 def finalize(merged: ShardStats, labels: torch.Tensor, vocab_size: int) -> TokenStats:
@@ -88,6 +94,7 @@ def finalize(merged: ShardStats, labels: torch.Tensor, vocab_size: int) -> Token
         in_topk=valid & (t >= v[:, -1]),
         top1=valid & (t >= v[:, 0]),
         valid=valid,
+        k=merged.k,
     )
 
 
@@ -116,7 +123,9 @@ def _resolve_impl(impl: str, logits: torch.Tensor) -> str:
     if impl == "auto":
         from .kernels import triton_available
 
-        return "triton" if logits.is_cuda and triton_available() else "torch"
+        # The kernel computes in fp32: fp64 logits take the fp64 reference.
+        use = logits.is_cuda and logits.dtype != torch.float64 and triton_available()
+        return "triton" if use else "torch"
     return impl
 
 
@@ -175,7 +184,8 @@ def token_stats(
     """Per-token HE-SNR quantities of ``logits [..., V_local]`` against ``labels [...]``.
 
     Args:
-        logits: bf16/fp16/fp32 logits, any leading shape and strides; under tensor
+        logits: bf16/fp16/fp32/fp64 logits (fp64 is computed in fp64 by the
+            reference; the kernel refuses it), any leading shape and strides; under tensor
             parallelism the local vocabulary shard (rank ``r`` holds the padded ids
             ``[r * V_local, (r + 1) * V_local)``).
         labels: global target ids with the leading shape of ``logits``; negative
@@ -195,7 +205,7 @@ def token_stats(
     if not isinstance(logits, torch.Tensor) or logits.dim() < 1:
         raise ValueError("logits must be a tensor of shape [..., V]")
     if logits.dtype not in _LOGIT_DTYPES:
-        raise TypeError(f"logits dtype {logits.dtype} is not supported (bf16, fp16, fp32)")
+        raise TypeError(f"logits dtype {logits.dtype} is not supported (bf16, fp16, fp32, fp64)")
     if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:-1]:
         got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(
@@ -223,8 +233,8 @@ def token_stats(
             for i in range(logits.shape[0])
         ]
         return TokenStats(**{
-            f.name: torch.stack([getattr(p, f.name) for p in parts]) for f in fields(TokenStats)
-        })
+            name: torch.stack([getattr(p, name) for p in parts]) for name in TENSOR_FIELDS
+        }, k=k)
     rows, order = view
     rows_labels = labels.permute(*order).reshape(-1) if order else labels.reshape(-1)
     local = compute_shard_stats(rows, rows_labels, shard, k, impl, chunk_tokens)
