@@ -77,7 +77,6 @@ def finalize(merged: ShardStats, labels: torch.Tensor, vocab_size: int) -> Token
     v = merged.topk.double()
     labels = labels.to(device=m.device)
     valid = torch.isfinite(m) & torch.isfinite(t) & (labels >= 0) & (labels < vocab_size)
-    lse = m + torch.log(s)
     v1 = v[:, :1]
     u = v - torch.where(torch.isfinite(v1), v1, 0.0)  # <= 0; -inf for padding slots
     w = torch.exp(u)
@@ -85,12 +84,12 @@ def finalize(merged: ShardStats, labels: torch.Tensor, vocab_size: int) -> Token
     q = w / z[:, None]
     # H = log Z - sum_i q_i u_i, with 0 * (-inf) taken as 0 for empty slots.
     entropy = torch.log(z) - torch.where(w > 0, q * u, 0.0).sum(dim=1)
-    lse_k = v1[:, 0] + torch.log(z)
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=m.device)
     return TokenStats(
         entropy=torch.where(valid, entropy, nan),
-        logp=torch.where(valid, t - lse, nan),
-        logq=torch.where(valid, t - lse_k, nan),
+        # (t - m) - log s, not t - (m + log s): no cancellation when |m| >> log s.
+        logp=torch.where(valid, (t - m) - torch.log(s), nan),
+        logq=torch.where(valid, (t - v1[:, 0]) - torch.log(z), nan),
         in_topk=valid & (t >= v[:, -1]),
         top1=valid & (t >= v[:, 0]),
         valid=valid,
