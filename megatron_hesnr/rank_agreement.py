@@ -47,8 +47,12 @@ def all_gather_flat(buf: torch.Tensor, group, group_size: int) -> torch.Tensor:
 
 
 def gather_fingerprints(values, group, device) -> list[list[int]]:
-    """Every rank's ``values`` (a fixed-length list of ints, int64 on the wire), by group rank."""
-    mine = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
+    """Every rank's ``values`` (a fixed-length list of ints or a 1-D int64 tensor, int64 on
+    the wire), by group rank.  One host sync: reading the gathered table."""
+    if isinstance(values, torch.Tensor):
+        mine = values.to(device=device, dtype=torch.int64).reshape(-1)
+    else:
+        mine = torch.tensor([int(v) for v in values], dtype=torch.int64, device=device)
     return all_gather_flat(mine, group, dist.get_world_size(group=group)).cpu().tolist()
 
 

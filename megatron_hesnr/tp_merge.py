@@ -69,9 +69,14 @@ def labels_checksums(labels: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _header(n: int, k: int, dtype: torch.dtype, local_vocab: int, vocab_size: int, labels) -> list[int]:
-    sums = labels_checksums(labels) if labels is not None else [torch.tensor(0), torch.tensor(0)]
-    return [n, k, _DTYPE_CODES.get(dtype, 0), local_vocab, vocab_size, *(int(s) for s in sums)]
+def _header(n: int, k: int, dtype: torch.dtype, local_vocab: int, vocab_size: int, labels,
+            device=None) -> torch.Tensor:
+    """The ``HEADER_SIZE`` int64 header on ``device`` (the checksums never visit the host)."""
+    fixed = torch.tensor([n, k, _DTYPE_CODES.get(dtype, 0), local_vocab, vocab_size], dtype=torch.int64,
+                         device=device)
+    if labels is None:
+        return torch.cat([fixed, fixed.new_zeros(2)])
+    return torch.cat([fixed, torch.stack(labels_checksums(labels.to(device)))])
 
 
 def _show(row: list[int]) -> dict:
@@ -99,7 +104,7 @@ def gather_shard_stats(
         raise ValueError(f"labels hold {labels.numel()} ids but the shard record has {n} tokens")
     device = local.max.device
     agree_or_raise(
-        _header(n, k, local.max.dtype, local_vocab, vocab_size, labels), HEADER_FIELDS, group, device,
+        _header(n, k, local.max.dtype, local_vocab, vocab_size, labels, device), HEADER_FIELDS, group, device,
         "tensor-parallel ranks",
         "Every rank of tp_group must call token_stats with the same tokens and labels (its own "
         "vocab shard of the same batch), the same k, logits dtype and vocab_size",

@@ -57,8 +57,8 @@ def test_labels_checksums_catch_every_single_change():
 
 def test_header_is_exact_for_large_token_counts():
     n = 3 * 2**24 + 12345  # int64 header: no split
-    h = _header(n, 10, torch.float32, 18992, 151643, None)
-    assert h[0] == n and len(h) == len(HEADER_FIELDS)
+    h = _header(n, 10, torch.float32, 18992, 151643, torch.zeros(4, dtype=torch.long))
+    assert int(h[0]) == n and h.numel() == len(HEADER_FIELDS) and h.dtype == torch.int64
 
 
 def test_merge_of_simulated_shards_equals_whole_vocabulary():
