@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from .defaults import DEFAULT_K
-from .shard_stats import ShardStats, merge_shard_stats, shard_stats_torch
+from .shard_stats import ShardStats, merge_shard_stats, record_dtype, shard_stats_torch
 from .vocab import VocabShard, check_vocab_size, vocab_shard
 
 IMPLS = ("auto", "torch", "triton")
@@ -225,7 +225,13 @@ def token_stats(
     lead_shape = logits.shape[:-1]
     view = _rows_view(logits)
     if view is None:
-        # No single 2-D view exists: handle each slice of the first dim on its own.
+        # No single 2-D view exists: handle each slice of the first dim on its own.  The TP
+        # ranks first agree on the whole call, so that none makes more slice calls than another.
+        if tp_size > 1:
+            from .tp_merge import check_tp_agreement
+
+            check_tp_agreement(tp_group, logits.device, n=labels.numel(), k=k, dtype=record_dtype(logits.dtype),
+                               local_vocab=local_size, vocab_size=vocab_size, labels=labels)
         parts = [
             token_stats(logits[i], labels[i], k=k, vocab_size=vocab_size, tp_group=tp_group,
                         impl=impl, chunk_tokens=chunk_tokens)

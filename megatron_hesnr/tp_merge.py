@@ -83,6 +83,18 @@ def _show(row: list[int]) -> dict:
     return dict(zip(HEADER_FIELDS, row))
 
 
+def check_tp_agreement(group, device, *, n: int, k: int, dtype: torch.dtype, local_vocab: int,
+                       vocab_size: int, labels: torch.Tensor | None) -> None:
+    """One header all-gather; ``RanksDisagree`` on every rank unless all TP ranks agree."""
+    agree_or_raise(
+        _header(n, k, dtype, local_vocab, vocab_size, labels, device), HEADER_FIELDS, group, device,
+        "tensor-parallel ranks",
+        "Every rank of tp_group must call token_stats with the same tokens and labels (its own "
+        "vocab shard of the same batch), the same k, logits dtype and vocab_size",
+        show=_show,
+    )
+
+
 def gather_shard_stats(
     local: ShardStats,
     group,
@@ -102,13 +114,7 @@ def gather_shard_stats(
     n, k = local.max.shape[0], local.k
     if labels is not None and labels.numel() != n:
         raise ValueError(f"labels hold {labels.numel()} ids but the shard record has {n} tokens")
-    device = local.max.device
-    agree_or_raise(
-        _header(n, k, local.max.dtype, local_vocab, vocab_size, labels, device), HEADER_FIELDS, group, device,
-        "tensor-parallel ranks",
-        "Every rank of tp_group must call token_stats with the same tokens and labels (its own "
-        "vocab shard of the same batch), the same k, logits dtype and vocab_size",
-        show=_show,
-    )
+    check_tp_agreement(group, local.max.device, n=n, k=k, dtype=local.max.dtype, local_vocab=local_vocab,
+                       vocab_size=vocab_size, labels=labels)
     out = all_gather_flat(local.pack().reshape(-1), group, group_size)
     return ShardStats.unpack(out.view(group_size, n, 3 + k))
