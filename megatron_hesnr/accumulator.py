@@ -143,6 +143,7 @@ class HESNRAccumulator:
                 "update() after all_reduce(): the state already holds the sum over ranks; "
                 "call reset() or use a fresh accumulator"
             )
+        self._check_stats_k(stats)
         shape = stats.valid.shape
         if mask is None:
             cat = torch.ones(shape, dtype=torch.long, device=stats.valid.device)
@@ -220,13 +221,23 @@ class HESNRAccumulator:
         Pass Megatron's data-parallel x context-parallel group (never the TP group:
         TP ranks hold identical copies of every token).
         """
+        import torch.distributed as dist
+
+        multi = group is not None and dist.get_world_size(group=group) > 1
+        if multi:
+            # Every rank checks the same gathered fingerprints (config, size, reduced)
+            # before the sum, so a disagreement raises everywhere instead of hanging.
+            from .rank_agreement import agree_or_raise
+            from .state_check import FINGERPRINT_FIELDS, fingerprint, show_fingerprint
+
+            agree_or_raise(fingerprint(self), FINGERPRINT_FIELDS, group, self.state.device,
+                           "data-parallel ranks' accumulators",
+                           "Every rank must reduce an accumulator of the same config (k, threshold, "
+                           "num_bins, category_names), not yet reduced", show=show_fingerprint)
         if self._reduced:
             raise RuntimeError("all_reduce() called twice: the counts would be multiplied")
-        if group is not None:
-            import torch.distributed as dist
-
-            if dist.get_world_size(group=group) > 1:
-                dist.all_reduce(self.state, op=dist.ReduceOp.SUM, group=group)
+        if multi:
+            dist.all_reduce(self.state, op=dist.ReduceOp.SUM, group=group)
         self._reduced = True
         return self
 
@@ -238,8 +249,9 @@ class HESNRAccumulator:
         """Add another accumulator's sums (same config) into this one."""
         if not isinstance(other, HESNRAccumulator):
             raise TypeError(f"cannot merge {type(other).__name__} into HESNRAccumulator")
-        if other.config != self.config:
-            raise ValueError(f"cannot merge accumulators with different configs: {self.config} vs {other.config}")
+        from .state_check import check_mergeable
+
+        check_mergeable(self, other)
         self.state += other.state.to(self.state.device)
         return self
 
@@ -337,22 +349,37 @@ class HESNRAccumulator:
         }
 
     def load_state_dict(self, d: dict) -> "HESNRAccumulator":
-        if d.get("version") != STATE_VERSION:
-            raise ValueError(f"accumulator state version {d.get('version')!r} != {STATE_VERSION}")
-        if list(d.get("scalar_fields", [])) != list(SCALAR_FIELDS) or list(d.get("bin_fields", [])) != list(BIN_FIELDS):
-            raise ValueError("accumulator state has a different field layout")
-        cfg = AccumulatorConfig(**d["config"])
+        """Load a :meth:`state_dict`; raises ``StateError`` (a ``ValueError``) naming the
+        field for anything that would not save back exactly (see ``state_check``)."""
+        from .state_check import StateError, validate_state_dict
+
+        cfg, scalars, hist, reduced = validate_state_dict(d)
         if cfg != self.config:
-            raise ValueError(f"state config {cfg} != accumulator config {self.config}")
-        for name, table in (("scalars", self.scalars), ("hist", self.hist)):
-            value = torch.tensor(d[name], dtype=torch.float64)
-            if tuple(value.shape) != tuple(table.shape):
-                raise ValueError(f"state {name} shape {tuple(value.shape)} != expected {tuple(table.shape)}")
-            table.copy_(value)
-        self._reduced = bool(d.get("reduced", False))
+            raise StateError(f"state config {cfg} != accumulator config {self.config}")
+        self.scalars.copy_(scalars)
+        self.hist.copy_(hist)
+        self._reduced = reduced
         return self
 
     @classmethod
     def from_state_dict(cls, d: dict, device=None) -> "HESNRAccumulator":
-        acc = cls(AccumulatorConfig(**d["config"]), device=device)
-        return acc.load_state_dict(d)
+        from .state_check import validate_state_dict
+
+        cfg, scalars, hist, reduced = validate_state_dict(d)
+        acc = cls(cfg, device=device)
+        acc.scalars.copy_(scalars)
+        acc.hist.copy_(hist)
+        acc._reduced = reduced
+        return acc
+
+    # ------------------------------------------------------------- checks
+    def _check_stats_k(self, stats: TokenStats) -> None:
+        """Stats of another ``k`` would put wrong H_k into every sum and bin."""
+        k = getattr(stats, "k", None)
+        if k is not None and k != self.config.k:
+            raise ValueError(f"token stats were computed with k={k} but this accumulator measures "
+                             f"k={self.config.k}: pass token_stats(..., k={self.config.k})")
+        h = stats.entropy[stats.valid]
+        if h.numel() and float(h.max()) > math.log(self.config.k) * (1 + 1e-6):
+            raise ValueError(f"token stats hold H_k = {float(h.max()):.6f} > ln k = {math.log(self.config.k):.6f}: "
+                             f"they were computed with a k larger than this accumulator's k={self.config.k}")

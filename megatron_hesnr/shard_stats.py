@@ -27,7 +27,7 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 @dataclass
 class ShardStats:
-    """Per-token statistics of one vocabulary shard (all fp32, ``N`` tokens)."""
+    """Per-token statistics of one vocabulary shard (``N`` tokens; fp32, fp64 for fp64 logits)."""
 
     max: torch.Tensor
     """[N] max real logit; NaN marks a row with a non-finite real logit."""
@@ -54,9 +54,15 @@ class ShardStats:
         return cls(packed[..., 0], packed[..., 1], packed[..., 2], packed[..., 3:])
 
 
-def default_chunk_tokens(real_columns: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-    """Tokens per chunk so that one fp32 chunk takes about ``chunk_bytes``."""
-    return max(1, chunk_bytes // (4 * max(1, real_columns)))
+def default_chunk_tokens(real_columns: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES, element_size: int = 4) -> int:
+    """Tokens per chunk so that one working chunk takes about ``chunk_bytes``."""
+    return max(1, chunk_bytes // (element_size * max(1, real_columns)))
+
+
+def record_dtype(logits_dtype: torch.dtype) -> torch.dtype:
+    """fp64 logits are reduced in fp64 (an fp32 copy would flip near-ties and
+    overflow above fp32's range); every other dtype in fp32."""
+    return torch.float64 if logits_dtype == torch.float64 else torch.float32
 
 
 def shard_stats_torch(
@@ -74,10 +80,11 @@ def shard_stats_torch(
     n = logits.shape[0]
     real = shard.real_size
     dev = logits.device
-    out_max = torch.empty(n, dtype=torch.float32, device=dev)
-    out_sum = torch.empty(n, dtype=torch.float32, device=dev)
-    out_tgt = torch.empty(n, dtype=torch.float32, device=dev)
-    out_top = torch.full((n, k), float("-inf"), dtype=torch.float32, device=dev)
+    work = record_dtype(logits.dtype)
+    out_max = torch.empty(n, dtype=work, device=dev)
+    out_sum = torch.empty(n, dtype=work, device=dev)
+    out_tgt = torch.empty(n, dtype=work, device=dev)
+    out_top = torch.full((n, k), float("-inf"), dtype=work, device=dev)
     if real == 0:  # a shard made only of padding contributes nothing
         out_max.fill_(float("-inf"))
         out_sum.zero_()
@@ -85,20 +92,20 @@ def shard_stats_torch(
         return ShardStats(out_max, out_sum, out_tgt, out_top)
 
     kk = min(k, real)
-    step = chunk_tokens or default_chunk_tokens(real)
+    step = chunk_tokens or default_chunk_tokens(real, element_size=torch.finfo(work).bits // 8)
     local = labels.to(device=dev, dtype=torch.long) - shard.start
     owned = (local >= 0) & (local < real)
     local = local.clamp(0, real - 1)
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        # fp32 working copy of this chunk only (bf16/fp16 logits are exact in fp32).
-        x = logits[lo:hi, :real].to(torch.float32, copy=True)
+        # Working copy of this chunk only (bf16/fp16 logits are exact in fp32).
+        x = logits[lo:hi, :real].to(work, copy=True)
         finite = torch.isfinite(x).all(dim=1)
         row_max = x.amax(dim=1)
         out_top[lo:hi, :kk] = torch.topk(x, kk, dim=1, sorted=True).values
         tgt = x.gather(1, local[lo:hi, None]).squeeze(1)
         out_tgt[lo:hi] = torch.where(owned[lo:hi], tgt, float("-inf"))
-        # Sum of exp(z - max) in fp32, in place on the working copy.
+        # Sum of exp(z - max) in the working dtype, in place on the working copy.
         safe_max = torch.where(finite, row_max, 0.0)
         out_sum[lo:hi] = x.sub_(safe_max[:, None]).exp_().sum(dim=1)
         out_max[lo:hi] = torch.where(finite, row_max, float("nan"))

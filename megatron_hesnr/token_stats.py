@@ -5,12 +5,12 @@ merge across the tensor-parallel group -> :func:`finalize` (float64 on ``[N, k]`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from .defaults import DEFAULT_K
-from .shard_stats import ShardStats, merge_shard_stats, shard_stats_torch
+from .shard_stats import ShardStats, merge_shard_stats, record_dtype, shard_stats_torch
 from .vocab import VocabShard, check_vocab_size, vocab_shard
 
 IMPLS = ("auto", "torch", "triton")
@@ -33,6 +33,9 @@ class TokenStats:
     """bool: target logit >= the largest logit."""
     valid: torch.Tensor
     """bool: finite logits row and a scorable label (0 <= y < vocab_size)."""
+    k: int | None = None
+    """The top-k size these were computed with (``None``: built by hand); the
+    accumulator refuses stats of another ``k``."""
 
     @property
     def nll(self) -> torch.Tensor:
@@ -54,8 +57,11 @@ class TokenStats:
         return self.valid.shape
 
     def map(self, fn) -> "TokenStats":
-        """Apply ``fn`` to every field (e.g. reshape, index, move)."""
-        return TokenStats(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+        """Apply ``fn`` to every tensor field (e.g. reshape, index, move)."""
+        return TokenStats(**{name: fn(getattr(self, name)) for name in TENSOR_FIELDS}, k=self.k)
+
+
+TENSOR_FIELDS = ("entropy", "logp", "logq", "in_topk", "top1", "valid")
 
 
 def finalize(merged: ShardStats, labels: torch.Tensor, vocab_size: int) -> TokenStats:
@@ -71,7 +77,6 @@ def finalize(merged: ShardStats, labels: torch.Tensor, vocab_size: int) -> Token
     v = merged.topk.double()
     labels = labels.to(device=m.device)
     valid = torch.isfinite(m) & torch.isfinite(t) & (labels >= 0) & (labels < vocab_size)
-    lse = m + torch.log(s)
     v1 = v[:, :1]
     u = v - torch.where(torch.isfinite(v1), v1, 0.0)  # <= 0; -inf for padding slots
     w = torch.exp(u)
@@ -79,15 +84,16 @@ def finalize(merged: ShardStats, labels: torch.Tensor, vocab_size: int) -> Token
     q = w / z[:, None]
     # H = log Z - sum_i q_i u_i, with 0 * (-inf) taken as 0 for empty slots.
     entropy = torch.log(z) - torch.where(w > 0, q * u, 0.0).sum(dim=1)
-    lse_k = v1[:, 0] + torch.log(z)
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=m.device)
     return TokenStats(
         entropy=torch.where(valid, entropy, nan),
-        logp=torch.where(valid, t - lse, nan),
-        logq=torch.where(valid, t - lse_k, nan),
+        # (t - m) - log s, not t - (m + log s): no cancellation when |m| >> log s.
+        logp=torch.where(valid, (t - m) - torch.log(s), nan),
+        logq=torch.where(valid, (t - v1[:, 0]) - torch.log(z), nan),
         in_topk=valid & (t >= v[:, -1]),
         top1=valid & (t >= v[:, 0]),
         valid=valid,
+        k=merged.k,
     )
 
 
@@ -116,7 +122,9 @@ def _resolve_impl(impl: str, logits: torch.Tensor) -> str:
     if impl == "auto":
         from .kernels import triton_available
 
-        return "triton" if logits.is_cuda and triton_available() else "torch"
+        # The kernel computes in fp32: fp64 logits take the fp64 reference.
+        use = logits.is_cuda and logits.dtype != torch.float64 and triton_available()
+        return "triton" if use else "torch"
     return impl
 
 
@@ -175,7 +183,8 @@ def token_stats(
     """Per-token HE-SNR quantities of ``logits [..., V_local]`` against ``labels [...]``.
 
     Args:
-        logits: bf16/fp16/fp32 logits, any leading shape and strides; under tensor
+        logits: bf16/fp16/fp32/fp64 logits (fp64 is computed in fp64 by the
+            reference; the kernel refuses it), any leading shape and strides; under tensor
             parallelism the local vocabulary shard (rank ``r`` holds the padded ids
             ``[r * V_local, (r + 1) * V_local)``).
         labels: global target ids with the leading shape of ``logits``; negative
@@ -195,7 +204,7 @@ def token_stats(
     if not isinstance(logits, torch.Tensor) or logits.dim() < 1:
         raise ValueError("logits must be a tensor of shape [..., V]")
     if logits.dtype not in _LOGIT_DTYPES:
-        raise TypeError(f"logits dtype {logits.dtype} is not supported (bf16, fp16, fp32)")
+        raise TypeError(f"logits dtype {logits.dtype} is not supported (bf16, fp16, fp32, fp64)")
     if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:-1]:
         got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(
@@ -216,15 +225,21 @@ def token_stats(
     lead_shape = logits.shape[:-1]
     view = _rows_view(logits)
     if view is None:
-        # No single 2-D view exists: handle each slice of the first dim on its own.
+        # No single 2-D view exists: handle each slice of the first dim on its own.  The TP
+        # ranks first agree on the whole call, so that none makes more slice calls than another.
+        if tp_size > 1:
+            from .tp_merge import check_tp_agreement
+
+            check_tp_agreement(tp_group, logits.device, n=labels.numel(), k=k, dtype=record_dtype(logits.dtype),
+                               local_vocab=local_size, vocab_size=vocab_size, labels=labels)
         parts = [
             token_stats(logits[i], labels[i], k=k, vocab_size=vocab_size, tp_group=tp_group,
                         impl=impl, chunk_tokens=chunk_tokens)
             for i in range(logits.shape[0])
         ]
         return TokenStats(**{
-            f.name: torch.stack([getattr(p, f.name) for p in parts]) for f in fields(TokenStats)
-        })
+            name: torch.stack([getattr(p, name) for p in parts]) for name in TENSOR_FIELDS
+        }, k=k)
     rows, order = view
     rows_labels = labels.permute(*order).reshape(-1) if order else labels.reshape(-1)
     local = compute_shard_stats(rows, rows_labels, shard, k, impl, chunk_tokens)

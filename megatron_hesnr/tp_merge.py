@@ -1,117 +1,98 @@
 """Merging per-shard statistics across the tensor-parallel group.
 
 Each rank packs its per-token record (max, sumexp, target, k values: ``3 + k``
-fp32 numbers) behind a small fixed header, and **one** all-gather brings every
-rank the records of all ranks; the merge itself (:func:`merge_shard_stats`) is
-local.  The logits never leave the rank.
+numbers in the record's dtype, fp32 or fp64 for fp64 logits) and one all-gather
+brings every rank the records of all ranks; the merge itself
+(:func:`merge_shard_stats`) is local.  The logits never leave the rank.
 
-The header (:data:`HEADER_FIELDS`, a few fp32 integers per call, not per token)
-lets every rank check after the gather that all TP ranks described the same
-tokens: same token count, same ``k``, same shard width and true vocabulary size,
-and the same labels (a position-weighted checksum).  A disagreement would give a
-silently wrong target logit or top-k, so it raises on every rank alike (all
-ranks see the same headers, so none is left waiting in a later collective).
-
-A different token count per rank makes the gathered buffers differ in size,
-which the collective itself cannot survive (gloo aborts, NCCL is undefined).
-Set ``HESNR_TP_VALIDATE=1`` (or pass ``validate=True``) to gather the header
-alone first, so that such a mismatch raises a clear error instead; that costs
-one more tiny collective per call, so it is off by default.
+Before that, every rank contributes a small header (:data:`HEADER_FIELDS`,
+``HEADER_SIZE`` int64 values per call, not per token) to one tiny all-gather,
+and every rank checks that all TP ranks describe the same tokens: same token
+count, ``k``, record dtype, shard width and true vocabulary size, and the same
+labels (two position-weighted checksums, see :func:`labels_checksums`).  A
+disagreement would crash the record gather (buffers of different sizes abort
+gloo and are undefined under NCCL) or give a silently wrong target logit or
+top-k, so it raises the same :class:`~.rank_agreement.RanksDisagree` on every
+rank before any record moves.
 """
 from __future__ import annotations
 
-import os
+import functools
 
 import torch
-import torch.distributed as dist
 
+from .rank_agreement import agree_or_raise, all_gather_flat
 from .shard_stats import ShardStats
 
-#: Integers below this are exact in fp32.
-_EXACT = 1 << 24
-#: Largest prime below 2**24: checksum terms and their sums stay exact.
-_CHECKSUM_PRIME = 16_777_213
+#: Two primes below 2**24 and a primitive root of each: the checksum bases.
+CHECKSUM_MODULI = ((16_777_213, 5_001), (16_777_199, 5_003))
+_TABLE = 4096
 
-HEADER_FIELDS = ("tokens_low", "tokens_high", "k", "local_vocab", "vocab_size", "labels_checksum")
+HEADER_FIELDS = ("tokens", "k", "record_dtype", "local_vocab", "vocab_size",
+                 "labels_checksum_a", "labels_checksum_b")
 HEADER_SIZE = len(HEADER_FIELDS)
+_DTYPE_CODES = {torch.float32: 32, torch.float64: 64}
 
-VALIDATE_ENV = "HESNR_TP_VALIDATE"
+
+@functools.lru_cache(maxsize=8)
+def _weights(n: int, device: torch.device, p: int, g: int) -> torch.Tensor:
+    """``g**i mod p`` for ``i < n`` (int64): two small power tables, one product."""
+    lo, x = [], 1
+    for _ in range(_TABLE):
+        lo.append(x)
+        x = x * g % p
+    hi, y = [], 1
+    for _ in range((n + _TABLE - 1) // _TABLE):
+        hi.append(y)
+        y = y * x % p  # x == g**_TABLE here
+    i = torch.arange(n, dtype=torch.int64)
+    w = torch.tensor(lo, dtype=torch.int64)[i % _TABLE] * torch.tensor(hi or [1], dtype=torch.int64)[i // _TABLE]
+    return torch.remainder(w, p).to(device)
 
 
-def labels_checksum(labels: torch.Tensor) -> torch.Tensor:
-    """Position-weighted checksum of ``labels`` modulo a prime < 2**24 (0-d int64).
+def labels_checksums(labels: torch.Tensor) -> list[torch.Tensor]:
+    """Two polynomial checksums ``sum_i y_i * g**i mod p`` of ``labels`` (0-d int64 each).
 
-    A changed label or two swapped labels always change it (p is prime and
-    the terms are weighted by position); other differences collide with
-    probability about 1/p.  It stays on the labels' device (no host sync).
+    Any single changed label changes both (``g**i`` is invertible modulo a
+    prime) unless the change is a multiple of both primes (about 2**48), and
+    two labels swapped at distances below ``p - 1`` always change them; edits
+    that compensate (``+2`` here, ``-1`` there) are caught because the weights
+    are powers of a large base, not the positions.  Other differences collide
+    with probability about ``2**-48``.  Computed on the labels' device: every
+    product and sum stays exact in int64 for any token count below 2**39.
     """
-    p = _CHECKSUM_PRIME
-    lab = torch.remainder(labels.reshape(-1).to(torch.int64), p)
-    pos = torch.remainder(torch.arange(1, lab.numel() + 1, device=lab.device, dtype=torch.int64), p)
-    # Each reduced term is < 2**24, so the int64 sum is exact for any N < 2**39.
-    return torch.remainder(torch.remainder(lab * pos, p).sum(), p)
+    lab = labels.reshape(-1).to(torch.int64)
+    out = []
+    for p, g in CHECKSUM_MODULI:
+        w = _weights(lab.numel(), lab.device, p, g)
+        out.append(torch.remainder(torch.remainder(torch.remainder(lab, p) * w, p).sum(), p))
+    return out
 
 
-def _header(n: int, k: int, local_vocab: int, vocab_size: int, labels, device) -> torch.Tensor:
-    for name, value in (("k", k), ("local_vocab", local_vocab), ("vocab_size", vocab_size)):
-        if value >= _EXACT:
-            raise ValueError(f"{name}={value} does not fit the fp32 TP header (must be < 2**24)")
-    ints = torch.tensor(
-        [n % _EXACT, n // _EXACT, k, local_vocab, vocab_size, 0], dtype=torch.float32, device=device
+def _header(n: int, k: int, dtype: torch.dtype, local_vocab: int, vocab_size: int, labels,
+            device=None) -> torch.Tensor:
+    """The ``HEADER_SIZE`` int64 header on ``device`` (the checksums never visit the host)."""
+    fixed = torch.tensor([n, k, _DTYPE_CODES.get(dtype, 0), local_vocab, vocab_size], dtype=torch.int64,
+                         device=device)
+    if labels is None:
+        return torch.cat([fixed, fixed.new_zeros(2)])
+    return torch.cat([fixed, torch.stack(labels_checksums(labels.to(device)))])
+
+
+def _show(row: list[int]) -> dict:
+    return dict(zip(HEADER_FIELDS, row))
+
+
+def check_tp_agreement(group, device, *, n: int, k: int, dtype: torch.dtype, local_vocab: int,
+                       vocab_size: int, labels: torch.Tensor | None) -> None:
+    """One header all-gather; ``RanksDisagree`` on every rank unless all TP ranks agree."""
+    agree_or_raise(
+        _header(n, k, dtype, local_vocab, vocab_size, labels, device), HEADER_FIELDS, group, device,
+        "tensor-parallel ranks",
+        "Every rank of tp_group must call token_stats with the same tokens and labels (its own "
+        "vocab shard of the same batch), the same k, logits dtype and vocab_size",
+        show=_show,
     )
-    if labels is not None:
-        ints[5] = labels_checksum(labels.to(device)).to(torch.float32)
-    return ints
-
-
-def _check_headers(headers: torch.Tensor) -> None:
-    """Raise if the TP ranks' headers ``[R, HEADER_SIZE]`` differ."""
-    if bool((headers == headers[0]).all()):
-        return
-    rows = headers.to(torch.int64).cpu().tolist()
-    bad = [HEADER_FIELDS[j] for j in range(HEADER_SIZE) if len({r[j] for r in rows}) > 1]
-    per_rank = {
-        f"tp_rank {i}": {
-            "tokens": r[0] + r[1] * _EXACT, "k": r[2], "local_vocab": r[3],
-            "vocab_size": r[4], "labels_checksum": r[5],
-        }
-        for i, r in enumerate(rows)
-    }
-    raise ValueError(
-        f"tensor-parallel ranks disagree on {', '.join(bad)}: {per_rank}. Every rank of "
-        "tp_group must call token_stats with the same tokens and labels (its own vocab "
-        "shard of the same batch), the same k and the same vocab_size"
-    )
-
-
-def _device_backend(group, device: torch.device) -> str:
-    """The backend that serves ``device`` in ``group`` ("nccl", "gloo", ...)."""
-    backend = str(dist.get_backend(group)).lower()
-    if ":" in backend:  # e.g. "cpu:gloo,cuda:nccl" when several backends share a group
-        table = dict(part.split(":", 1) for part in backend.split(","))
-        return table.get(device.type, backend)
-    return backend
-
-
-def _all_gather_flat(buf: torch.Tensor, group, group_size: int) -> torch.Tensor:
-    """All-gather a 1-D buffer; returns ``[group_size, len(buf)]``."""
-    backend = _device_backend(group, buf.device)
-    if backend == "nccl":
-        # One flat output, no per-rank copies (NCCL's list all_gather copies out).
-        out = torch.empty(group_size * buf.numel(), dtype=buf.dtype, device=buf.device)
-        dist.all_gather_into_tensor(out, buf, group=group)
-        return out.view(group_size, -1)
-    staged = buf
-    if backend == "gloo" and buf.device.type != "cpu":
-        # gloo's all_gather works on host memory; the record is tiny next to the logits.
-        staged = buf.cpu()
-    out = torch.empty((group_size, staged.numel()), dtype=staged.dtype, device=staged.device)
-    dist.all_gather(list(out.unbind(0)), staged, group=group)
-    return out.to(buf.device)
-
-
-def _validate_default() -> bool:
-    return os.environ.get(VALIDATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def gather_shard_stats(
@@ -122,34 +103,18 @@ def gather_shard_stats(
     labels: torch.Tensor | None = None,
     local_vocab: int = 0,
     vocab_size: int = 0,
-    validate: bool | None = None,
 ) -> ShardStats:
     """All-gather ``local`` over ``group``: records stacked ``[group_size, N, ...]``.
 
-    One collective of ``HEADER_SIZE + N * (3 + k)`` fp32 values per rank (two
-    with ``validate``).  ``labels`` (the ``N`` global target ids), ``local_vocab``
-    and ``vocab_size`` go into the header so that every rank can check that the
-    TP ranks agree; a mismatch raises ``ValueError`` on every rank.
+    Two collectives: the ``HEADER_SIZE`` int64 header, then ``N * (3 + k)``
+    record values per rank.  ``labels`` (the ``N`` global target ids),
+    ``local_vocab`` and ``vocab_size`` go into the header; ranks that disagree
+    raise ``RanksDisagree`` (a ``ValueError``) on every rank.
     """
     n, k = local.max.shape[0], local.k
     if labels is not None and labels.numel() != n:
         raise ValueError(f"labels hold {labels.numel()} ids but the shard record has {n} tokens")
-    device = local.max.device
-    header = _header(n, k, local_vocab, vocab_size, labels, device)
-    if validate is None:
-        validate = _validate_default()
-    if validate:
-        _check_headers(_all_gather_flat(header, group, group_size))
-
-    width = 3 + k
-    buf = torch.empty(HEADER_SIZE + n * width, dtype=torch.float32, device=device)
-    buf[:HEADER_SIZE] = header
-    rec = buf[HEADER_SIZE:].view(n, width)
-    rec[:, 0] = local.max
-    rec[:, 1] = local.sumexp
-    rec[:, 2] = local.target
-    rec[:, 3:] = local.topk
-    out = _all_gather_flat(buf, group, group_size)
-    if not validate:
-        _check_headers(out[:, :HEADER_SIZE])
-    return ShardStats.unpack(out[:, HEADER_SIZE:].view(group_size, n, width))
+    check_tp_agreement(group, local.max.device, n=n, k=k, dtype=local.max.dtype, local_vocab=local_vocab,
+                       vocab_size=vocab_size, labels=labels)
+    out = all_gather_flat(local.pack().reshape(-1), group, group_size)
+    return ShardStats.unpack(out.view(group_size, n, 3 + k))

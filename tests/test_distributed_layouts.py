@@ -345,7 +345,8 @@ def test_metric_layer_never_imports_megatron():
     from pathlib import Path
 
     pkg = Path(mh.__file__).parent
-    for name in ("shard_stats", "token_stats", "tp_merge", "vocab", "accumulator", "reduction", "context_parallel"):
+    for name in ("shard_stats", "token_stats", "tp_merge", "vocab", "accumulator", "reduction", "context_parallel",
+                 "rank_agreement", "state_check"):
         tree = ast.parse((pkg / f"{name}.py").read_text())
         for node in ast.walk(tree):
             mods = [a.name for a in node.names] if isinstance(node, ast.Import) else (

@@ -314,3 +314,13 @@ def test_large_k_falls_back_to_reference(kmod):
     shard = VocabShard(0, 100, 100)
     got = kmod.shard_stats_triton(rows, labels, shard, kmod.MAX_K + 1)
     assert torch.equal(got.topk, shard_stats_torch(rows, labels, shard, kmod.MAX_K + 1).topk)
+
+
+@in_interpreter
+def test_fp64_is_refused_pointing_to_the_reference(kmod):
+    """The kernel computes in fp32; fp64 logits go to impl='torch' (issue 16, case 6)."""
+    rows, labels = torch.randn(2, 16, dtype=torch.float64), torch.tensor([1, 2])
+    with pytest.raises(TypeError, match="impl='torch'"):
+        kmod.shard_stats_triton(rows, labels, VocabShard(0, 16, 16), 10)
+    with pytest.raises(TypeError, match="impl='torch'"):
+        token_stats(rows, labels, impl="triton")

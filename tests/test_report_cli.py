@@ -62,12 +62,15 @@ def test_report_writes_markdown_json_and_figures(report_run, capsys):
     assert "moe-32k/iter_0099000" in md and "not valid JSON" in md
 
 
-def test_strict_and_bad_arguments_exit_1(report_run, tmp_path, caplog):
+def test_strict_and_bad_arguments_exit_2_with_one_line(report_run, tmp_path, capsys):
     d, _, _ = report_run
-    assert main(["report", str(d / "a.jsonl"), "--strict", "--output-dir", str(tmp_path), "--no-figures"]) == 1
-    assert "a.jsonl:6: not valid JSON" in caplog.text
-    assert main(["report", str(d / "missing.jsonl"), "--output-dir", str(tmp_path)]) == 1
-    assert main(["report", str(d / "b.jsonl"), "--bootstrap", "-1", "--output-dir", str(tmp_path)]) == 1
+    assert main(["report", str(d / "a.jsonl"), "--strict", "--output-dir", str(tmp_path), "--no-figures"]) == 2
+    assert "a.jsonl:6: not valid JSON" in capsys.readouterr().err
+    assert main(["report", str(d / "missing.jsonl"), "--output-dir", str(tmp_path)]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err
+    assert main(["report", str(d / "b.jsonl"), "--bootstrap", "-1", "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--bootstrap" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "report.md").exists()
 
 

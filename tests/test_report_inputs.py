@@ -160,10 +160,15 @@ def test_duplicates_datasets_and_categories(tmp_path, recs):
         analyse(read, dataset="swe-actions", category="nope")
 
 
-def test_mixed_accumulator_configs_are_said(tmp_path, recs):
+@pytest.mark.parametrize("kw", [{"threshold": 1.0}, {"num_bins": 64}, {"k": 20}])
+def test_mixed_accumulator_configs_are_refused(tmp_path, recs, kw):
+    """Issue 16 case 7: HE-SNR of another k / threshold / bins is not correlated alongside."""
     gen = torch.Generator().manual_seed(8)
-    acc = HESNRAccumulator(threshold=1.0)
-    acc.update(synth_stats(800, 0.3, gen))
+    acc = HESNRAccumulator(**kw)
+    stats = synth_stats(800, 0.3, gen)
+    stats.k = acc.config.k  # synthetic stats: say which k they stand for
+    acc.update(stats)
     write_jsonl(tmp_path / "r.jsonl", recs + [record_of(acc, 7000)])
-    summary = analyse(read_records(tmp_path / "r.jsonl"), n_boot=0)
-    assert any("different accumulator configs" in n for n in summary["notes"])
+    with pytest.raises(AnalysisError, match="different accumulator configs") as e:
+        analyse(read_records(tmp_path / "r.jsonl"), n_boot=0)
+    assert "r.jsonl:" in str(e.value)

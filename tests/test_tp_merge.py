@@ -1,44 +1,64 @@
-"""Single-process checks of the TP merge's header and backend handling."""
+"""Single-process checks of the TP merge's header, checksums and merge."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from megatron_hesnr.shard_stats import ShardStats, merge_shard_stats, shard_stats_torch
-from megatron_hesnr.tp_merge import HEADER_FIELDS, _check_headers, _header, labels_checksum
+from megatron_hesnr.tp_merge import HEADER_FIELDS, _header, labels_checksums
 from megatron_hesnr.vocab import vocab_shard
 
 
-def test_labels_checksum_sees_order_value_and_ignore_ids():
+def _sums(labels):
+    return [int(c) for c in labels_checksums(labels)]
+
+
+def test_labels_checksums_see_order_value_and_ignore_ids():
     labels = torch.tensor([5, 17, -100, 151935, 0])
-    base = int(labels_checksum(labels))
-    assert int(labels_checksum(labels.clone())) == base
-    assert int(labels_checksum(labels[[1, 0, 2, 3, 4]])) != base  # swapped positions
+    base = _sums(labels)
+    assert _sums(labels.clone()) == base
+    assert _sums(labels[[1, 0, 2, 3, 4]]) != base  # swapped positions
     changed = labels.clone()
     changed[3] -= 1
-    assert int(labels_checksum(changed)) != base
+    assert _sums(changed) != base
     changed = labels.clone()
     changed[2] = -1  # one ignore id for another
-    assert int(labels_checksum(changed)) != base
-    assert 0 <= base < 2**24  # exact in the fp32 header
+    assert _sums(changed) != base
+    assert all(0 <= c < 2**24 for c in base)
+
+
+def test_labels_checksums_catch_compensating_edits():
+    """Issue 16 case 4: +2 at one position, -1 at the next cancelled in the old
+    position-weighted sum; small structured edits change both checksums."""
+    labels = torch.randint(0, 151936, (8192,), generator=torch.Generator().manual_seed(0))
+    base = _sums(labels)
+    edits = [((0, 2), (1, -1)), ((0, 1), (1, -2), (2, 1)), ((5, 1), (6, -3), (7, 3), (8, -1)),
+             ((100, 1), (100 + 4096, -1)), ((9, 4), (10, -1))]
+    for edit in edits:
+        changed = labels.clone()
+        for pos, delta in edit:
+            changed[pos] += delta
+        got = _sums(changed)
+        assert got[0] != base[0] and got[1] != base[1], edit
+    changed = labels.clone()
+    changed[3] += 16_777_213  # a multiple of the first prime: the second checksum sees it
+    assert _sums(changed) != base
+
+
+def test_labels_checksums_catch_every_single_change():
+    labels = torch.zeros(5000, dtype=torch.long)
+    base = _sums(labels)
+    for pos in range(0, 5000, 7):
+        for delta in (1, -1, 2, 151935, 16_777_199, -16_777_213):
+            changed = labels.clone()
+            changed[pos] = delta
+            assert _sums(changed) != base, (pos, delta)
 
 
 def test_header_is_exact_for_large_token_counts():
-    n = 3 * 2**24 + 12345  # beyond fp32's exact integers: split in two fields
-    h = _header(n, 10, 18992, 151643, None, "cpu")
-    assert int(h[0]) + int(h[1]) * 2**24 == n
-    with pytest.raises(ValueError, match="local_vocab"):
-        _header(8, 10, 2**24, 100, None, "cpu")
-
-
-def test_header_mismatch_names_the_field():
-    a = _header(8, 10, 512, 1000, torch.arange(8), "cpu")
-    b = _header(8, 10, 512, 999, torch.arange(8), "cpu")
-    _check_headers(torch.stack([a, a]))
-    with pytest.raises(ValueError, match="vocab_size") as e:
-        _check_headers(torch.stack([a, b]))
-    assert "tokens_low" not in str(e.value).split(":")[0]
-    assert len(HEADER_FIELDS) == a.numel()
+    n = 3 * 2**24 + 12345  # int64 header: no split
+    h = _header(n, 10, torch.float32, 18992, 151643, torch.zeros(4, dtype=torch.long))
+    assert int(h[0]) == n and h.numel() == len(HEADER_FIELDS) and h.dtype == torch.int64
 
 
 def test_merge_of_simulated_shards_equals_whole_vocabulary():

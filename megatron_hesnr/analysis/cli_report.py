@@ -4,12 +4,15 @@
                  [--category action] [--dataset NAME] [--bootstrap N] [--seed S]
 
 Writes DIR/report.md, DIR/summary.json and the figures (PNG and SVG); prints a
-one-screen summary.  Exit status: 0 done, 1 bad input (the message names it).
+one-screen summary.  Exit status: 0 done, 2 bad input or an output directory that
+cannot be written (one line on stderr naming the file, line, field or flag).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -40,23 +43,32 @@ def run(args) -> int:
     from .scores import read_scores
     from .summary import AnalysisError, analyse
 
+    def fail(message) -> int:
+        print(f"hesnr report: {message}", file=sys.stderr)
+        return 2
+
     if args.bootstrap < 0:
-        log.error("--bootstrap must be >= 0, got %d", args.bootstrap)
-        return 1
+        return fail(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    out_dir = Path(args.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        return fail(f"--output-dir {out_dir}: exists and is not a directory")
     try:
         read = read_records(args.records, strict=args.strict)
         scores = read_scores(args.scores, strict=args.strict) if args.scores else None
         summary = analyse(read, scores, category=args.category, dataset=args.dataset,
                           n_boot=args.bootstrap, seed=args.seed)
     except (RecordError, AnalysisError, OSError) as exc:
-        log.error("%s", exc)
-        return 1
-    figures = []
-    if not args.no_figures:
-        hists = {r.label: r.accumulator.histogram(None if summary["category"] == "all" else summary["category"])
-                 for r in read.records if (r.dataset or "") == (summary["dataset"] or "")}
-        figures = write_figures(summary, hists, args.output_dir)
-    paths = write_report(summary, figures, args.output_dir)
+        return fail(exc)
+    try:
+        figures = []
+        if not args.no_figures:
+            cat = None if summary["category"] == "all" else summary["category"]
+            hists = {r.label: r.accumulator.histogram(cat)
+                     for r in read.records if (r.dataset or "") == (summary["dataset"] or "")}
+            figures = write_figures(summary, hists, out_dir)
+        paths = write_report(summary, figures, out_dir)
+    except OSError as exc:
+        return fail(f"--output-dir {out_dir}: cannot write ({exc.strerror or exc}: {exc.filename or out_dir})")
     print(terminal_table(summary))
     print(f"report: {paths['markdown']}  summary: {paths['json']}")
     return 0

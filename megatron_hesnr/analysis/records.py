@@ -7,7 +7,8 @@ One JSON object per line, as written by the Megatron integration::
      "checkpoint": "/ckpt/iter_0001000",  # optional str: matched against the scores CSV
      "run": "moe-32k",                  # optional str: one line per run in the figures
      "dataset": "swe-actions",          # optional str: records of different datasets never mix
-     "time": "2026-11-27T01:00:00Z",    # optional str (ISO 8601): the newest duplicate wins
+     "time": "2026-11-27T01:00:00Z",    # optional str (ISO 8601, any UTC offset; none = UTC):
+                                        #   the newest duplicate wins
      "config": {...},                   # optional: the integration's settings, kept as is
      "metrics": {"hesnr": ..., ...},    # required object: what was logged at evaluation time
      "state": {...}}                    # required: HESNRAccumulator.state_dict()
@@ -27,6 +28,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from ..accumulator import HESNRAccumulator
@@ -133,14 +135,13 @@ def parse_record(obj, source: str) -> EvalRecord:
     state = obj["state"]
     if not isinstance(state, dict):
         raise RecordError(f"{source}: field 'state' must be an object (HESNRAccumulator.state_dict())")
+    if obj.get("time") is not None:
+        parse_time(obj["time"], source)
     try:
+        # Every rule a state must satisfy lives in state_check (StateError is a ValueError).
         acc = HESNRAccumulator.from_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+    except ValueError as exc:
         raise RecordError(f"{source}: field 'state' is not a valid accumulator state: {exc}") from None
-    if not bool(acc.state.isfinite().all()):
-        raise RecordError(f"{source}: field 'state' holds non-finite sums")
-    if float(acc.state.min()) < 0.0:
-        raise RecordError(f"{source}: field 'state' holds negative sums or counts")
     rec = EvalRecord(
         iteration=it, metrics=obj["metrics"], accumulator=acc, checkpoint=obj.get("checkpoint"),
         run=obj.get("run"), dataset=obj.get("dataset"), time=obj.get("time"),
@@ -163,10 +164,22 @@ def _cross_check(rec: EvalRecord) -> None:
                     rec.source, logged, again)
 
 
+def parse_time(text: str, source: str = "") -> datetime:
+    """An ISO 8601 ``time`` as an aware UTC datetime (no offset given: UTC)."""
+    try:
+        t = datetime.fromisoformat(text.strip().replace("z", "Z"))
+    except ValueError:
+        raise RecordError(f"{source}: field 'time' is not an ISO 8601 time: {text!r}") from None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
 def _newer(a: EvalRecord, b: EvalRecord) -> bool:
-    """Is ``a`` newer than ``b``? By ``time`` when both have one, else by reading order."""
-    if a.time is not None and b.time is not None and a.time != b.time:
-        return a.time > b.time  # ISO 8601 strings in one zone sort by time
+    """Is ``a`` newer than ``b``? By ``time`` (as instants, whatever the offsets) when
+    both have one and they differ, else by reading order."""
+    if a.time is not None and b.time is not None:
+        ta, tb = parse_time(a.time, a.source), parse_time(b.time, b.source)
+        if ta != tb:
+            return ta > tb
     return True  # read later
 
 

@@ -42,7 +42,8 @@ class ScoreTable:
 def read_scores(path, *, strict: bool = False) -> ScoreTable:
     path = Path(path)
     try:
-        fh = path.open("r", encoding="utf-8", newline="")
+        # utf-8-sig: the byte-order mark that Excel writes is not part of the first column's name.
+        fh = path.open("r", encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise OSError(f"cannot open scores file {path}: {exc.strerror or exc}") from None
     table = ScoreTable(path=str(path))

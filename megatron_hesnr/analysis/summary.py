@@ -66,6 +66,18 @@ def _check_category(records: list[EvalRecord], category) -> None:
                             f"{', '.join(lacking[:5])}")
 
 
+def _check_one_config(records: list[EvalRecord]) -> None:
+    """HE-SNR of different k, threshold or bins measure different things: never correlated together."""
+    first: dict[tuple, str] = {}
+    for r in records:
+        c = r.accumulator.config
+        first.setdefault((c.k, c.threshold, c.num_bins), r.source)
+    if len(first) > 1:
+        listed = "; ".join(f"k={k}, threshold={t}, num_bins={b} (first at {src})" for (k, t, b), src in first.items())
+        raise AnalysisError(f"records use {len(first)} different accumulator configs: {listed}. HE-SNR "
+                            "values of different configs are not comparable; report them separately")
+
+
 def checkpoint_row(rec: EvalRecord, category, rule: ValleyRule) -> dict:
     acc = rec.accumulator
     cfg = acc.config
@@ -143,11 +155,7 @@ def analyse(read: ReadResult, scores: ScoreTable | None = None, *, category: str
         notes.append(f"{len(read.bad_lines)} unreadable record line(s) skipped (listed under input).")
     if read.duplicates:
         notes.append(f"{len(read.duplicates)} duplicate record(s) superseded by a newer one of the same checkpoint.")
-    configs = sorted({(r.accumulator.config.k, r.accumulator.config.threshold, r.accumulator.config.num_bins)
-                      for r in records})
-    if len(configs) > 1:
-        notes.append(f"records use {len(configs)} different accumulator configs (k, threshold, bins) "
-                     f"{configs}: their HE-SNR values are not strictly comparable.")
+    _check_one_config(records)
     rows = [checkpoint_row(r, category, rule) for r in records]
 
     match = None

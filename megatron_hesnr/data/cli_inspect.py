@@ -82,7 +82,7 @@ def run(args) -> int:
         ds = PreparedDataset(args.prefix, verify="sizes")
     except PreparedDatasetError as exc:
         print(f"hesnr inspect: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.doc is None:
         print(_summary(ds))
         return 0

@@ -1,8 +1,10 @@
 """``hesnr prepare``: trajectory files -> ``P_tokens``/``P_mask`` Megatron dataset + manifest.
 
 Exit status: 0 when at least one trajectory was written (and, with ``--strict``, no
-file or line failed); 1 otherwise; 2 for bad arguments. Every failed file (or JSONL
-line) gets one ``error:`` line on stderr naming it and the reason.
+file or line failed); 1 otherwise; 2 for bad arguments or an output prefix that cannot be
+written (one line naming the flag and path). Every failed file (or JSONL
+line), unlistable folder or special file (FIFO, socket, device: never opened) gets one
+``error:`` line on stderr naming it and the reason.
 """
 from __future__ import annotations
 
@@ -88,10 +90,8 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def run(args) -> int:
-    from .. import __version__
     from .indexed import megatron_indexed
     from .pipeline import expand_inputs, iter_results, load_tokenizer, plan_rows, tokenizer_info
-    from .writer import DatasetWriter
 
     megatron_indexed(quiet=not getattr(args, "verbose", False))
 
@@ -100,26 +100,51 @@ def run(args) -> int:
         if args.workers < 1:
             raise ValueError("--workers must be >= 1")
         tokenizer = load_tokenizer(args.tokenizer)
+        check_output_prefix(args.output_prefix)
     except (ValueError, FileNotFoundError) as exc:
         print(f"hesnr prepare: {exc}", file=sys.stderr)
         return 2
     paths, missing = expand_inputs(args.inputs)
     for m in missing:
-        print(f"hesnr prepare: error: {m}: no such file, folder or glob match", file=sys.stderr)
+        print(f"hesnr prepare: error: {m}", file=sys.stderr)
     tok_info = tokenizer_info(args.tokenizer, tokenizer)
-    dropped = Counter()
     if cfg.select is not None and cfg.select.needs_candidates:
         cfg = replace(cfg, plan=plan_rows(paths, cfg))
-    writer = None
-    inputs, documents = [], []
-    by_format: dict[str, np.ndarray] = {}
-    totals = np.zeros(4, dtype=np.int64)
     n_err = len(missing)
     t0 = time.perf_counter()
     results = iter_results(paths, args.tokenizer, cfg, args.workers, tokenizer=tokenizer)
     if not args.no_progress:
         from tqdm import tqdm
         results = tqdm(results, total=len(paths), unit="file", desc="hesnr prepare", file=sys.stderr)
+    try:
+        return _write(args, cfg, tok_info, paths, results, n_err, t0)
+    except OSError as exc:
+        print(f"hesnr prepare: --output-prefix {args.output_prefix}: cannot write "
+              f"{exc.filename or args.output_prefix} ({exc.strerror or exc})", file=sys.stderr)
+        return 2
+
+
+def check_output_prefix(prefix: str) -> None:
+    """Refuse, before any work, a prefix whose folder cannot be created or written."""
+    folder = os.path.dirname(os.path.abspath(prefix))
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"--output-prefix {prefix}: cannot create folder {folder} ({probe} is not a folder)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--output-prefix {prefix}: folder {probe} is not writable")
+
+
+def _write(args, cfg, tok_info, paths, results, n_err, t0) -> int:
+    from .. import __version__
+    from .writer import DatasetWriter
+
+    writer = None
+    dropped = Counter()
+    inputs, documents = [], []
+    by_format: dict[str, np.ndarray] = {}
+    totals = np.zeros(4, dtype=np.int64)
     for res in results:
         if res.status == "error":
             n_err += 1

@@ -10,6 +10,7 @@ import hashlib
 import logging
 import multiprocessing as mp
 import os
+import stat
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -130,29 +131,59 @@ def tokenizer_info(path: str, tokenizer) -> dict:
             "vocab_size": int(tokenizer.get_vocab_size(with_added_tokens=True))}
 
 
+def _special_kind(path: str) -> str | None:
+    """``None`` for a regular file (after symlinks), else what it is (a FIFO would block a read)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"cannot stat ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISDIR, "folder"))
+    return next((f"not a regular file ({name}), skipped" for test, name in kinds if test(mode)),
+                "not a regular file, skipped")
+
+
 def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
-    """Files, folders (searched recursively for trajectory suffixes) and globs -> (files, missing)."""
-    files, missing = [], []
+    """Files, folders (searched recursively for trajectory suffixes) and globs -> (files, problems).
+
+    ``problems`` are ``"PATH: reason"`` lines: a missing path, a folder that cannot be
+    listed, a FIFO / socket / device (never opened: reading one could block forever).
+    """
+    files, problems = [], []
+
+    def unlistable(exc: OSError) -> None:
+        problems.append(f"{exc.filename}: cannot list folder ({exc.strerror or exc})")
+
+    def keep(path: str) -> None:
+        why = _special_kind(path)
+        if why is None:
+            files.append(path)
+        else:
+            problems.append(f"{path}: {why}")
+
     for item in inputs:
         if os.path.isdir(item):
-            for root, _dirs, names in os.walk(item):
+            for root, _dirs, names in os.walk(item, onerror=unlistable):
                 # Skip manifests of earlier `hesnr prepare` runs written into the same folder.
-                files.extend(os.path.join(root, n) for n in names
-                             if n.endswith(SUFFIXES) and not n.endswith("_manifest.json"))
+                for n in names:
+                    if n.endswith(SUFFIXES) and not n.endswith("_manifest.json"):
+                        keep(os.path.join(root, n))
         elif os.path.exists(item):
-            files.append(item)
+            keep(item)
         else:
-            hits = [h for h in glob.glob(item, recursive=True) if os.path.isfile(h)]
-            if hits:
-                files.extend(hits)
-            else:
-                missing.append(item)
+            hits = [h for h in glob.glob(item, recursive=True) if not os.path.isdir(h)]
+            for h in hits:
+                keep(h)
+            if not hits:
+                problems.append(f"{item}: no such file, folder or glob match")
     seen, unique = set(), []
     for f in sorted(files):
         if f not in seen:
             seen.add(f)
             unique.append(f)
-    return unique, missing
+    return unique, problems
 
 
 def _read_render(unit, cfg: PrepareConfig):

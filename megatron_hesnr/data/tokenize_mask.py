@@ -21,12 +21,33 @@ tokens that split one character share its offsets and follow the same rule.
 from __future__ import annotations
 
 import itertools
+import logging
+import re
 
 import numpy as np
 
 from .filters import FilterConfig, action_drop_ranges
 from .render import Rendered
 from .segments import Category, Kind
+
+log = logging.getLogger(__name__)
+
+#: Lone UTF-16 surrogates: valid JSON escapes (``"\\ud83d"``, common in tool output)
+#: that are not Unicode text, so the tokenizer refuses the whole batch.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def encodable(text: str, source: str = "") -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD (one code point for one,
+    so every character offset, and therefore the mask, stays where it was)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        fixed, n = _SURROGATE.subn("\ufffd", text)
+        log.warning("%s: %d lone surrogate escape(s) replaced by U+FFFD before tokenizing", source or "text", n)
+        return fixed
+
 
 #: Category per span kind, before the category switches are applied.
 _KIND_CATEGORY = {
@@ -94,7 +115,8 @@ def encode_and_mask(tokenizer, rendered: list[Rendered], filters: FilterConfig,
     """
     if not rendered:
         return []
-    encodings = tokenizer.encode_batch([r.text for r in rendered], add_special_tokens=add_special_tokens)
+    texts = [encodable(r.text, r.source) for r in rendered]
+    encodings = tokenizer.encode_batch(texts, add_special_tokens=add_special_tokens)
     out = []
     for r, enc in zip(rendered, encodings):
         cat, kept, action = char_categories(r, filters, categories)

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 #: Largest k the kernel keeps in registers; larger k falls back to the reference.
 MAX_K = 64
 
-_SUPPORTED = (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+_SUPPORTED = (torch.bfloat16, torch.float16, torch.float32)
 
 
 @triton.jit
@@ -302,8 +302,11 @@ def shard_stats_triton(
     """
     if rows.dim() != 2:
         raise ValueError(f"shard_stats_triton expects 2-D logits [N, V_local], got {tuple(rows.shape)}")
+    if rows.dtype == torch.float64:
+        raise TypeError("impl='triton' computes in fp32 and would round fp64 logits (near-ties flip "
+                        "in_topk/top1, values above fp32's range overflow): use impl='torch' for fp64")
     if rows.dtype not in _SUPPORTED:
-        raise TypeError(f"logits dtype {rows.dtype} is not supported (bf16, fp16, fp32, fp64)")
+        raise TypeError(f"logits dtype {rows.dtype} is not supported (bf16, fp16, fp32)")
     n, local_size = rows.shape
     if local_size != shard.local_size:
         raise ValueError(f"logits have {local_size} columns but the shard says V_local={shard.local_size}")
