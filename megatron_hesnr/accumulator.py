@@ -297,7 +297,7 @@ class HESNRAccumulator:
             return None
         return self._select(self.trajectories.transpose(0, 1), category).cpu()
 
-    def _uncertainty(self, category) -> dict:
+    def uncertainty(self, category: str | int | None = None) -> dict:
         """``num_documents`` and the trajectory-clustered ``*_stderr`` (when tracked)."""
         rows = self.trajectory_rows(category)
         if rows is None:
@@ -308,10 +308,10 @@ class HESNRAccumulator:
     def compute(self) -> dict:
         """Overall metrics, plus ``by_category`` for every category that has tokens."""
         out = metrics_from_sums(self.sums())
-        out.update(self._uncertainty(None))
+        out.update(self.uncertainty(None))
         out["threshold"] = self.config.threshold
         out["by_category"] = {
-            name: {**metrics_from_sums(self.sums(name)), **self._uncertainty(name)}
+            name: {**metrics_from_sums(self.sums(name)), **self.uncertainty(name)}
             for i, name in enumerate(self.config.category_names)
             if float(self.scalars[i, _F["num_tokens"]] + self.scalars[i, _F["num_invalid"]]) > 0
         }
