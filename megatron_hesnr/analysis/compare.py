@@ -47,8 +47,8 @@ def find_record(records: list[EvalRecord], name: str, flag: str) -> EvalRecord:
 def check_comparable(a: EvalRecord, b: EvalRecord, category) -> None:
     """Raise :class:`CompareError` unless ``a`` and ``b`` are the same set and config."""
     if (a.dataset or "") != (b.dataset or ""):
-        raise CompareError(f"records of different sets: {a.label} is dataset {a.dataset!r}, "
-                           f"{b.label} is dataset {b.dataset!r}")
+        raise CompareError(f"records of different sets: {a.short_label()} is dataset {a.dataset!r}, "
+                           f"{b.short_label()} is dataset {b.dataset!r}")
     ca, cb = a.accumulator.config, b.accumulator.config
     for rec, cfg in ((a, ca), (b, cb)):
         if cfg.num_documents is None:
