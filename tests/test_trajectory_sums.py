@@ -10,9 +10,9 @@ import torch
 import megatron_hesnr as mh
 from megatron_hesnr.accumulator import SCALAR_FIELDS
 from megatron_hesnr.context_parallel import split_for_context_parallel
-from megatron_hesnr.integration import MetricGroups, reduce_metrics
+from megatron_hesnr.integration import reduce_metrics
 
-from distributed_harness import assert_metrics_match, assert_state_match, make_batch, new_groups, run_world, tp_slice
+from distributed_harness import assert_metrics_match, assert_state_match, layout_groups, make_batch, run_world, tp_slice
 from stderr_synth import as_token_stats, clustered_tokens
 
 N_DOCS = 40
@@ -163,18 +163,11 @@ def _world(rank, world):
     logits, labels, mask = make_batch(23, BATCH, SEQ, VOCAB, PADDED)
     doc = _doc_ids(mask)
     out = {}
-    for name, (tp_part, cp_part, red_part, dp_of) in LAYOUTS.items():
-        tp_group, tp_ranks = new_groups(tp_part, rank)
-        _, cp_ranks = new_groups(cp_part, rank)
-        red_group, red_ranks = new_groups(red_part, rank)
-        dp_size = len(red_ranks) // len(cp_ranks)
-        rows = slice(dp_of(rank) * BATCH // dp_size, (dp_of(rank) + 1) * BATCH // dp_size)
-        groups = MetricGroups(tp=tp_group if len(tp_ranks) > 1 else None,
-                              reduce=red_group if len(red_ranks) > 1 else None,
-                              cp_rank=cp_ranks.index(rank), cp_size=len(cp_ranks), is_last_stage=True)
+    for name, layout in LAYOUTS.items():
+        groups, rows, tp_rank, tp_size = layout_groups(layout, rank, BATCH)
         local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size)
                  for t in (logits, labels, mask, doc)]
-        shard = tp_slice(local[0], tp_ranks.index(rank), len(tp_ranks))
+        shard = tp_slice(local[0], tp_rank, tp_size)
         stats = mh.token_stats(shard, local[1], vocab_size=VOCAB, tp_group=groups.tp, impl="torch")
         acc = mh.HESNRAccumulator(num_documents=DOCS)
         acc.update(stats, local[2], local[3])
