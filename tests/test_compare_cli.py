@@ -119,3 +119,17 @@ def test_report_shows_stderr_and_whether_each_checkpoint_differs(records, tmp_pa
     assert "| HE-SNR ± SE | differs from previous (HE-SNR) |" in md
     assert f"{rows[2]['metrics']['hesnr']:.4g} ± " in md and "**yes** (+" in md and "| no (+0, p=1) |" in md
     assert (out / "metrics_vs_step.png").stat().st_size > 0
+
+
+def test_report_without_per_trajectory_sums_says_so(tmp_path):
+    recs = []
+    for it in (1000, 2000):
+        acc = mh.HESNRAccumulator()
+        acc.update(as_token_stats(clustered_tokens(20, it, mean_len=20)), None)
+        recs.append(record_of(acc, it))
+    out = tmp_path / "rep"
+    assert main(["report", _write(tmp_path / "u.jsonl", recs), "--output-dir", str(out), "--bootstrap", "50",
+                 "--no-figures"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert all(r["vs_previous"] is None and "hesnr_stderr" not in r["metrics"] for r in summary["checkpoints"])
+    assert any("2 record(s) without per-trajectory sums" in n for n in summary["notes"])

@@ -88,22 +88,20 @@ def checkpoint_row(rec: EvalRecord, category, rule: ValleyRule) -> dict:
 
 
 def _vs_previous(records: list[EvalRecord], rows: list[dict], category, n_boot: int, seed: int) -> None:
-    """``row["vs_previous"]``: paired HE-SNR comparison with the run's previous checkpoint."""
+    """``row["vs_previous"]``: paired HE-SNR comparison with the run's previous checkpoint
+    (left ``None`` without per-trajectory sums or bootstrap)."""
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["run"], rows[i]["iteration"]))
     for prev, cur in zip(order, order[1:]):
-        if rows[prev]["run"] != rows[cur]["run"]:
+        if rows[prev]["run"] != rows[cur]["run"] or n_boot <= 0 or any(
+                records[i].accumulator.config.num_documents is None for i in (prev, cur)):
             continue
         entry = {"previous": rows[prev]["label"]}
-        if n_boot <= 0 or records[cur].accumulator.config.num_documents is None:
-            entry["status"] = "no per-trajectory sums" if n_boot > 0 else "no bootstrap"
-        else:
-            try:
-                res = compare_records(records[prev], records[cur], category=category, n_boot=n_boot, seed=seed,
-                                      metrics=["hesnr"])["metrics"]["hesnr"]
-                entry.update(status="ok", diff=res["diff"], ci=res["ci"], p=res["p"],
-                             significant=bool(res["p"] < ALPHA))
-            except CompareError as exc:
-                entry["status"] = str(exc)
+        try:
+            res = compare_records(records[prev], records[cur], category=category, n_boot=n_boot, seed=seed,
+                                  metrics=["hesnr"])["metrics"]["hesnr"]
+            entry.update(status="ok", diff=res["diff"], ci=res["ci"], p=res["p"], significant=bool(res["p"] < ALPHA))
+        except CompareError as exc:  # e.g. the run's evaluation set changed between checkpoints
+            entry["status"] = str(exc)
         rows[cur]["vs_previous"] = entry
 
 
@@ -173,6 +171,10 @@ def analyse(read: ReadResult, scores: ScoreTable | None = None, *, category: str
                      f"{configs}: their HE-SNR values are not strictly comparable.")
     rows = [checkpoint_row(r, category, rule) for r in records]
     _vs_previous(records, rows, category, n_boot, seed)
+    untracked = [r.label for r in records if r.accumulator.config.num_documents is None]
+    if untracked:
+        notes.append(f"{len(untracked)} record(s) without per-trajectory sums: no standard errors and no "
+                     "comparison with the previous checkpoint for them: " + ", ".join(untracked[:5]))
 
     match = None
     if scores is not None:
