@@ -21,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from . import trajectory_sums as traj
 from .defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
+from .stderr import stderr_metrics
 from .token_stats import TokenStats
 
 STATE_VERSION = 1
@@ -63,9 +65,13 @@ class AccumulatorConfig:
     """Equal-width histogram bins of H_k over [0, ln k]."""
     category_names: tuple[str, ...] = field(default=DEFAULT_CATEGORY_NAMES)
     """Names of mask categories 1, 2, ...; their number fixes the state's rows."""
+    num_documents: int | None = None
+    """Trajectories of the evaluation set, when per-trajectory sums are kept (for the
+    standard errors and ``hesnr compare``); ``update`` then needs ``doc_ids``."""
 
     def __post_init__(self):
         self.category_names = tuple(self.category_names)
+        traj.check_num_documents(self.num_documents)
         if int(self.k) != self.k or self.k < 2:
             raise ValueError(f"k must be an integer >= 2 (the entropy of 1 value is 0), got {self.k}")
         if not (0.0 < self.threshold < math.log(self.k)):
@@ -128,16 +134,24 @@ class HESNRAccumulator:
         c = self.config
         n_scalar = c.num_categories * len(SCALAR_FIELDS)
         n_hist = c.num_categories * c.num_bins * len(BIN_FIELDS)
-        self.state = torch.zeros(n_scalar + n_hist, dtype=torch.float64, device=device)
+        n_traj = traj.table_size(c.num_documents, c.num_categories, len(SCALAR_FIELDS))
+        self.state = torch.zeros(n_scalar + n_hist + n_traj, dtype=torch.float64, device=device)
         self.scalars = self.state[:n_scalar].view(c.num_categories, len(SCALAR_FIELDS))
-        self.hist = self.state[n_scalar:].view(c.num_categories, c.num_bins, len(BIN_FIELDS))
+        self.hist = self.state[n_scalar:n_scalar + n_hist].view(c.num_categories, c.num_bins, len(BIN_FIELDS))
+        # Per-trajectory sums [num_documents, num_categories, fields], in the same flat
+        # buffer: the one all-reduce and merge() sum them with the rest.
+        self.trajectories = None if n_traj == 0 else self.state[n_scalar + n_hist:].view(
+            c.num_documents, c.num_categories, len(SCALAR_FIELDS))
         self._edges = c.bin_edges(device=self.state.device)
         self._reduced = False
 
     # ------------------------------------------------------------------ update
-    def update(self, stats: TokenStats, mask: torch.Tensor | None = None) -> None:
+    def update(self, stats: TokenStats, mask: torch.Tensor | None = None,
+               doc_ids: torch.Tensor | None = None) -> None:
         """Add tokens. ``mask``: categories (0 = not scored) with the stats' shape;
-        bool means category 1; ``None`` scores every token as category 1."""
+        bool means category 1; ``None`` scores every token as category 1.
+        ``doc_ids``: per-token trajectory index in ``[0, num_documents)`` (negative =
+        none, only on unscored tokens); required exactly when ``num_documents`` is set."""
         if self._reduced:
             raise RuntimeError(
                 "update() after all_reduce(): the state already holds the sum over ranks; "
@@ -162,6 +176,12 @@ class HESNRAccumulator:
                 f"mask categories must be in [0, {self.config.num_categories}] "
                 f"({', '.join(self.config.category_names)}), found values in [{lo}, {hi}]"
             )
+        tracked = self.trajectories is not None
+        if tracked != (doc_ids is not None):
+            raise ValueError(
+                f"this accumulator tracks {self.config.num_documents} trajectories: pass doc_ids" if tracked else
+                "doc_ids given but the accumulator keeps no per-trajectory sums: set num_documents")
+        doc = traj.document_index(doc_ids, shape, self.config.num_documents, cat > 0) if tracked else None
         dev = self.state.device
         sel = (cat > 0).to(dev)
         cat = cat.to(dev)[sel] - 1
@@ -196,6 +216,8 @@ class HESNRAccumulator:
             dim=1,
         )
         self.scalars.index_add_(0, cat, cols)
+        if tracked:
+            traj.add_rows(self.trajectories, doc.to(dev)[sel], cat, cols)
 
         # Histogram over M (valid tokens): bucketize on the interior edges gives
         # i with e_i < H <= e_{i+1}, i.e. the right-closed bins described above.
@@ -280,12 +302,28 @@ class HESNRAccumulator:
         out.update({name: hist[:, i].tolist() for name, i in _B.items()})
         return out
 
+    def trajectory_rows(self, category: str | int | None = None) -> torch.Tensor | None:
+        """Per-trajectory sums ``[num_documents, len(SCALAR_FIELDS)]`` of one category
+        (or summed over all), on the CPU; ``None`` when trajectories are not tracked."""
+        if self.trajectories is None:
+            return None
+        return self._select(self.trajectories.transpose(0, 1), category).cpu()
+
+    def uncertainty(self, category: str | int | None = None) -> dict:
+        """``num_documents`` and the trajectory-clustered ``*_stderr`` (when tracked)."""
+        rows = self.trajectory_rows(category)
+        if rows is None:
+            return {"num_documents": None}
+        rows = rows[traj.present(rows, SCALAR_FIELDS)]
+        return {"num_documents": int(rows.shape[0]), **stderr_metrics(rows.numpy(), SCALAR_FIELDS)}
+
     def compute(self) -> dict:
         """Overall metrics, plus ``by_category`` for every category that has tokens."""
         out = metrics_from_sums(self.sums())
+        out.update(self.uncertainty(None))
         out["threshold"] = self.config.threshold
         out["by_category"] = {
-            name: metrics_from_sums(self.sums(name))
+            name: {**metrics_from_sums(self.sums(name)), **self.uncertainty(name)}
             for i, name in enumerate(self.config.category_names)
             if float(self.scalars[i, _F["num_tokens"]] + self.scalars[i, _F["num_invalid"]]) > 0
         }
@@ -338,7 +376,7 @@ class HESNRAccumulator:
         """JSON-friendly state: config, field names and the sums as nested lists."""
         cfg = asdict(self.config)
         cfg["category_names"] = list(self.config.category_names)
-        return {
+        d = {
             "version": STATE_VERSION,
             "config": cfg,
             "scalar_fields": list(SCALAR_FIELDS),
@@ -347,30 +385,35 @@ class HESNRAccumulator:
             "hist": self.hist.cpu().tolist(),
             "reduced": self._reduced,
         }
+        if self.trajectories is not None:
+            d[traj.TABLE_KEY] = traj.table_to_json(self.trajectories, SCALAR_FIELDS, self.config.category_names)
+        return d
 
     def load_state_dict(self, d: dict) -> "HESNRAccumulator":
         """Load a :meth:`state_dict`; raises ``StateError`` (a ``ValueError``) naming the
         field for anything that would not save back exactly (see ``state_check``)."""
         from .state_check import StateError, validate_state_dict
 
-        cfg, scalars, hist, reduced = validate_state_dict(d)
+        cfg, scalars, hist, reduced, table = validate_state_dict(d)
         if cfg != self.config:
             raise StateError(f"state config {cfg} != accumulator config {self.config}")
-        self.scalars.copy_(scalars)
-        self.hist.copy_(hist)
-        self._reduced = reduced
+        self._load(scalars, hist, reduced, table)
         return self
 
     @classmethod
     def from_state_dict(cls, d: dict, device=None) -> "HESNRAccumulator":
         from .state_check import validate_state_dict
 
-        cfg, scalars, hist, reduced = validate_state_dict(d)
-        acc = cls(cfg, device=device)
-        acc.scalars.copy_(scalars)
-        acc.hist.copy_(hist)
-        acc._reduced = reduced
-        return acc
+        cfg, scalars, hist, reduced, table = validate_state_dict(d)
+        return cls(cfg, device=device)._load(scalars, hist, reduced, table)
+
+    def _load(self, scalars, hist, reduced, table) -> "HESNRAccumulator":
+        self.scalars.copy_(scalars)
+        self.hist.copy_(hist)
+        if table is not None:
+            self.trajectories.copy_(table)
+        self._reduced = reduced
+        return self
 
     # ------------------------------------------------------------- checks
     def _check_stats_k(self, stats: TokenStats) -> None:

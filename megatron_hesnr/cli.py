@@ -17,6 +17,7 @@ COMMANDS = {
     "prepare": ("megatron_hesnr.data.cli_prepare", "trajectories -> Megatron dataset with a scoring mask"),
     "inspect": ("megatron_hesnr.data.cli_inspect", "show which characters of a prepared trajectory are scored"),
     "report": ("megatron_hesnr.analysis.cli_report", "correlate evaluation records with downstream scores"),
+    "compare": ("megatron_hesnr.analysis.cli_compare", "paired test: does checkpoint B differ from A on the same trajectories"),
     "demo": ("megatron_hesnr.demo", "end-to-end quickstart on CPU"),
 }
 

@@ -16,7 +16,10 @@ float64, so the count relations are checked exactly):
   ``count_in_topk`` to ``num_in_topk``, with ``count_in_topk <= count`` per bin;
 * ``sum_entropy <= num_tokens * ln k`` and ``sum_p_over_h``, ``sum_q_over_h``
   ``<= num_high_entropy / threshold`` (p, q <= 1 and H_k > threshold on HE),
-  up to a relative 1e-6 for rounding.
+  up to a relative 1e-6 for rounding;
+* with per-trajectory sums (``config.num_documents`` set, key ``trajectories``):
+  each trajectory's row obeys the same rules, and the rows add up to the scalars
+  (counts exactly, sums to a relative 1e-6).
 """
 from __future__ import annotations
 
@@ -26,10 +29,13 @@ import struct
 
 import torch
 
+from . import trajectory_sums as traj
 from .accumulator import BIN_FIELDS, SCALAR_FIELDS, STATE_VERSION, AccumulatorConfig
 
 STATE_KEYS = ("version", "config", "scalar_fields", "bin_fields", "scalars", "hist", "reduced")
 CONFIG_KEYS = ("k", "threshold", "num_bins", "category_names")
+# Written only when per-trajectory sums are kept (records of earlier versions lack it).
+OPTIONAL_CONFIG_KEYS = ("num_documents",)
 SCALAR_COUNTS = ("num_tokens", "num_invalid", "num_top1", "num_in_topk", "num_high_entropy")
 BIN_COUNTS = ("count", "count_in_topk")
 _REL = 1e-6
@@ -47,11 +53,11 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _keys(d, expected: tuple[str, ...], where: str) -> None:
+def _keys(d, expected: tuple[str, ...], where: str, optional: tuple[str, ...] = ()) -> None:
     if not isinstance(d, dict):
         raise StateError(f"{where} must be an object, got {type(d).__name__}")
     missing = [k for k in expected if k not in d]
-    extra = sorted(str(k) for k in d if k not in expected)
+    extra = sorted(str(k) for k in d if k not in expected and k not in optional)
     if missing or extra:
         raise StateError(f"{where}: " + "; ".join(
             ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unknown {', '.join(extra)}"] if extra else [])))
@@ -59,10 +65,13 @@ def _keys(d, expected: tuple[str, ...], where: str) -> None:
 
 def config_from_dict(cfg) -> AccumulatorConfig:
     """The :class:`AccumulatorConfig` of a state's ``config``; strict JSON types."""
-    _keys(cfg, CONFIG_KEYS, "state config")
+    _keys(cfg, CONFIG_KEYS, "state config", OPTIONAL_CONFIG_KEYS)
     for name in ("k", "num_bins"):
         if not _is_int(cfg[name]):
             raise StateError(f"state config.{name} must be an integer, got {cfg[name]!r}")
+    num_documents = cfg.get("num_documents")
+    if num_documents is not None and not _is_int(num_documents):
+        raise StateError(f"state config.num_documents must be an integer or null, got {num_documents!r}")
     if not _is_number(cfg["threshold"]) or not math.isfinite(cfg["threshold"]):
         raise StateError(f"state config.threshold must be a finite number, got {cfg['threshold']!r}")
     names = cfg["category_names"]
@@ -70,7 +79,7 @@ def config_from_dict(cfg) -> AccumulatorConfig:
         raise StateError(f"state config.category_names must be a list of non-empty strings, got {names!r}")
     try:
         return AccumulatorConfig(k=cfg["k"], threshold=cfg["threshold"], num_bins=cfg["num_bins"],
-                                 category_names=tuple(names))
+                                 category_names=tuple(names), num_documents=num_documents)
     except (TypeError, ValueError) as exc:
         raise StateError(f"state config: {exc}") from None
 
@@ -129,9 +138,16 @@ def check_sums(config: AccumulatorConfig, scalars: torch.Tensor, hist: torch.Ten
         rule(f[name] <= bound * (1 + _REL) + _REL, f"{name} > num_high_entropy / threshold")
 
 
-def validate_state_dict(d) -> tuple[AccumulatorConfig, torch.Tensor, torch.Tensor, bool]:
-    """Check a saved state completely; -> (config, scalars, hist, reduced)."""
-    _keys(d, STATE_KEYS, "accumulator state")
+def validate_state_dict(d) -> tuple[AccumulatorConfig, torch.Tensor, torch.Tensor, bool, torch.Tensor | None]:
+    """Check a saved state completely; -> (config, scalars, hist, reduced, trajectories).
+
+    ``trajectories`` is the per-trajectory table ``[num_documents, categories, fields]``,
+    or ``None`` when the state keeps none.
+    """
+    if isinstance(d, dict) and isinstance(d.get("config"), dict) and d["config"].get("num_documents") is not None:
+        _keys(d, STATE_KEYS + (traj.TABLE_KEY,), "accumulator state")
+    else:
+        _keys(d, STATE_KEYS, "accumulator state")
     if not _is_int(d["version"]) or d["version"] != STATE_VERSION:
         raise StateError(f"accumulator state version {d['version']!r} != {STATE_VERSION}")
     for name, expected in (("scalar_fields", SCALAR_FIELDS), ("bin_fields", BIN_FIELDS)):
@@ -143,7 +159,38 @@ def validate_state_dict(d) -> tuple[AccumulatorConfig, torch.Tensor, torch.Tenso
     scalars = _table(d["scalars"], (cfg.num_categories, len(SCALAR_FIELDS)), "scalars")
     hist = _table(d["hist"], (cfg.num_categories, cfg.num_bins, len(BIN_FIELDS)), "hist")
     check_sums(cfg, scalars, hist)
-    return cfg, scalars, hist, d["reduced"]
+    table = None
+    if cfg.num_documents is not None:
+        table = torch.zeros(cfg.num_documents, cfg.num_categories, len(SCALAR_FIELDS), dtype=torch.float64)
+        try:
+            traj.table_from_json(d[traj.TABLE_KEY], table, SCALAR_FIELDS, cfg.category_names)
+        except ValueError as exc:
+            raise StateError(str(exc)) from None
+        check_trajectory_sums(cfg, scalars, table)
+    return cfg, scalars, hist, d["reduced"], table
+
+
+def check_trajectory_sums(config: AccumulatorConfig, scalars: torch.Tensor, table: torch.Tensor,
+                          where: str = "state") -> None:
+    """Per-trajectory rows obey the scalar rules and add up to ``scalars``."""
+    table, scalars = table.detach().cpu(), scalars.detach().cpu()
+    if not bool(table.isfinite().all()) or bool((table < 0).any()):
+        raise StateError(f"{where} trajectories hold non-finite or negative sums")
+    f = {n: table[..., i] for i, n in enumerate(SCALAR_FIELDS)}
+    for name in SCALAR_COUNTS:
+        if not bool((f[name] == f[name].floor()).all()):
+            raise StateError(f"{where} trajectories.{name} holds fractional counts")
+    if not (bool((f["num_top1"] <= f["num_in_topk"]).all()) and bool((f["num_in_topk"] <= f["num_tokens"]).all())
+            and bool((f["num_high_entropy"] <= f["num_in_topk"]).all())):
+        raise StateError(f"{where} trajectories: a row breaks num_top1 <= num_in_topk <= num_tokens "
+                         "or num_high_entropy <= num_in_topk")
+    total = table.sum(0)
+    for i, name in enumerate(SCALAR_FIELDS):
+        a, b = total[:, i], scalars[:, i]
+        ok = (a == b) if name in SCALAR_COUNTS else ((a - b).abs() <= _REL * b.abs().clamp_min(1.0))
+        if not bool(ok.all()):
+            cat = config.category_names[int((~ok).nonzero()[0])]
+            raise StateError(f"{where} trajectories.{name} does not add up to scalars.{name} (category {cat!r})")
 
 
 def check_mergeable(a, b) -> None:
@@ -156,6 +203,8 @@ def check_mergeable(a, b) -> None:
             "a later all_reduce() would count the reduced one's tokens once per rank"
         )
     check_sums(b.config, b.scalars, b.hist, "merged-in state")
+    if b.trajectories is not None:
+        check_trajectory_sums(b.config, b.scalars, b.trajectories, "merged-in state")
 
 
 # ------------------------------------------------------- rank fingerprints

@@ -156,6 +156,8 @@ def assert_metrics_match(got: dict, ref: dict, what: str = "") -> None:
             assert_metrics_match(got[key], value, f"{what}.{key}")
         elif isinstance(value, float) and math.isnan(value):
             assert math.isnan(got[key]), f"{what}.{key}: {got[key]} != NaN"
+        elif value is None:  # e.g. num_documents without per-trajectory sums
+            assert got[key] is None, f"{what}.{key}: {got[key]} != None"
         else:
             assert got[key] == _approx(value), f"{what}.{key}"
 
@@ -169,6 +171,24 @@ def _approx(value):
 def contiguous_partition(world_size: int, size: int) -> list[list[int]]:
     """Ranks cut into consecutive groups of ``size`` (a shorter last group if needed)."""
     return [list(range(i, min(i + size, world_size))) for i in range(0, world_size, size)]
+
+
+def layout_groups(layout, rank: int, batch: int):
+    """This rank's ``MetricGroups``, batch rows and TP place under an explicit layout
+    ``(tp partition, cp partition, reduce partition, dp index of rank)``; every rank
+    must call it (it creates the groups)."""
+    from megatron_hesnr.integration import MetricGroups
+
+    tp_part, cp_part, red_part, dp_of = layout
+    tp_group, tp_ranks = new_groups(tp_part, rank)
+    _, cp_ranks = new_groups(cp_part, rank)
+    red_group, red_ranks = new_groups(red_part, rank)
+    dp_size = len(red_ranks) // len(cp_ranks)
+    rows = slice(dp_of(rank) * batch // dp_size, (dp_of(rank) + 1) * batch // dp_size)
+    groups = MetricGroups(tp=tp_group if len(tp_ranks) > 1 else None,
+                          reduce=red_group if len(red_ranks) > 1 else None,
+                          cp_rank=cp_ranks.index(rank), cp_size=len(cp_ranks), is_last_stage=True)
+    return groups, rows, tp_ranks.index(rank), len(tp_ranks)
 
 
 def new_groups(partition: list[list[int]], rank: int):

@@ -44,6 +44,7 @@ def test_quick_demo_succeeds_and_prints_table(quick_run):
     rc, out, stdout = quick_run
     assert rc == 0, stdout
     assert "HE-SNR over training" in stdout
+    assert "± SE" in stdout and "held-out trajectories (trajectory-clustered" in stdout
     assert f"report:  {out / 'report'}" in stdout
     summary = json.loads((out / "demo_summary.json").read_text())
     # One table row per checkpoint, in iteration order.
@@ -77,6 +78,11 @@ def test_quick_demo_records(quick_run):
             assert again[key] == m[key] or (math.isnan(again[key]) and math.isnan(m[key]))
         # Only action tokens are scored (prepare's default categories).
         assert set(m["by_category"]) == {"action"}
+        # Per-trajectory sums: one row per held-out trajectory, stderrs in the record.
+        n_docs = r["state"]["config"]["num_documents"]
+        assert n_docs >= 2 and m["num_documents"] == n_docs
+        assert math.isfinite(m["ppl_stderr"]) and m["ppl_stderr"] > 0
+        assert math.isfinite(m["hesnr_stderr"]) or m["num_high_entropy"] == 0
     # The same held-out tokens at every checkpoint.
     assert len({r["metrics"]["num_tokens"] for r in records}) == 1
 

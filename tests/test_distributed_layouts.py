@@ -12,15 +12,15 @@ import torch.distributed as dist
 
 import megatron_hesnr as mh
 from megatron_hesnr.context_parallel import context_parallel_positions, split_for_context_parallel
-from megatron_hesnr.integration import MetricGroups, reduce_metrics
+from megatron_hesnr.integration import reduce_metrics
 from megatron_hesnr.reduction import reduce_on_last_stage
 
 from distributed_harness import (
     assert_metrics_match,
     assert_state_match,
     assert_stats_match,
+    layout_groups,
     make_batch,
-    new_groups,
     reference,
     run_world,
     stats_dict,
@@ -99,18 +99,11 @@ LAYOUTS = {
 def _layout_checks(rank: int, world: int):
     logits, labels, mask = make_batch(11, BATCH, SEQ, VOCAB, PADDED)
     out = {}
-    for name, (tp_part, cp_part, red_part, dp_of) in LAYOUTS.items():
-        tp_group, tp_ranks = new_groups(tp_part, rank)
-        _, cp_ranks = new_groups(cp_part, rank)
-        red_group, red_ranks = new_groups(red_part, rank)
-        dp_size = len(red_ranks) // len(cp_ranks)
-        rows = slice(dp_of(rank) * BATCH // dp_size, (dp_of(rank) + 1) * BATCH // dp_size)
-        cp_rank, cp_size = cp_ranks.index(rank), len(cp_ranks)
-        groups = MetricGroups(tp=tp_group if len(tp_ranks) > 1 else None,
-                              reduce=red_group if len(red_ranks) > 1 else None,
-                              cp_rank=cp_rank, cp_size=cp_size, is_last_stage=True)
+    for name, layout in LAYOUTS.items():
+        groups, rows, tp_rank, tp_size = layout_groups(layout, rank, BATCH)
+        cp_rank, cp_size = groups.cp_rank, groups.cp_size
         local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size) for t in (logits, labels, mask)]
-        shard = tp_slice(local[0], tp_ranks.index(rank), len(tp_ranks))
+        shard = tp_slice(local[0], tp_rank, tp_size)
         stats = mh.token_stats(shard, local[1], vocab_size=VOCAB, tp_group=groups.tp, impl="torch")
         acc = mh.HESNRAccumulator()
         acc.update(stats, local[2])

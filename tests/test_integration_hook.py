@@ -169,6 +169,11 @@ def test_validation_line_format():
     line = format_validation_line("swe", 500, m, ("action",))
     assert line.startswith(" validation hesnr-swe at iteration 500 | hesnr value: 2.500000E-01 | ")
     assert "num_tokens: 30 |" in line and "action hesnr" not in line
+    # With per-trajectory sums compute() adds stderrs: "value: X ± SE" (NaN stderr: just X).
+    m.update(hesnr_stderr=0.0125, ppl_stderr=float("nan"), by_category={"action": dict(m, hesnr_stderr=0.5)})
+    line = format_validation_line("swe", 500, m, ("action",))
+    assert "| hesnr value: 2.500000E-01 ± 1.25E-02 | " in line and "| ppl value: 9.000000E+00 | " in line
+    assert "| action hesnr value: 2.500000E-01 ± 5.00E-01 | " in line
 
 
 def test_setup_errors_name_the_flag(tmp_path):

@@ -50,7 +50,17 @@ def plot_metrics_vs_step(summary: dict, out_dir: Path) -> list[str]:
             rr = sorted((r for r in rows if r["run"] == run), key=lambda r: r["iteration"])
             it = [r["iteration"] for r in rr]
             v = [r["metrics"][m["key"]] for r in rr]
-            ax.plot(it, v, "o-", ms=4, label=run or "(no run name)")
+            se = [r["metrics"].get(m["key"] + "_stderr") for r in rr]
+            if any(isinstance(s, float) and math.isfinite(s) for s in se):
+                # 95% intervals over trajectories (trajectory-clustered stderr).
+                yerr = [1.959964 * s if isinstance(s, float) and math.isfinite(s) else 0.0 for s in se]
+                ax.errorbar(it, v, yerr=yerr, fmt="o-", ms=4, capsize=3, elinewidth=1, label=run or "(no run name)")
+            else:
+                ax.plot(it, v, "o-", ms=4, label=run or "(no run name)")
+            for r, x, y in zip(rr, it, v):
+                p = (r.get("vs_previous") or {})
+                if m["key"] == "hesnr" and p.get("significant"):
+                    ax.annotate("*", (x, y), textcoords="offset points", xytext=(-9, 2), fontsize=12, color="C3")
             for r, x, y in zip(rr, it, v):
                 if r["score"] is not None and math.isfinite(y):
                     ax.plot([x], [y], "o", ms=10, mfc="none", mec="k", mew=1.2)
@@ -68,8 +78,10 @@ def plot_metrics_vs_step(summary: dict, out_dir: Path) -> list[str]:
         ax.set_visible(False)
     if len(summary["runs"]) > 1:
         axes[0].legend(fontsize=8)
-    fig.suptitle(f"Metrics per checkpoint (category: {summary['category']}); ringed: has a score "
-                 "(annotated)", fontsize=11)
+    bars = any(isinstance(r["metrics"].get("hesnr_stderr"), float) for r in rows)
+    fig.suptitle(f"Metrics per checkpoint (category: {summary['category']}); ringed: has a score (annotated)"
+                 + ("; bars: 95% interval over trajectories; red *: HE-SNR differs from the previous "
+                    "checkpoint (paired p < 0.05)" if bars else ""), fontsize=11)
     return _save(fig, out_dir, "metrics_vs_step")
 
 

@@ -78,18 +78,35 @@ def sensitivity_table(sens: dict) -> list[str]:
     return lines
 
 
+def _se(m: dict, key: str) -> str:
+    """``value`` or ``value ± stderr`` (trajectory-clustered, when the record has it)."""
+    se = m.get(key + "_stderr")
+    return _f(m[key]) + (f" ± {se:.2g}" if isinstance(se, float) and math.isfinite(se) else "")
+
+
+def vs_previous_cell(v: dict | None) -> str:
+    """Does HE-SNR differ from the run's previous checkpoint? (paired bootstrap, p < 0.05)"""
+    if not v:
+        return "-"
+    if v["status"] != "ok":
+        return f"n/a ({v['status']})"
+    return f"{'**yes**' if v['significant'] else 'no'} ({v['diff']:+.3g}, p={v['p']:.2g})"
+
+
 def checkpoint_table(rows: list[dict]) -> list[str]:
-    lines = ["| checkpoint | step | score (mean ± sd, n) | HE-SNR | HE-SNR top-k | HE-PPL | PPL | top-1 | "
-             "\\|HE\\|/\\|M\\| | \\|M\\| | adaptive eps | HE-SNR (adaptive) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| checkpoint | step | score (mean ± sd, n) | HE-SNR ± SE | differs from previous (HE-SNR) "
+             "| HE-SNR top-k | HE-PPL | PPL | top-1 | \\|HE\\|/\\|M\\| | \\|M\\| | trajectories "
+             "| adaptive eps | HE-SNR (adaptive) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m, s, a = r["metrics"], r["score"], r["adaptive"]
         score = f"{s['mean']:.4g} ± {s['std']:.2g} ({s['n']})" if s else "-"
         ad = _md(f"{a['threshold']:.4f}" + ("" if a["status"] == "valley" else f" (fallback: {a['reason']})"))
         lines.append(
-            f"| {_md(r['label'])} | {r['iteration']} | {score} | {_f(m['hesnr'])} | {_f(m['hesnr_topk'])} "
-            f"| {_f(m['he_ppl'])} | {_f(m['ppl'])} | {_f(m['top1_acc'])} | {_f(m['high_entropy_fraction'])} "
-            f"| {m['num_tokens']} | {ad} | {_f(m['hesnr_adaptive'])} |")
+            f"| {_md(r['label'])} | {r['iteration']} | {score} | {_se(m, 'hesnr')} "
+            f"| {_md(vs_previous_cell(r.get('vs_previous')))} | {_se(m, 'hesnr_topk')} "
+            f"| {_se(m, 'he_ppl')} | {_se(m, 'ppl')} | {_se(m, 'top1_acc')} | {_se(m, 'high_entropy_fraction')} "
+            f"| {m['num_tokens']} | {m.get('num_documents') or '-'} | {ad} | {_f(m['hesnr_adaptive'])} |")
     return lines
 
 
@@ -123,7 +140,12 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
                   "Per checkpoint it is the row HE-SNR (adaptive eps) above; pooled over the scored checkpoints "
                   "it is the last row here.", ""]
         lines += sensitivity_table(sens) + [""]
-    lines += ["## Checkpoints", ""] + checkpoint_table(summary["checkpoints"]) + [""]
+    lines += ["## Checkpoints", "",
+              "± SE: standard error over trajectories (ratio linearisation; figures show 95% intervals, "
+              "1.96 SE). *Differs from previous*: paired bootstrap of HE-SNR against the run's previous "
+              "checkpoint on the same trajectories, p < 0.05 (one test per row, not corrected for "
+              "multiple comparisons; `hesnr compare` gives every metric).", ""]
+    lines += checkpoint_table(summary["checkpoints"]) + [""]
     if figures:
         lines += ["## Figures", ""]
         for p in figures:

@@ -9,6 +9,8 @@ import logging
 import math
 
 from ..accumulator import metrics_from_sums
+from ..stderr import ALPHA
+from .compare import CompareError, compare_records
 from .correlation import correlate
 from .records import EvalRecord, ReadResult
 from .scores import ScoreTable, match_scores
@@ -43,7 +45,7 @@ def _category_arg(category):
     return None if category in (None, "all") else category
 
 
-def _select_dataset(records: list[EvalRecord], dataset: str | None) -> list[EvalRecord]:
+def select_dataset(records: list[EvalRecord], dataset: str | None) -> list[EvalRecord]:
     names = sorted({r.dataset or "" for r in records})
     if dataset is not None:
         kept = [r for r in records if (r.dataset or "") == dataset]
@@ -82,6 +84,7 @@ def checkpoint_row(rec: EvalRecord, category, rule: ValleyRule) -> dict:
     acc = rec.accumulator
     cfg = acc.config
     m = metrics_from_sums(acc.sums(category))
+    m.update(acc.uncertainty(category))   # num_documents and *_stderr when trajectories are tracked
     hist = acc.histogram(category)
     adaptive = valley_threshold(hist, cfg.threshold, rule)
     swept = acc.sweep([adaptive["threshold"]], category=category)[0]
@@ -92,8 +95,26 @@ def checkpoint_row(rec: EvalRecord, category, rule: ValleyRule) -> dict:
         "iteration": rec.iteration, "consumed_samples": rec.consumed_samples,
         "dataset": rec.dataset, "time": rec.time, "source": rec.source,
         "config": {"k": cfg.k, "threshold": cfg.threshold, "num_bins": cfg.num_bins},
-        "metrics": m, "adaptive": adaptive, "score": None,
+        "metrics": m, "adaptive": adaptive, "score": None, "vs_previous": None,
     }
+
+
+def _vs_previous(records: list[EvalRecord], rows: list[dict], category, n_boot: int, seed: int) -> None:
+    """``row["vs_previous"]``: paired HE-SNR comparison with the run's previous checkpoint
+    (left ``None`` without per-trajectory sums or bootstrap)."""
+    order = sorted(range(len(rows)), key=lambda i: (rows[i]["run"], rows[i]["iteration"]))
+    for prev, cur in zip(order, order[1:]):
+        if rows[prev]["run"] != rows[cur]["run"] or n_boot <= 0 or any(
+                records[i].accumulator.config.num_documents is None for i in (prev, cur)):
+            continue
+        entry = {"previous": rows[prev]["label"]}
+        try:
+            res = compare_records(records[prev], records[cur], category=category, n_boot=n_boot, seed=seed,
+                                  metrics=["hesnr"])["metrics"]["hesnr"]
+            entry.update(status="ok", diff=res["diff"], ci=res["ci"], p=res["p"], significant=bool(res["p"] < ALPHA))
+        except CompareError as exc:  # e.g. the run's evaluation set changed between checkpoints
+            entry["status"] = str(exc)
+        rows[cur]["vs_previous"] = entry
 
 
 def _correlations(rows: list[dict], n_boot: int, seed: int) -> dict:
@@ -148,7 +169,7 @@ def analyse(read: ReadResult, scores: ScoreTable | None = None, *, category: str
     category = _category_arg(category)
     if not read.records:
         raise AnalysisError("no usable evaluation record (every line was bad or the files are empty)")
-    records = _select_dataset(read.records, dataset)
+    records = select_dataset(read.records, dataset)
     _check_category(records, category)
     notes: list[str] = []
     if read.bad_lines:
@@ -157,6 +178,11 @@ def analyse(read: ReadResult, scores: ScoreTable | None = None, *, category: str
         notes.append(f"{len(read.duplicates)} duplicate record(s) superseded by a newer one of the same checkpoint.")
     _check_one_config(records)
     rows = [checkpoint_row(r, category, rule) for r in records]
+    _vs_previous(records, rows, category, n_boot, seed)
+    untracked = [r.label for r in records if r.accumulator.config.num_documents is None]
+    if untracked:
+        notes.append(f"{len(untracked)} record(s) without per-trajectory sums: no standard errors and no "
+                     "comparison with the previous checkpoint for them: " + ", ".join(untracked[:5]))
 
     match = None
     if scores is not None:

@@ -67,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     print(f"HE-SNR over training ({summary['eval_path']}):")
     print(format_table(summary))
+    n_docs = summary["checkpoints"][0].get("num_documents") if summary["checkpoints"] else None
+    if n_docs:
+        print(f"± SE: standard error of HE-SNR over the {n_docs} held-out trajectories (trajectory-clustered; "
+              "`hesnr compare` tests a difference between two checkpoints)")
     if summary.get("last_histogram"):
         print()
         print(f"H_k histogram of the scored action tokens at iteration {summary['checkpoints'][-1]['iteration']}:")

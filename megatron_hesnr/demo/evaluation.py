@@ -123,7 +123,8 @@ class _Checks:
 def _compare(a: dict, b: dict) -> float:
     """Largest relative difference ``|a - b| / max(1, |b|)`` over the headline metrics."""
     worst = 0.0
-    for key in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "high_entropy_fraction", "num_high_entropy"):
+    for key in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "high_entropy_fraction", "num_high_entropy",
+                "hesnr_stderr", "ppl_stderr"):
         x, y = a.get(key), b.get(key)
         if x is None or y is None or (math.isnan(float(x)) and math.isnan(float(y))):
             continue
@@ -152,21 +153,23 @@ def evaluate_checkpoint(model, windows: EvalWindows, acc: HESNRAccumulator, *, v
             ce_fn = None
     row = 0
     with torch.no_grad():
-        for inputs, labels, mask in windows.batches(batch_size):
+        for inputs, labels, mask, doc_ids in windows.batches(batch_size):
             hidden = model.hidden(inputs)                      # [b, s, h]
             labels_sb = labels.t().contiguous()                 # Megatron's [s, b] layout
             mask_sb = mask.t().contiguous()
+            # Trajectory of every token: per-trajectory sums give the stderrs.
+            doc_sb = doc_ids.t().contiguous() if acc.config.num_documents is not None else None
             if output_layer is None:
                 logits = hidden.transpose(0, 1) @ model.output_weight.t()
             else:
                 logits = output_layer(hidden.transpose(0, 1).contiguous())   # [s, b, V/tp]
             stats = token_stats(logits, labels_sb, k=k, vocab_size=vocab_size, tp_group=tp_group)
-            acc.update(stats, mask_sb)
+            acc.update(stats, mask_sb, doc_sb)
             top1[row:row + inputs.shape[0]] = (stats.top1 & stats.valid).t()
             if single is not None:
                 full = hidden.transpose(0, 1) @ model.output_weight.t()
                 ref = token_stats(full, labels_sb, k=k, vocab_size=vocab_size)
-                single.update(ref, mask_sb)
+                single.update(ref, mask_sb, doc_sb)
             if check and ce_fn is not None:
                 # Megatron's CE covers the padded vocabulary; push the padding columns
                 # to a huge negative logit (finite, so a shard of only padding stays
@@ -212,8 +215,9 @@ def _evaluate_all(job: EvalJob, rank: int, size: int, groups: MetricGroups, outp
             append_records(job.records_path, [record])
             extras["checkpoints"].append({"iteration": info["iteration"], "seconds": time.perf_counter() - t0,
                                           "checked": check, **asdict(checks), "top1": top1.tolist()})
-            log.info("eval: iter %6d  HE-SNR %.4f  HE-PPL %.2f  PPL %.2f  |HE|/|M| %d/%d  (%.1fs)",
-                     info["iteration"], metrics["hesnr"], metrics["he_ppl"], metrics["ppl"],
+            log.info("eval: iter %6d  HE-SNR %.4f ± %.4f  HE-PPL %.2f  PPL %.2f  |HE|/|M| %d/%d  (%.1fs)",
+                     info["iteration"], metrics["hesnr"], metrics.get("hesnr_stderr", float("nan")),
+                     metrics["he_ppl"], metrics["ppl"],
                      metrics["num_high_entropy"], metrics["num_tokens"], time.perf_counter() - t0)
     if rank == 0:
         with open(job.extras_path, "w", encoding="utf-8") as f:

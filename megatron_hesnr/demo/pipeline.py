@@ -241,7 +241,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         eval_docs = eval_docs[:keep]
         windows = make_windows(eval_docs, cfg.seq_length, cfg.eval_stride)
     torch.save(windows.to_dict(), work / "eval_windows.pt")
-    acc_cfg = AccumulatorConfig()
+    # One table row per held-out trajectory: the stderrs and `hesnr compare` resample them.
+    acc_cfg = AccumulatorConfig(num_documents=len(eval_docs))
     records_path = out / "records.jsonl"
     job = EvalJob(
         checkpoints=[{"iteration": c.iteration, "consumed_samples": c.consumed_samples, "path": str(c.path),
@@ -298,7 +299,8 @@ def run_demo(cfg: DemoConfig) -> dict:
             {"iteration": r["iteration"], "train_loss": c.train_loss, "proxy": r["_proxy"]["score"],
              "proxy_exact_match": r["_proxy"]["exact_match"],
              **{k: r["metrics"][k] for k in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc",
-                                             "num_high_entropy", "num_tokens", "high_entropy_fraction")}}
+                                             "num_high_entropy", "num_tokens", "high_entropy_fraction",
+                                             "num_documents", "hesnr_stderr", "he_ppl_stderr", "ppl_stderr")}}
             for r, c in zip(records, checkpoints)
         ],
         "last_histogram": _histogram_of(records[-1]) if records else None,
@@ -318,11 +320,14 @@ def _histogram_of(record: dict) -> dict:
 
 # --------------------------------------------------------------------------- terminal output
 def format_table(summary: dict) -> str:
-    head = f"{'iteration':>9}  {'train loss':>10}  {'HE-SNR':>8}  {'HE-PPL':>8}  {'PPL':>8}  {'top-1':>6}  {'|HE|/|M|':>13}  {'proxy':>6}  {'EM':>5}"
+    """One row per checkpoint; ``± SE`` is the trajectory-clustered standard error."""
+    head = (f"{'iteration':>9}  {'train loss':>10}  {'HE-SNR':>8}  {'± SE':>7}  {'HE-PPL':>8}  {'PPL':>8}  "
+            f"{'top-1':>6}  {'|HE|/|M|':>13}  {'proxy':>6}  {'EM':>5}")
     lines = [head, "-" * len(head)]
     for c in summary["checkpoints"]:
         he = f"{c['num_high_entropy']}/{c['num_tokens']}"
-        lines.append(f"{c['iteration']:>9}  {c['train_loss']:>10.3f}  {_f(c['hesnr'], 4):>8}  {_f(c['he_ppl'], 2):>8}  "
+        lines.append(f"{c['iteration']:>9}  {c['train_loss']:>10.3f}  {_f(c['hesnr'], 4):>8}  "
+                     f"{_f(c.get('hesnr_stderr'), 4):>7}  {_f(c['he_ppl'], 2):>8}  "
                      f"{_f(c['ppl'], 2):>8}  {_f(c['top1_acc'], 3):>6}  {he:>13}  {_f(c['proxy'], 3):>6}  {_f(c['proxy_exact_match'], 3):>5}")
     return "\n".join(lines)
 

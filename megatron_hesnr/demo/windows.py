@@ -36,9 +36,12 @@ class EvalWindows:
         return self.inputs.shape[0]
 
     def batches(self, batch_size: int):
+        """(inputs, labels, mask, doc_ids) per batch; ``doc_ids`` [b, T] is the window's
+        trajectory index at every position (for the per-trajectory sums)."""
         for lo in range(0, self.num_windows, batch_size):
             hi = lo + batch_size
-            yield self.inputs[lo:hi], self.labels[lo:hi], self.mask[lo:hi]
+            doc_ids = self.doc[lo:hi, None].expand(-1, self.labels.shape[1])
+            yield self.inputs[lo:hi], self.labels[lo:hi], self.mask[lo:hi], doc_ids
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in ("inputs", "labels", "mask", "doc", "position")}

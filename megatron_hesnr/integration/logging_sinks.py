@@ -45,8 +45,16 @@ def format_validation_line(dataset: str, iteration: int, metrics: dict, categori
         tag = "" if cat == "all" else f"{cat} "
         for key in LINE_METRICS:
             v = m[key]
-            parts.append(f"{tag}{key} value: {v:.6E} | " if isinstance(v, float) else f"{tag}{key}: {v} | ")
+            parts.append(f"{tag}{key} value: {_with_stderr(v, m.get(key + '_stderr'))} | "
+                         if isinstance(v, float) else f"{tag}{key}: {v} | ")
     return "".join(parts)
+
+
+def _with_stderr(value: float, stderr) -> str:
+    """``X`` or, when a trajectory-clustered stderr is known, ``X ± SE``."""
+    if isinstance(stderr, float) and math.isfinite(stderr):
+        return f"{value:.6E} ± {stderr:.2E}"
+    return f"{value:.6E}"
 
 
 def print_validation_line(line: str) -> None:
