@@ -376,6 +376,8 @@ class HESNRAccumulator:
         """JSON-friendly state: config, field names and the sums as nested lists."""
         cfg = asdict(self.config)
         cfg["category_names"] = list(self.config.category_names)
+        if cfg["num_documents"] is None:
+            del cfg["num_documents"]  # untracked states keep the layout of earlier records
         d = {
             "version": STATE_VERSION,
             "config": cfg,

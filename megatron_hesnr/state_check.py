@@ -70,8 +70,9 @@ def config_from_dict(cfg) -> AccumulatorConfig:
         if not _is_int(cfg[name]):
             raise StateError(f"state config.{name} must be an integer, got {cfg[name]!r}")
     num_documents = cfg.get("num_documents")
-    if num_documents is not None and not _is_int(num_documents):
-        raise StateError(f"state config.num_documents must be an integer or null, got {num_documents!r}")
+    if "num_documents" in cfg and not _is_int(num_documents):
+        # Written only by states that keep per-trajectory sums (absent otherwise).
+        raise StateError(f"state config.num_documents must be an integer, got {num_documents!r}")
     if not _is_number(cfg["threshold"]) or not math.isfinite(cfg["threshold"]):
         raise StateError(f"state config.threshold must be a finite number, got {cfg['threshold']!r}")
     names = cfg["category_names"]
