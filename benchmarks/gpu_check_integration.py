@@ -11,7 +11,8 @@ What it does, side by side in one process:
 2. runs the HE-SNR pass (:class:`HESNRPass`) through ``get_forward_backward_func``
    over synthetic trajectories (some longer than --seq-length: sliding windows);
 3. recomputes the same windows as a reference: ``forward(labels=None)`` logits ->
-   ``token_stats(impl="torch")`` -> accumulator, and compares counts and metrics;
+   ``token_stats(impl="torch")`` -> accumulator, and compares counts and metrics, and the
+   per-trajectory counts of the pass's table (trajectory indices on the device);
 4. times the plain evaluation step (Megatron's forward with labels -> per-token loss,
    as ``evaluate()`` runs it) and the hook pass on the same windows, and reports
    time and peak-memory ratios;
@@ -43,6 +44,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_hesnr import HESNRAccumulator, token_stats  # noqa: E402
+from megatron_hesnr.accumulator import SCALAR_FIELDS  # noqa: E402
 from megatron_hesnr.integration.capture import LogitsCapture, resolve_capture  # noqa: E402
 from megatron_hesnr.integration.config import EvalDataset, HESNRConfig  # noqa: E402
 from megatron_hesnr.integration.eval_pass import EvalTopology, HESNRPass, plan_set  # noqa: E402
@@ -198,15 +200,24 @@ def plain_eval(model, wset, args, fb, device):
 
 def reference(model, wset, args, cfg, device):
     S = args.seq_length
-    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins)
+    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins,
+                           num_documents=len(wset.dataset))
     pos = torch.arange(S, device=device)[None]
     kw = {"fp32_output": False} if not args.cpu else {}
     with torch.no_grad():
         for idx, w in wset.windows:
             x, y, m = (torch.from_numpy(a)[None].to(device) for a in window_sample(*wset.dataset[idx], w, S))
             logits = model(x, pos, None, labels=None, **kw)
-            acc.update(token_stats(logits, y, k=cfg.k, vocab_size=args.vocab, impl="torch"), m)
+            acc.update(token_stats(logits, y, k=cfg.k, vocab_size=args.vocab, impl="torch"), m,
+                       torch.full_like(m, idx))
     return acc
+
+
+def trajectory_counts_equal(acc, ref) -> bool:
+    """Per-trajectory token counts of the pass's table == the reference's (exact)."""
+    cols = [SCALAR_FIELDS.index("num_tokens"), SCALAR_FIELDS.index("num_invalid")]
+    return acc.trajectories is not None and torch.equal(acc.trajectories[..., cols].cpu(),
+                                                        ref.trajectories[..., cols].cpu())
 
 
 def timed(fn, args, repeat):
@@ -250,7 +261,7 @@ def check_model(name, model, args, mtp=False):
     assert model.training, "model mode not restored"
     got, want = acc.compute(), ref.compute()
     out["hook"] = {k: got[k] for k in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "num_tokens",
-                                        "num_high_entropy", "num_invalid")}
+                                        "num_high_entropy", "num_invalid", "num_documents", "hesnr_stderr")}
     out["reference"] = {k: want[k] for k in out["hook"]}
     out["max_rel_diff"] = max(
         abs(got[k] - want[k]) / max(abs(want[k]), 1e-30)
@@ -258,6 +269,7 @@ def check_model(name, model, args, mtp=False):
         if not (math.isnan(got[k]) and math.isnan(want[k]))
     )
     out["counts_equal"] = all(got[k] == want[k] for k in ("num_tokens", "num_invalid"))
+    out["trajectory_counts_equal"] = trajectory_counts_equal(acc, ref)
     out["high_entropy_count_diff"] = got["num_high_entropy"] - want["num_high_entropy"]
 
     # Timing: plain evaluation step vs the hook's pass on the same windows.
@@ -369,7 +381,7 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
-    ok = all(c.get("skipped") or (c["counts_equal"] and c["max_rel_diff"] < 1e-4
+    ok = all(c.get("skipped") or (c["counts_equal"] and c["trajectory_counts_equal"] and c["max_rel_diff"] < 1e-4
                                   and c.get("padded_vs_bucketed", {}).get("counts_equal", True))
              for c in results["checks"])
     torch.distributed.destroy_process_group()

@@ -245,12 +245,37 @@ def reference_accumulator(wset, weights, cfg):
     from megatron_hesnr import HESNRAccumulator, token_stats
     from megatron_hesnr.integration.windows import window_sample
 
-    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins, category_names=cfg.category_names)
+    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins, category_names=cfg.category_names,
+                           num_documents=len(wset.dataset))
     for idx, w in wset.windows:
         x, y, m = (torch.from_numpy(a)[None] for a in window_sample(*wset.dataset[idx], w, SEQ))
         logits = reference_logits(weights, x, torch.arange(SEQ)[None])
-        acc.update(token_stats(logits, y, k=cfg.k, vocab_size=VOCAB, impl="torch"), m)
+        acc.update(token_stats(logits, y, k=cfg.k, vocab_size=VOCAB, impl="torch"), m, torch.full_like(m, idx))
     return acc
+
+
+def trajectory_tables_match(got: dict, ref, where: str) -> None:
+    """The per-trajectory sums of a JSON state (``got``) equal ``ref``'s (counts exact, sums 1e-6)."""
+    from megatron_hesnr import HESNRAccumulator
+
+    acc = HESNRAccumulator.from_state_dict(got)
+    assert acc.trajectories is not None, f"{where}: no per-trajectory sums"
+    torch.testing.assert_close(acc.trajectories, ref.trajectories, rtol=1e-6, atol=1e-6,
+                               msg=lambda m: f"{where} per-trajectory sums: {m}")
+
+
+def windows_by_dp_rank(plan, wset, dp_size: int) -> dict:
+    """``{trajectory: set of DP ranks}`` its windows are fed on under ``plan``."""
+    shape, where = plan.shape, {}
+    for bucket in plan.buckets:
+        for first, count, nmb in shape.calls(len(bucket.windows)):
+            for j in range(nmb):
+                for r in range(dp_size):
+                    for b in range(shape.micro_batch_size):
+                        g = shape.slot(j, r, b)
+                        if g < count:
+                            where.setdefault(wset.windows[bucket.windows[first + g]][0], set()).add(r)
+    return where
 
 
 

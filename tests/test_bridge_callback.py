@@ -86,12 +86,13 @@ def make_callback(tmp_path, **fields):
 
 
 def reference(model, prefix, stride=None):
-    acc = HESNRAccumulator(num_bins=32)
+    """Direct accumulation window by window, with each window's trajectory index."""
+    acc = HESNRAccumulator(num_bins=32, num_documents=len(SETS[prefix]))
     model.eval()
     with torch.no_grad():
         for i, w in plan_set("x", SETS[prefix], S, "window", stride or S // 2).windows:
             x, y, m = (torch.from_numpy(a)[None] for a in window_sample(*SETS[prefix][i], w, S))
-            acc.update(token_stats(model(x, None, None), y, vocab_size=V, impl="torch"), m)
+            acc.update(token_stats(model(x, None, None), y, vocab_size=V, impl="torch"), m, torch.full_like(m, i))
     model.train()
     return acc
 
@@ -130,12 +131,17 @@ def test_eval_end_records_logs_and_loss_dict(bridge, tmp_path, bridge_logs):
     assert recs[0]["checkpoint"] == "/ckpt/runB/iter_0000004" and recs[0]["run"] == "runB"
     assert recs[0]["config"]["seq_length"] == S and "loss_dict_metrics" not in recs[0]["config"]
     for rec, prefix in zip(recs, ("/d/a", "/d/b")):
-        want = reference(model, prefix).compute()
+        ref = reference(model, prefix)
+        want = ref.compute()
         assert want["num_tokens"] > 0 and want["num_high_entropy"] > 0
-        for key in ("num_tokens", "num_high_entropy", "hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc"):
+        for key in ("num_tokens", "num_high_entropy", "hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc",
+                    "num_documents", "hesnr_stderr", "he_ppl_stderr", "ppl_stderr", "top1_acc_stderr"):
             assert same(rec["metrics"][key], want[key]), (prefix, key)
-        restored = HESNRAccumulator.from_state_dict(rec["state"]).compute()
-        assert restored["hesnr"] == rec["metrics"]["hesnr"]
+        assert rec["metrics"]["hesnr_stderr"] > 0
+        restored = HESNRAccumulator.from_state_dict(rec["state"])
+        assert restored.compute()["hesnr"] == rec["metrics"]["hesnr"]
+        # The per-trajectory sums of the record: windows of one trajectory in one row.
+        torch.testing.assert_close(restored.trajectories, ref.trajectories, rtol=1e-9, atol=1e-9)
 
     expected = {}
     for rec in recs:

@@ -4,8 +4,9 @@ Each of 2 processes fires Bridge's own ``CallbackManager`` with a real ``Callbac
 the callback takes the process groups from Bridge's ``get_pg_collection(model)`` and the
 forward-only schedule (1F1B under PP, with a ``P2PCommunicator`` as Bridge builds it) from
 megatron-core, and runs the shared evaluation pass with megatron-core's vocab-parallel
-output layer.  The JSONL record and the ``total_loss_dict`` entries of the last rank must
-equal an accumulator computed in one process from full-vocabulary logits.
+output layer.  The JSONL record (per-trajectory sums and stderrs included) and the
+``total_loss_dict`` entries of the last rank must equal an accumulator computed in one
+process from full-vocabulary logits.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ pytest.importorskip("megatron.core")
 
 import hesnr_bridge_helpers as B  # noqa: E402
 import hesnr_integration_helpers as H  # noqa: E402
+from distributed_harness import STDERR_REL  # noqa: E402
 
 # (tp, pp, give the model its own ProcessGroupCollection)
 LAYOUTS = [(2, 1, False), (1, 2, True), (1, 1, False)]
@@ -85,6 +87,9 @@ def _run(rank, world, port, tmpdir):
             for key in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc"):
                 assert got[key] == pytest.approx(want[key], rel=1e-5, nan_ok=True), (where, key)
             assert r["state"]["reduced"] is True
+            assert got["num_documents"] == want["num_documents"] and got["hesnr_stderr"] > 0, where
+            assert got["hesnr_stderr"] == pytest.approx(want["hesnr_stderr"], rel=STDERR_REL), where
+            H.trajectory_tables_match(r["state"], ref, where)
             assert loss[f"hesnr/{r['dataset']}/all/hesnr"].item() == pytest.approx(want["hesnr"], rel=1e-5), where
             assert loss[f"hesnr/{r['dataset']}/all/he_ppl"].item() == pytest.approx(want["he_ppl"], rel=1e-5), where
     ps.destroy_model_parallel()

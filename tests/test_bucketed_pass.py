@@ -5,8 +5,8 @@ tiny megatron-core ``GPTModel`` (local spec, RoPE, causal mask type), and CP=2 w
 per-token test LM (the local spec has no context-parallel attention: that needs Transformer
 Engine).  The set mixes trajectories shorter and longer than ``--seq-length`` (sliding
 windows), so buckets of several lengths and full-length windows both occur.  For each
-layout the bucketed pass must give the padded pass's accumulator state and metrics
-(1e-6 relative, fp32; counts exact), while feeding fewer positions.
+layout the bucketed pass must give the padded pass's accumulator state (per-trajectory
+sums included) and metrics (1e-6 relative, fp32; counts exact), while feeding fewer positions.
 """
 from __future__ import annotations
 
@@ -117,6 +117,8 @@ def test_bucketed_equals_padded(world, layout):
         (pad_state, pad_metrics, pad_plan), (b_state, b_metrics, b_plan) = result[layout][True], result[layout][False]
         where = f"{layout} rank {rank}"
         assert pad_metrics["num_tokens"] > 0
+        # The states include the per-trajectory sums: bucketing leaves every trajectory's row as it was.
+        assert pad_metrics["num_documents"] >= len(LENGTHS) - 1 and pad_metrics["hesnr_stderr"] > 0, where
         for key in ("num_tokens", "num_high_entropy", "num_invalid"):
             assert b_metrics[key] == pad_metrics[key], (where, key)
         assert_state_match(b_state, pad_state, where)

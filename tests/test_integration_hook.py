@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import math
 import random
 import re
@@ -19,7 +20,7 @@ from megatron_hesnr.integration.config import EvalDataset, HESNRConfig, HESNRCon
 from megatron_hesnr.integration.eval_pass import EvalTopology
 from megatron_hesnr.integration.guard import training_state_preserved
 from megatron_hesnr.integration.hook import MegatronHESNRHook
-from megatron_hesnr.integration.logging_sinks import format_validation_line
+from megatron_hesnr.integration.logging_sinks import _stdout_logger, format_validation_line
 from megatron_hesnr.integration.records import read_records
 
 V, S = 24, 8
@@ -132,6 +133,78 @@ def test_same_numbers_as_direct_accumulation(tmp_path):
             ref.update(token_stats(model(x, None, None), y, vocab_size=V, impl="torch"), m)
     assert data["sets"]["a"]["metrics"]["num_tokens"] == ref.compute()["num_tokens"] > 0
     assert data["sets"]["a"]["metrics"]["hesnr"] == pytest.approx(ref.compute()["hesnr"], nan_ok=True)
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def _reference_with_trajectories(model, ds, stride):
+    """Direct accumulation, window by window, with each window's trajectory index."""
+    from megatron_hesnr import token_stats
+    from megatron_hesnr.integration.eval_pass import plan_set
+    from megatron_hesnr.integration.windows import window_sample
+
+    ref = HESNRAccumulator(num_bins=32, num_documents=len(ds))
+    with torch.no_grad():
+        for i, w in plan_set("x", ds, S, "window", stride).windows:
+            x, y, m = (torch.from_numpy(a)[None] for a in window_sample(*ds[i], w, S))
+            ref.update(token_stats(model(x, None, None), y, vocab_size=V, impl="torch"), m, torch.full_like(m, i))
+    return ref
+
+
+def test_records_carry_stderrs_and_two_checkpoints_compare(tmp_path):
+    """Two evaluations (different weights) through the real pass: per-trajectory sums in every
+    record (equal to direct accumulation), ``±`` on the validation line, and ``hesnr compare``
+    on the JSONL gives diff / ci / p."""
+    from megatron_hesnr.cli import main
+    from megatron_hesnr.stderr import RATIO_METRICS
+
+    args = _args(curr_iteration=3)
+    # micro-batches of 2 windows: padded positions and empty filler samples carry no trajectory.
+    hook = make_hook(tmp_path, args, long_policy="window", window_stride=3, micro_batch_size=2, num_microbatches=3)
+    a, b = Plain(), Plain()
+    with torch.no_grad():
+        b.output_layer.weight.mul_(1.7)
+    catch = _Lines()
+    _stdout_logger().addHandler(catch)  # beside its stdout handler (made first)
+    try:
+        hook.non_loss_data_func([a])
+        args.curr_iteration = 7
+        hook.non_loss_data_func([b])
+    finally:
+        _stdout_logger().removeHandler(catch)
+    lines = [line for line in catch.lines if "validation hesnr-" in line]
+    assert len(lines) == 4 and all(re.search(r"\| hesnr value: \S+ ± \S+ \|", line) for line in lines), lines
+    recs = read_records(str(tmp_path / "r.jsonl"))
+    assert [(r["iteration"], r["dataset"]) for r in recs] == [(4, "a"), (4, "b"), (8, "a"), (8, "b")]
+    ds = Data()
+    assert max(len(t) for t, _ in ds.items) > S + 1  # sliding windows: a trajectory in several rows of the pass
+    for rec, model in ((recs[0], a), (recs[2], b)):
+        ref = _reference_with_trajectories(model, ds, 3)
+        got = HESNRAccumulator.from_state_dict(rec["state"])
+        assert got.config.num_documents == len(ds) and rec["state"]["trajectories"]["num_documents"] == len(ds)
+        torch.testing.assert_close(got.trajectories, ref.trajectories, rtol=1e-9, atol=1e-9)
+        for m in RATIO_METRICS:
+            want = ref.compute()[m + "_stderr"]
+            assert rec["metrics"][m + "_stderr"] == pytest.approx(want, rel=1e-6, nan_ok=True), m
+        assert rec["metrics"]["hesnr_stderr"] > 0
+    out = tmp_path / "cmp.json"
+    assert main(["compare", str(tmp_path / "r.jsonl"), "--a", "iter_0000004", "--b", "iter_0000008",
+                 "--dataset", "a", "--json", str(out), "--bootstrap", "200"]) == 0
+    res = json.loads(out.read_text())
+    assert set(res) == set(RATIO_METRICS)
+    for m, e in res.items():
+        assert set(e) == {"a", "b", "diff", "ci", "p"}, m
+    assert res["ppl"]["a"] == pytest.approx(recs[0]["metrics"]["ppl"]) and res["ppl"]["b"] == pytest.approx(
+        recs[2]["metrics"]["ppl"])
+    assert res["ppl"]["diff"] != 0 and res["ppl"]["ci"][0] <= res["ppl"]["diff"] <= res["ppl"]["ci"][1]
+    assert 0 < res["ppl"]["p"] <= 1
 
 
 class FakeWriter:

@@ -4,7 +4,10 @@ One spawn of 4 processes walks through the layouts, re-initialising megatron-cor
 ``parallel_state`` for each; the hook runs through the real ``get_forward_backward_func``
 schedule (the 1F1B pipeline schedule when PP > 1) with the real vocab-parallel
 ``ColumnParallelLinear`` output layer, and its reduced accumulator must equal one
-computed in a single process from full-vocabulary logits of the unsplit model.
+computed in a single process from full-vocabulary logits of the unsplit model, down to
+the per-trajectory sums: trajectories are longer than ``--seq-length`` (several sliding
+windows each) and under DP > 1 the windows of one trajectory run on different DP ranks,
+so only the one all-reduce brings a trajectory's row together.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch
 pytest.importorskip("megatron.core")
 
 import hesnr_integration_helpers as H  # noqa: E402
+from distributed_harness import STDERR_REL  # noqa: E402
 
 # (tp, cp, pp, ep, logits capture)
 LAYOUTS = [
@@ -78,9 +82,10 @@ def _run(rank, world, port, tmpdir):
         if rank != world - 1:
             assert data is None
             continue
+        refs, dp = {}, ps.get_data_parallel_world_size()
         for name in sets:
             wset = plan_set(name, sets[name], H.SEQ, "window", cfg.stride_for(H.SEQ))
-            ref = H.reference_accumulator(wset, weights, cfg)
+            ref = refs[name] = H.reference_accumulator(wset, weights, cfg)
             got = data["sets"][name]["metrics"]
             want = ref.compute()
             where = f"layout tp={tp} cp={cp} pp={pp} ep={ep} {capture}, set {name}"
@@ -90,6 +95,16 @@ def _run(rank, world, port, tmpdir):
                 assert got[key] == pytest.approx(want[key], rel=1e-5, nan_ok=True), (where, key, got[key], want[key])
             assert set(got["by_category"]) == set(want["by_category"]), where
             assert data["sets"][name]["hist"]["count"] == ref.histogram()["count"], where
+            # Trajectory 0 scores nothing: the stderrs count the trajectories with scored tokens.
+            assert got["num_documents"] == want["num_documents"] == len(sets[name]) - 1, where
+            assert got["hesnr_stderr"] > 0, where
+            for key in ("hesnr_stderr", "he_ppl_stderr", "ppl_stderr", "top1_acc_stderr"):
+                assert got[key] == pytest.approx(want[key], rel=STDERR_REL, nan_ok=True), (where, key)
+            spread = H.windows_by_dp_rank(hook._plans[name], wset, dp)
+            windows_of = [i for i, _ in wset.windows]
+            assert max(windows_of.count(i) for i in windows_of) > 1, where  # sliding windows
+            if dp > 1:  # some trajectory's windows ran on different DP ranks
+                assert max(len(r) for r in spread.values()) > 1, (where, spread)
         recs = [json.loads(line) for line in open(jsonl)]
         assert [r["dataset"] for r in recs] == ["p1", "p2"]
         for r in recs:
@@ -98,6 +113,9 @@ def _run(rank, world, port, tmpdir):
             assert r["iteration"] == 100 + li and r["consumed_samples"] == 1234
             assert r["checkpoint"] == f"{tmpdir}/ckpt/iter_{100 + li:07d}" and r["run"] == "ckpt"
             assert r["state"]["reduced"] is True
+            assert r["state"]["config"]["num_documents"] == len(sets[r["dataset"]])
+            H.trajectory_tables_match(r["state"], refs[r["dataset"]], f"layout {li} set {r['dataset']}")
+            assert r["metrics"]["hesnr_stderr"] == pytest.approx(refs[r["dataset"]].compute()["hesnr_stderr"], rel=STDERR_REL)
     ps.destroy_model_parallel()
     torch.distributed.destroy_process_group()
 

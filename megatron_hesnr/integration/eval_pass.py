@@ -10,11 +10,14 @@ forward-only schedule calls at that bucket's sequence length: per call every
 data-parallel rank runs ``num_microbatches`` micro-batches of ``micro_batch_size``
 windows (fewer in a bucket's last call; slots beyond its windows are empty samples
 that score nothing).  As in Megatron's ``get_batch``, only tensor-parallel
-rank 0 reads the data; the micro-batch (tokens, labels, scoring mask, positions)
-is broadcast over the TP group and then split for context parallelism by the same
-function that splits the loss mask, so the scoring mask goes where its tokens go.
-The logits of the last pipeline stage go to :func:`token_stats` (merged over TP)
-and into one accumulator per set, reduced once over data x context parallel.
+rank 0 reads the data; the micro-batch (tokens, labels, scoring mask, trajectory
+index of every token) is broadcast over the TP group in one call and then split for
+context parallelism by the same function that splits the loss mask, so the scoring
+mask and the trajectory indices go where their tokens go.  The logits of the last
+pipeline stage go to :func:`token_stats` (merged over TP) and into one accumulator
+per set that keeps per-trajectory sums (``num_documents`` = the set's trajectories),
+reduced once over data x context parallel: the windows of one trajectory, on
+whichever ranks they ran, add up in its row.
 """
 from __future__ import annotations
 
@@ -34,6 +37,9 @@ from .config import HESNRConfig
 from .windows import Window, plan_windows, window_sample
 
 log = logging.getLogger(__name__)
+
+#: Rows of a micro-batch buffer: inputs, labels, scoring mask, trajectory index.
+_ROWS, _DOC = 4, 3
 
 
 @dataclass
@@ -146,9 +152,11 @@ class HESNRPass:
         """The bucket plan of the last :meth:`run`."""
 
     # ----------------------------------------------------------------- batches
-    def accumulator_config(self) -> AccumulatorConfig:
+    def accumulator_config(self, num_documents: int | None = None) -> AccumulatorConfig:
+        """The metric configuration; ``num_documents``: keep per-trajectory sums for that many."""
         c = self.config
-        return AccumulatorConfig(k=c.k, threshold=c.threshold, num_bins=c.num_bins, category_names=c.category_names)
+        return AccumulatorConfig(k=c.k, threshold=c.threshold, num_bins=c.num_bins, category_names=c.category_names,
+                                 num_documents=num_documents)
 
     def plan_for(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> BucketPlan:
         """The bucket plan of ``wset`` for this layout and ``model`` (a list longer than 1: interleaved)."""
@@ -161,14 +169,18 @@ class HESNRPass:
 
     def _local_microbatches(self, wset: WindowedSet, ids: Sequence[int], nmb: int, length: int,
                             shape: ScheduleShape) -> list:
-        """This DP rank's micro-batches of one call: ``(length, int64 [3, mbs, length] or None off TP rank 0)``."""
+        """This DP rank's micro-batches of one call: ``(length, int64 [4, mbs, length] or None off TP rank 0)``.
+
+        Rows: inputs, labels, scoring mask, trajectory index (``-1`` on padding and empty samples).
+        """
         mbs = shape.micro_batch_size
         out = []
         for j in range(nmb):
             if self.topo.tp_rank != 0:
                 out.append((length, None))
                 continue
-            arr = np.zeros((3, mbs, length), dtype=np.int64)
+            arr = np.zeros((_ROWS, mbs, length), dtype=np.int64)
+            arr[_DOC] = -1
             for b in range(mbs):
                 g = shape.slot(j, self.topo.dp_rank, b)
                 if g >= len(ids):
@@ -176,6 +188,7 @@ class HESNRPass:
                 idx, w = wset.windows[ids[g]]
                 tokens, mask = wset.dataset[idx]
                 arr[0, b], arr[1, b], arr[2, b] = window_sample(np.asarray(tokens), np.asarray(mask), w, length)
+                arr[_DOC, b, :w.num_inputs] = idx
             out.append((length, arr))
         return out
 
@@ -195,19 +208,20 @@ class HESNRPass:
         return self.topo.cp_split(batch)
 
     def _materialize(self, item) -> dict:
-        """TP broadcast of one micro-batch, positions (and mask), then the CP split."""
+        """TP broadcast of one micro-batch (one call), positions (and attention mask), then the CP split."""
         S, raw = item
         mbs, topo = self.config.micro_batch_size, self.topo
         if topo.tp_rank == 0:
             buf = torch.from_numpy(raw).to(topo.device)
         else:
-            buf = torch.empty((3, mbs, S), dtype=torch.int64, device=topo.device)
+            buf = torch.empty((_ROWS, mbs, S), dtype=torch.int64, device=topo.device)
         if topo.tp_size > 1:
             torch.distributed.broadcast(buf, src=topo.tp_src, group=topo.tp_group)
         batch = {
             "tokens": buf[0],
             "labels": buf[1],
             "hesnr_mask": buf[2],
+            "hesnr_doc_ids": buf[_DOC],
             "position_ids": torch.arange(S, device=topo.device, dtype=torch.int64).unsqueeze(0).expand(mbs, S).contiguous(),
             "attention_mask": None,
         }
@@ -234,22 +248,24 @@ class HESNRPass:
                          f"or {self.padded_vocab_size} (padded vocabulary)")
 
     def _consume(self, batch, layout, output_tensor, non_loss_data=False):
-        labels, mask = batch["labels"], batch["hesnr_mask"]
+        labels, mask, doc = batch["labels"], batch["hesnr_mask"], batch["hesnr_doc_ids"]
         if layout == "sb":
-            labels, mask = labels.t(), mask.t()
+            labels, mask, doc = labels.t(), mask.t(), doc.t()
         logits = output_tensor
         if tuple(logits.shape[:-1]) != tuple(labels.shape):
             raise RuntimeError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)} "
                                f"(layout {layout!r}, capture {self.capture.strategy!r})")
         stats = token_stats(logits, labels, k=self.config.k, vocab_size=self.vocab_size,
                             tp_group=self._tp_group_for(logits), impl=self.config.impl)
-        self._acc.update(stats, mask.to(stats.valid.device))
+        tracked = self._acc.config.num_documents is not None
+        self._acc.update(stats, mask.to(stats.valid.device), doc if tracked else None)
         return int((mask != 0).sum())
 
     def run(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> HESNRAccumulator:
         """Evaluate one set; returns its accumulator (reduced on the last stage)."""
         model = list(model)
-        acc = HESNRAccumulator(self.accumulator_config(), device=self.topo.device)
+        # Per-trajectory sums for the standard errors and `hesnr compare` (none for an empty set).
+        acc = HESNRAccumulator(self.accumulator_config(wset.num_trajectories or None), device=self.topo.device)
         self._acc = acc
         plan = self.plan = self.plan_for(model, wset)
         for bucket in plan.buckets:

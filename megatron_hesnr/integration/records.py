@@ -4,6 +4,10 @@ Shape (read by ``hesnr report``)::
 
     {"iteration", "consumed_samples", "checkpoint", "run", "dataset", "time",
      "config", "metrics": acc.compute(), "state": acc.state_dict()}
+
+The evaluation pass keeps per-trajectory sums, so ``metrics`` carries the ``*_stderr``
+and ``num_documents`` and ``state`` the table ``trajectories`` (what ``hesnr compare``
+pairs).
 """
 from __future__ import annotations
 
