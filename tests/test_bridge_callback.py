@@ -22,7 +22,7 @@ from megatron_hesnr.bridge import BridgeCompatError, HESNRBridgeConfig
 from megatron_hesnr.bridge import compat
 from megatron_hesnr.integration.config import EvalDataset, HESNRConfig, HESNRConfigError
 from megatron_hesnr.integration.eval_pass import EvalTopology, plan_set
-from megatron_hesnr.integration.records import read_records
+from megatron_hesnr.integration.records import read_raw_records
 from megatron_hesnr.integration.windows import window_sample
 
 V, S = 24, 8
@@ -123,7 +123,7 @@ def test_eval_end_records_logs_and_loss_dict(bridge, tmp_path, bridge_logs):
                                                        total_loss_dict=loss))
     assert model.training and model.drop.training and torch.equal(rng, torch.get_rng_state())
 
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["consumed_samples"], r["dataset"]) for r in recs] == [(4, 64, "a"), (4, 64, "b")]
     assert list(recs[0]) == ["iteration", "consumed_samples", "checkpoint", "run", "dataset", "time", "config",
                              "metrics", "state"]
@@ -170,7 +170,7 @@ def test_interval_once_per_iteration_and_test_end(bridge, tmp_path):
         state.train_state.step = step
         manager.fire(event, bridge.CallbackContext(state=state, model=[model], user_state=manager.user_state,
                                                    total_loss_dict={}))
-    assert [r["iteration"] for r in read_records(str(tmp_path / "r.jsonl"))] == [4, 8]
+    assert [r["iteration"] for r in read_raw_records(str(tmp_path / "r.jsonl"))] == [4, 8]
     # `hesnr report` reads them strictly: one record per (set, step), no duplicates.
     from megatron_hesnr.analysis.records import read_records as report_records
 
@@ -188,7 +188,7 @@ def test_checkpoint_sweep_under_skip_train(bridge, tmp_path):
     # No on_train_start under skip_train: the first evaluation checks and opens everything.
     manager.fire("on_eval_end", bridge.CallbackContext(state=state, model=[Plain()], user_state=manager.user_state,
                                                        total_loss_dict={}))
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["checkpoint"], r["run"]) for r in recs] == [(3000, str(run / "iter_0003000"), "run3")] * 2
     assert writer.scalars == [] and writer.hists == []  # Bridge writes no TensorBoard under skip_train
     assert [step for _, step in wandb.logged] == [3000, 3000]
@@ -331,7 +331,7 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
     MegatronHESNRHook(shared, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
                       get_wandb_writer=lambda: None).non_loss_data_func([model])
 
-    got, want = read_records(str(tmp_path / "r.jsonl"))  # Bridge's, then Megatron-LM's
+    got, want = read_raw_records(str(tmp_path / "r.jsonl"))  # Bridge's, then Megatron-LM's
     assert got["metrics"]["num_tokens"] > 0 and got["time"] <= want["time"]
     for rec in (got, want):
         del rec["time"], rec["config"]["eval_seconds"]

@@ -105,7 +105,7 @@ def test_length_multiple_flag():
 def test_hook_logs_and_records_the_plan(tmp_path, caplog):
     import torch
 
-    from megatron_hesnr.integration.records import read_records
+    from megatron_hesnr.integration.records import read_raw_records
     from test_integration_hook import Plain, _args, make_hook
 
     out = {}
@@ -120,7 +120,7 @@ def test_hook_logs_and_records_the_plan(tmp_path, caplog):
         lines = [r.getMessage() for r in caplog.records if "schedule calls" in r.getMessage()]
         assert len(lines) == 2 and lines[0].startswith("HE-SNR set a: ")  # one line per set
         assert ("padded to --seq-length" in lines[0]) == pad
-        out[pad] = read_records(str(d / "r.jsonl"))
+        out[pad] = read_raw_records(str(d / "r.jsonl"))
     for bucketed, padded in zip(out[False], out[True]):
         b, p = bucketed["config"]["buckets"], padded["config"]["buckets"]
         assert p["padded"] and p["lengths"] == [8] and not b["padded"]

@@ -20,7 +20,7 @@ from megatron_hesnr.integration.eval_pass import EvalTopology
 from megatron_hesnr.integration.guard import training_state_preserved
 from megatron_hesnr.integration.hook import MegatronHESNRHook
 from megatron_hesnr.integration.logging_sinks import format_validation_line
-from megatron_hesnr.integration.records import read_records
+from megatron_hesnr.integration.records import read_raw_records
 
 V, S = 24, 8
 
@@ -89,7 +89,7 @@ def test_runs_at_its_interval_once_per_iteration(tmp_path):
         args.consumed_train_samples = it * 16
         ran.append(hook.non_loss_data_func([model]) is not None)
     assert ran == [False, True, False, False, True]
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["dataset"]) for r in recs] == [(4, "a"), (4, "b"), (8, "a"), (8, "b")]
     r = recs[0]
     assert r["consumed_samples"] == 64 and r["checkpoint"] == "/ckpt/run7/iter_0000004" and r["run"] == "run7"
@@ -111,7 +111,7 @@ def test_skip_train_always_runs_and_writes(tmp_path):
     args = _args(skip_train=True, curr_iteration=None, iteration=3000, save=None, load=str(run), ckpt_step=3000)
     hook = make_hook(tmp_path, args, eval_interval=7)
     assert hook.non_loss_data_func([Plain()]) is not None
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["checkpoint"], r["run"]) for r in recs] == [(str(run / "iter_0003000"), "run3")] * 2
 
 
@@ -328,7 +328,7 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     want = direct.non_loss_data_func([Plain()])["sets"]["a"]["metrics"]
     assert got["num_tokens"] == want["num_tokens"] > 0
     assert got["hesnr"] == pytest.approx(want["hesnr"], nan_ok=True)
-    assert read_records(str(tmp_path / "out.jsonl"))[0]["dataset"] == "swe"
+    assert read_raw_records(str(tmp_path / "out.jsonl"))[0]["dataset"] == "swe"
     with pytest.raises(Exception, match="manifest not found"):
         MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("x", str(tmp_path / "nope")),)),
                           get_args=lambda: args).setup()

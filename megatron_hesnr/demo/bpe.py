@@ -44,21 +44,6 @@ def train_bpe(texts, vocab_size: int, path: Path, min_frequency: int = 2) -> Pat
     return path
 
 
-def load_tokenizer(path: Path):
-    """Load a ``tokenizer.json`` (ours or the user's) with a clear error."""
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"--tokenizer: {path} does not exist")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-        raise ValueError(f"--tokenizer: {path} is not a HF tokenizers tokenizer.json ({exc})") from None
-
-
 def eod_token_id(tokenizer) -> int:
     """Id that separates documents in the training stream."""
     for name in ("<|endoftext|>", "</s>", "<｜end▁of▁sentence｜>", "<eos>", "<|end_of_text|>"):
