@@ -77,10 +77,8 @@ class SyntheticTrajectories:
 
 
 def _cpu_schedule_shim():
-    # Only for --cpu (a dry run): the test suite's shim maps megatron-core's "cuda"
-    # allocations to the CPU.
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from hesnr_integration_helpers import schedules_on_cpu
+    # Only for --cpu (a dry run): megatron-core's "cuda" allocations go to the CPU.
+    from megatron_hesnr.integration.cpu_shim import schedules_on_cpu
 
     global _CPU_SHIM  # keep it referenced: a collected context manager would undo itself
     _CPU_SHIM = schedules_on_cpu()

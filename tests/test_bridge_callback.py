@@ -12,11 +12,11 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 import hesnr_bridge_helpers as B
+import hesnr_integration_helpers as H
 from megatron_hesnr import HESNRAccumulator, token_stats
 from megatron_hesnr.bridge import BridgeCompatError, HESNRBridgeConfig
 from megatron_hesnr.bridge import compat
@@ -36,21 +36,8 @@ def bridge():
         B.drop_bridge_modules()
 
 
-class Data:
-    def __init__(self, n=5, seed=0):
-        rng = np.random.default_rng(seed)
-        self.items = [(rng.integers(0, V, size=L).astype(np.int64), rng.integers(0, 3, size=L).astype(np.uint8))
-                      for L in rng.integers(4, 21, size=n)]
-        self.manifest = {"tokenizer": {"vocab_size": V}}
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
-SETS = {"/d/a": Data(), "/d/b": Data(n=3, seed=1)}
+SETS = {"/d/a": H.uniform_dataset(V, n=5, seed=0, max_len=21),
+        "/d/b": H.uniform_dataset(V, n=3, seed=1, max_len=21)}
 
 
 class Plain(torch.nn.Module):
@@ -67,22 +54,12 @@ class Plain(torch.nn.Module):
         return self.drop(self.emb[input_ids]) @ self.out.t()  # [b, s, V]
 
 
-def forward_only(*, forward_step_func, data_iterator, model, num_microbatches, collect_non_loss_data, **_):
-    """Megatron's forward-only schedule on one stage (its contract, no parallelism)."""
-    it, m = data_iterator[0], model[0]
-    out = []
-    for _ in range(num_microbatches):
-        output, loss_func = forward_step_func(it, m)
-        out.append(loss_func(output, non_loss_data=True) if collect_non_loss_data else loss_func(output))
-    return out
-
-
 def make_callback(tmp_path, **fields):
     from megatron_hesnr.bridge import HESNRCallback
 
     fields.setdefault("datasets", ["a=/d/a", "b=/d/b"])
     config = HESNRBridgeConfig(impl="torch", num_bins=32, jsonl=str(tmp_path / "r.jsonl"), **fields)
-    return HESNRCallback(config, open_dataset=SETS.__getitem__, topology=EvalTopology, forward_backward_func=forward_only)
+    return HESNRCallback(config, open_dataset=SETS.__getitem__, topology=EvalTopology, forward_backward_func=H.forward_only)
 
 
 def reference(model, prefix, stride=None):
@@ -319,7 +296,7 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
 
     bridge_cfg = HESNRBridgeConfig(datasets=[f"swe={prefix}"], impl="torch", num_bins=32, window_stride=3,
                                    jsonl=str(tmp_path / "r.jsonl"))
-    cb = HESNRCallback(bridge_cfg, topology=EvalTopology, forward_backward_func=forward_only)
+    cb = HESNRCallback(bridge_cfg, topology=EvalTopology, forward_backward_func=H.forward_only)
     state = B.global_state(B.container(seq_length=S, eval_interval=5, save="/ckpt/run9"), step=10, consumed=320)
     bridge.normalize_callbacks([cb]).fire("on_eval_end", bridge.CallbackContext(state=state, model=[model]))
 
@@ -328,7 +305,7 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
     # Megatron evaluates iteration 10 with curr_iteration 9 (set before the step it counts).
     args = SimpleNamespace(seq_length=S, padded_vocab_size=None, curr_iteration=9, skip_train=False,
                            save="/ckpt/run9", load=None, consumed_train_samples=320)
-    MegatronHESNRHook(shared, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+    MegatronHESNRHook(shared, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
                       get_wandb_writer=lambda: None).non_loss_data_func([model])
 
     got, want = read_raw_records(str(tmp_path / "r.jsonl"))  # Bridge's, then Megatron-LM's

@@ -137,10 +137,11 @@ def test_explicit_attention_mask_is_one_causal_mask_per_bucket(tmp_path):
     from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
     from megatron_hesnr.integration.eval_pass import EvalTopology
     from megatron_hesnr.integration.hook import MegatronHESNRHook
-    from test_integration_hook import Data, Plain, _args, forward_only
+    import hesnr_integration_helpers as H
+    from test_integration_hook import Plain, _args, small_dataset
 
     seen = []
-    data = Data(n=8)
+    data = small_dataset(n=8)
     data.items = [(t[:n], m[:n]) for (t, m), n in zip(data.items * 2, (3, 4, 5, 5, 6, 9, 12, 20) * 2)]
 
     class Recording(Plain):
@@ -150,7 +151,7 @@ def test_explicit_attention_mask_is_one_causal_mask_per_bucket(tmp_path):
 
     args = _args(skip_train=True, iteration=1, create_attention_mask_in_dataloader=True)
     hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),), impl="torch", length_multiple=2),
-                             get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+                             get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
                              open_dataset=lambda prefix: data, get_wandb_writer=lambda: None)
     with torch.no_grad():
         hook.non_loss_data_func([Recording()])

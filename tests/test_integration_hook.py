@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import hesnr_integration_helpers as H
 from megatron_hesnr import HESNRAccumulator
 from megatron_hesnr.integration.capture import LogitsCapture, _fp32_output_kwargs, resolve_capture
 from megatron_hesnr.integration.compat import call_pretrain, pretrain_style
@@ -25,18 +26,8 @@ from megatron_hesnr.integration.records import read_raw_records
 V, S = 24, 8
 
 
-class Data:
-    def __init__(self, manifest=None, n=4, seed=0):
-        rng = np.random.default_rng(seed)
-        self.items = [(rng.integers(0, V, size=L).astype(np.int64), rng.integers(0, 3, size=L).astype(np.uint8))
-                      for L in rng.integers(4, 20, size=n)]
-        self.manifest = {"tokenizer": {"vocab_size": V}} if manifest is None else manifest
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
+def small_dataset(manifest=None, n=4, seed=0):
+    return H.uniform_dataset(V, n=n, seed=seed, max_len=20, manifest=manifest)
 
 
 class Plain(torch.nn.Module):
@@ -53,22 +44,11 @@ class Plain(torch.nn.Module):
         return self.output_layer(self.emb[input_ids])  # [b, s, V]
 
 
-def forward_only(*, forward_step_func, data_iterator, model, num_microbatches, collect_non_loss_data, **_):
-    """The contract of Megatron's forward-only schedule on one stage."""
-    it = data_iterator[0] if isinstance(data_iterator, list) else data_iterator
-    m = model[0] if isinstance(model, list) else model
-    out = []
-    for _ in range(num_microbatches):
-        output, loss_func = forward_step_func(it, m)
-        out.append(loss_func(output, non_loss_data=True) if collect_non_loss_data else loss_func(output))
-    return out
-
-
 def make_hook(tmp_path, args, **cfg):
-    sets = {"/d/a": Data(), "/d/b": Data(seed=1)}
+    sets = {"/d/a": small_dataset(), "/d/b": small_dataset(seed=1)}
     config = HESNRConfig(datasets=(EvalDataset("a", "/d/a"), EvalDataset("b", "/d/b")), impl="torch", num_bins=32,
                          jsonl=str(tmp_path / "r.jsonl"), **cfg)
-    return MegatronHESNRHook(config, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+    return MegatronHESNRHook(config, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
                              open_dataset=sets.__getitem__, get_wandb_writer=lambda: None)
 
 
@@ -124,7 +104,7 @@ def test_same_numbers_as_direct_accumulation(tmp_path):
     hook = make_hook(tmp_path, args, long_policy="window", window_stride=3)
     model = Plain()
     data = hook.non_loss_data_func([model])
-    ds = Data()
+    ds = small_dataset()
     ref = HESNRAccumulator(num_bins=32)
     with torch.no_grad():
         for i, w in plan_set("a", ds, S, "window", 3).windows:
@@ -179,10 +159,10 @@ def test_validation_line_format():
 def test_setup_errors_name_the_flag(tmp_path):
     args = _args()
     hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),)), get_args=lambda: args,
-                             open_dataset=lambda p: Data(manifest={}))
+                             open_dataset=lambda p: small_dataset(manifest={}))
     with pytest.raises(HESNRConfigError, match="--hesnr-data-path: /d/a: manifest has no tokenizer.vocab_size"):
         hook.setup()
-    big = Data(manifest={"tokenizer": {"vocab_size": V + 1}})
+    big = small_dataset(manifest={"tokenizer": {"vocab_size": V + 1}})
     hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),)), get_args=lambda: args,
                              open_dataset=lambda p: big)
     with pytest.raises(HESNRConfigError, match="exceeds the model's padded vocabulary"):
@@ -312,7 +292,7 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     """The hook opens a real prepared set (the data layer's writer and reader)."""
     from megatron_hesnr.data.writer import DatasetWriter
 
-    ds = Data(n=5, seed=3)
+    ds = small_dataset(n=5, seed=3)
     w = DatasetWriter(str(tmp_path / "swe"), vocab_size=V)
     for ids, mask in ds.items:
         w.add(ids, mask)
@@ -320,7 +300,7 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     args = _args(iteration=2, skip_train=True, load=str(tmp_path))
     cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch", num_bins=32,
                       jsonl=str(tmp_path / "out.jsonl"))
-    hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+    hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
                              get_wandb_writer=lambda: None)
     got = hook.non_loss_data_func([Plain()])["sets"]["swe"]["metrics"]
     direct = make_hook(tmp_path / "direct", args)
