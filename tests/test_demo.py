@@ -16,8 +16,8 @@ from megatron_hesnr.accumulator import HESNRAccumulator
 from megatron_hesnr.demo import sources
 from megatron_hesnr.demo.proxy_score import action_groups, greedy_prefix, top1_by_document
 from megatron_hesnr.demo.windows import make_windows
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 HAVE_MCORE = importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.core") is not None
 
 

@@ -110,10 +110,11 @@ class FileResult:
     dropped: Counter = field(default_factory=Counter)   # rows dropped here, per row filter
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str | os.PathLike):
     """HF ``tokenizers`` tokenizer from a ``tokenizer.json`` file or a folder holding one."""
     from tokenizers import Tokenizer
 
+    path = os.fspath(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"--tokenizer: {file} not found (give a tokenizer.json or its folder)")

@@ -197,7 +197,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     else:
         stages.start("tokenizer", f"tokenizer: training a byte-level BPE ({cfg.vocab_size} tokens) on the code and trajectories")
         tok_path = bpe.train_bpe(code + sources.trajectory_strings(split.train), cfg.vocab_size, work / "tokenizer.json")
-    tok = load_tokenizer(str(tok_path))
+    tok = load_tokenizer(tok_path)
     vocab = tok.get_vocab_size()
     eod = bpe.eod_token_id(tok)
 
