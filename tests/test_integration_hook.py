@@ -13,6 +13,7 @@ import torch
 
 import hesnr_integration_helpers as H
 from megatron_hesnr import HESNRAccumulator
+from megatron_hesnr.data.dataset import PreparedDatasetError
 from megatron_hesnr.integration.capture import LogitsCapture, _fp32_output_kwargs, resolve_capture
 from megatron_hesnr.integration.compat import call_pretrain, pretrain_style
 from megatron_hesnr.integration.config import EvalDataset, HESNRConfig, HESNRConfigError
@@ -132,9 +133,18 @@ def test_tensorboard_and_wandb(tmp_path):
     data = hook.non_loss_data_func([Plain()])
     w = FakeWriter()
     hook.process_non_loss_data_func(data, 10, w)
-    tags = {t for t, _, _ in w.scalars}
-    assert "hesnr/a/all/hesnr" in tags or "hesnr/a/all/num_tokens" in tags
-    assert ("hesnr/a/all/num_tokens vs samples" in tags) and all(s in (10, 640) for _, _, s in w.scalars)
+    by_step = {(t, s): v for t, v, s in w.scalars}
+    assert len(by_step) == len(w.scalars)  # no tag written twice at one step
+    for name in ("a", "b"):
+        metrics = data["sets"][name]["metrics"]
+        assert metrics["num_high_entropy"] > 0 and metrics["top1_acc"] > 0, metrics
+        for key in ("hesnr", "num_tokens", "he_ppl", "top1_acc"):
+            tag = f"hesnr/{name}/all/{key}"
+            assert by_step[(tag, 10)] == pytest.approx(metrics[key]), tag
+            assert by_step[(f"{tag} vs samples", 640)] == pytest.approx(metrics[key]), tag
+    # Every per-iteration scalar has its "vs samples" twin and nothing else is logged.
+    per_iter = {t for t, s in by_step if s == 10}
+    assert {(t, s) for t, s in by_step} == {(t, 10) for t in per_iter} | {(f"{t} vs samples", 640) for t in per_iter}
     assert len(w.hists) == 2 and w.hists[0]["global_step"] == 10
     h = w.hists[0]
     assert h["num"] == data["sets"]["a"]["metrics"]["num_tokens"] and len(h["bucket_counts"]) == 32
@@ -308,7 +318,7 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     assert got["num_tokens"] == want["num_tokens"] > 0
     assert got["hesnr"] == pytest.approx(want["hesnr"], nan_ok=True)
     assert read_raw_records(str(tmp_path / "out.jsonl"))[0]["dataset"] == "swe"
-    with pytest.raises(Exception, match="manifest not found"):
+    with pytest.raises(PreparedDatasetError, match=r"nope_manifest\.json: manifest not found"):
         MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("x", str(tmp_path / "nope")),)),
                           get_args=lambda: args).setup()
 
