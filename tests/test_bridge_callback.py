@@ -108,7 +108,7 @@ def test_eval_end_records_logs_and_loss_dict(bridge, tmp_path, bridge_logs):
     assert recs[0]["config"]["seq_length"] == S and "loss_dict_metrics" not in recs[0]["config"]
     for rec, prefix in zip(recs, ("/d/a", "/d/b")):
         want = reference(model, prefix).compute()
-        assert want["num_tokens"] > 0 and want["num_high_entropy"] > 0
+        assert want["num_tokens"] > 0 and want["num_high_entropy"] > 0 and want["top1_acc"] > 0
         for key in ("num_tokens", "num_high_entropy", "hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc"):
             assert same(rec["metrics"][key], want[key]), (prefix, key)
         restored = HESNRAccumulator.from_state_dict(rec["state"]).compute()
