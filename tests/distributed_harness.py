@@ -191,6 +191,19 @@ def layout_groups(layout, rank: int, batch: int):
     return groups, rows, tp_ranks.index(rank), len(tp_ranks)
 
 
+def layout_token_stats(layout, rank: int, vocab: int, logits, labels, *more):
+    """Under ``layout`` (see :func:`layout_groups`; every rank must call it): this rank's
+    groups and batch rows, its CP chunk of those rows of ``logits``, ``labels`` and every
+    tensor in ``more``, and ``token_stats`` of its TP vocabulary shard of the logits."""
+    from megatron_hesnr.context_parallel import split_for_context_parallel
+
+    groups, rows, tp_rank, tp_size = layout_groups(layout, rank, logits.shape[0])
+    local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size) for t in (logits, labels, *more)]
+    stats = mh.token_stats(tp_slice(local[0], tp_rank, tp_size), local[1], vocab_size=vocab, tp_group=groups.tp,
+                           impl="torch")
+    return groups, rows, local, stats
+
+
 def new_groups(partition: list[list[int]], rank: int):
     """Create every group of ``partition`` (all ranks must) and return this rank's."""
     import torch.distributed as dist

@@ -19,7 +19,7 @@ from distributed_harness import (
     assert_metrics_match,
     assert_state_match,
     assert_stats_match,
-    layout_groups,
+    layout_token_stats,
     make_batch,
     reference,
     run_world,
@@ -107,11 +107,8 @@ def _layout_checks(rank: int, world: int):
     logits, labels, mask = make_batch(11, BATCH, SEQ, VOCAB, PADDED)
     out = {}
     for name, layout in LAYOUTS.items():
-        groups, rows, tp_rank, tp_size = layout_groups(layout, rank, BATCH)
+        groups, rows, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask)
         cp_rank, cp_size = groups.cp_rank, groups.cp_size
-        local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size) for t in (logits, labels, mask)]
-        shard = tp_slice(local[0], tp_rank, tp_size)
-        stats = mh.token_stats(shard, local[1], vocab_size=VOCAB, tp_group=groups.tp, impl="torch")
         acc = mh.HESNRAccumulator()
         acc.update(stats, local[2])
         metrics = reduce_metrics(acc, groups)

@@ -9,10 +9,9 @@ import torch
 
 import megatron_hesnr as mh
 from megatron_hesnr.accumulator import SCALAR_FIELDS
-from megatron_hesnr.context_parallel import split_for_context_parallel
 from megatron_hesnr.integration import reduce_metrics
 
-from distributed_harness import assert_metrics_match, assert_state_match, layout_groups, make_batch, run_world, tp_slice
+from distributed_harness import assert_metrics_match, assert_state_match, layout_token_stats, make_batch, run_world
 from stderr_synth import as_token_stats, clustered_tokens
 
 N_DOCS = 40
@@ -169,11 +168,7 @@ def _world(rank, world):
     doc = _doc_ids(mask)
     out = {}
     for name, layout in LAYOUTS.items():
-        groups, rows, tp_rank, tp_size = layout_groups(layout, rank, BATCH)
-        local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size)
-                 for t in (logits, labels, mask, doc)]
-        shard = tp_slice(local[0], tp_rank, tp_size)
-        stats = mh.token_stats(shard, local[1], vocab_size=VOCAB, tp_group=groups.tp, impl="torch")
+        groups, _, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask, doc)
         acc = mh.HESNRAccumulator(num_documents=DOCS)
         acc.update(stats, local[2], local[3])
         local_docs = sorted(set(local[3][local[2] > 0].tolist()))

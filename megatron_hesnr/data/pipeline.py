@@ -294,10 +294,6 @@ def process_files(paths: list[str], tokenizer, cfg: PrepareConfig) -> list[FileR
     return list(_by_file(_complete(_stage(units_of(paths), cfg), tokenizer, cfg)))
 
 
-def process_file(path: str, tokenizer, cfg: PrepareConfig) -> FileResult:
-    return process_files([path], tokenizer, cfg)[0]
-
-
 # ------------------------------------------------------------------ parallel
 
 _WORKER: dict = {}

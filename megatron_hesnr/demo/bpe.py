@@ -7,7 +7,6 @@ token covers, and therefore which tokens ``hesnr prepare`` scores, are exact.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -52,11 +51,3 @@ def eod_token_id(tokenizer) -> int:
             return tid
     # A tokenizer without an end-of-document token: the last id, as a separator only.
     return tokenizer.get_vocab_size() - 1
-
-
-def tokenizer_summary(path: Path) -> dict:
-    """Small description for records and the report (not the whole vocabulary)."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    model = data.get("model", {})
-    return {"path": str(path), "type": model.get("type"), "vocab": len(model.get("vocab", {})) + len(data.get("added_tokens", []))}
