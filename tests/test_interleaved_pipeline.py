@@ -9,7 +9,6 @@ must equal the single-process reference (gloo, CPU, one process per stage).
 from __future__ import annotations
 
 import pytest
-import torch
 
 pytest.importorskip("megatron.core")
 
