@@ -45,7 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron_hesnr import HESNRAccumulator, token_stats  # noqa: E402
 from megatron_hesnr.integration.capture import LogitsCapture, resolve_capture  # noqa: E402
 from megatron_hesnr.integration.config import EvalDataset, HESNRConfig  # noqa: E402
-from megatron_hesnr.integration.eval_pass import EvalTopology, HESNRPass, plan_set  # noqa: E402
+from megatron_hesnr.integration.eval_pass import HESNRPass, plan_set  # noqa: E402
 from megatron_hesnr.integration.guard import training_state_preserved  # noqa: E402
 from megatron_hesnr.integration.windows import window_sample  # noqa: E402
 
