@@ -4,7 +4,12 @@ Ranks are *forked* from the test process: torch (and megatron-core, when a test
 imported it first) are already loaded, so a 4-rank world starts in about a
 second instead of re-importing everything per rank.  Each rank's return value
 comes back pickled through ``tmp_path``; an exception in any rank fails the
-test with that rank's traceback, and a hung world is killed after ``timeout``.
+test with that rank's traceback (the other ranks are killed 5 s later, as they may
+be waiting in a collective), and a hung world is killed after ``timeout``.
+
+It is the only way the tests start worlds: a test over several layouts runs one
+world per layout (``pytest.mark.parametrize``), or one world whose per-layout
+results are checked by a parametrized test, so a failing layout is named in the id.
 """
 from __future__ import annotations
 
