@@ -85,6 +85,16 @@ def run_world(fn, world_size: int, tmp_path: Path, *args, timeout: float = 180.0
     return results
 
 
+def run_layouts(layouts: dict, per_layout, world_size: int, tmp_path: Path, *args) -> list[dict]:
+    """One world in which every rank calls ``per_layout(rank, layout, *args)`` for each
+    entry of ``layouts`` (every rank must walk them in the same order: they create groups);
+    per rank, ``{layout name: result}`` for a test parametrized over the names."""
+    def world(rank, _world_size):
+        return {name: per_layout(rank, layout, *args) for name, layout in layouts.items()}
+
+    return run_world(world, world_size, tmp_path)
+
+
 def _is_error(path: Path) -> bool:
     try:
         return pickle.loads(path.read_bytes())[0] == "error"

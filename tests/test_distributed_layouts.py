@@ -22,6 +22,7 @@ from distributed_harness import (
     layout_token_stats,
     make_batch,
     reference,
+    run_layouts,
     run_world,
     stats_dict,
     tp_slice,
@@ -103,23 +104,18 @@ LAYOUTS = {
 }
 
 
-def _layout_checks(rank: int, world: int):
-    logits, labels, mask = make_batch(11, BATCH, SEQ, VOCAB, PADDED)
-    out = {}
-    for name, layout in LAYOUTS.items():
-        groups, rows, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask)
-        cp_rank, cp_size = groups.cp_rank, groups.cp_size
-        acc = mh.HESNRAccumulator()
-        acc.update(stats, local[2])
-        metrics = reduce_metrics(acc, groups)
-        out[name] = {"rows": rows, "cp": (cp_rank, cp_size), "stats": stats_dict(stats),
-                     "state": acc.state.clone(), "metrics": metrics}
-    return out
+def _layout_check(rank: int, layout, logits, labels, mask):
+    groups, rows, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask)
+    acc = mh.HESNRAccumulator()
+    acc.update(stats, local[2])
+    return {"rows": rows, "cp": (groups.cp_rank, groups.cp_size), "stats": stats_dict(stats),
+            "state": acc.state.clone(), "metrics": reduce_metrics(acc, groups)}
 
 
 @pytest.fixture(scope="module")
 def layout_world(tmp_path_factory):
-    return run_world(_layout_checks, WORLD, tmp_path_factory.mktemp("layouts"))
+    return run_layouts(LAYOUTS, _layout_check, WORLD, tmp_path_factory.mktemp("layouts"),
+                       *make_batch(11, BATCH, SEQ, VOCAB, PADDED))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -11,7 +11,7 @@ import megatron_hesnr as mh
 from megatron_hesnr.accumulator import SCALAR_FIELDS
 from megatron_hesnr.integration import reduce_metrics
 
-from distributed_harness import assert_metrics_match, assert_state_match, layout_token_stats, make_batch, run_world
+from distributed_harness import assert_metrics_match, assert_state_match, layout_token_stats, make_batch, run_layouts
 from stderr_synth import as_token_stats, clustered_tokens
 
 N_DOCS = 40
@@ -163,23 +163,19 @@ def _reference():
     return acc
 
 
-def _world(rank, world):
-    logits, labels, mask = make_batch(23, BATCH, SEQ, VOCAB, PADDED)
-    doc = _doc_ids(mask)
-    out = {}
-    for name, layout in LAYOUTS.items():
-        groups, _, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask, doc)
-        acc = mh.HESNRAccumulator(num_documents=DOCS)
-        acc.update(stats, local[2], local[3])
-        local_docs = sorted(set(local[3][local[2] > 0].tolist()))
-        metrics = reduce_metrics(acc, groups)
-        out[name] = {"state": acc.state.clone(), "metrics": metrics, "docs": local_docs}
-    return out
+def _layout_sums(rank, layout, logits, labels, mask, doc):
+    groups, _, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask, doc)
+    acc = mh.HESNRAccumulator(num_documents=DOCS)
+    acc.update(stats, local[2], local[3])
+    local_docs = sorted(set(local[3][local[2] > 0].tolist()))
+    return {"state": acc.state.clone(), "metrics": reduce_metrics(acc, groups), "docs": local_docs}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return run_world(_world, WORLD, tmp_path_factory.mktemp("trajectory_sums"))
+    logits, labels, mask = make_batch(23, BATCH, SEQ, VOCAB, PADDED)
+    return run_layouts(LAYOUTS, _layout_sums, WORLD, tmp_path_factory.mktemp("trajectory_sums"),
+                       logits, labels, mask, _doc_ids(mask))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
