@@ -108,8 +108,9 @@ def _layout_check(rank: int, layout, logits, labels, mask):
     groups, rows, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask)
     acc = mh.HESNRAccumulator()
     acc.update(stats, local[2])
+    metrics = reduce_metrics(acc, groups)  # reduces the state in place: clone it after
     return {"rows": rows, "cp": (groups.cp_rank, groups.cp_size), "stats": stats_dict(stats),
-            "state": acc.state.clone(), "metrics": reduce_metrics(acc, groups)}
+            "state": acc.state.clone(), "metrics": metrics}
 
 
 @pytest.fixture(scope="module")

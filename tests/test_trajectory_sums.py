@@ -168,7 +168,8 @@ def _layout_sums(rank, layout, logits, labels, mask, doc):
     acc = mh.HESNRAccumulator(num_documents=DOCS)
     acc.update(stats, local[2], local[3])
     local_docs = sorted(set(local[3][local[2] > 0].tolist()))
-    return {"state": acc.state.clone(), "metrics": reduce_metrics(acc, groups), "docs": local_docs}
+    metrics = reduce_metrics(acc, groups)  # reduces the state in place: clone it after
+    return {"state": acc.state.clone(), "metrics": metrics, "docs": local_docs}
 
 
 @pytest.fixture(scope="module")
