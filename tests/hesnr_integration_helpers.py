@@ -1,4 +1,5 @@
-"""Helpers for the Megatron integration tests: a tiny vocab-parallel LM, data, CPU shims.
+"""Helpers for the Megatron integration tests: a tiny vocab-parallel LM, in-memory
+datasets, a one-stage forward-only schedule, parallel-state set-up.
 
 The model is per-token (embedding + position embedding + MLP + megatron-core's
 ``ColumnParallelLinear`` output layer), so it gives the same logits under any
@@ -10,11 +11,11 @@ megatron-core's ``GPTModel.forward`` that the hook uses (``labels``,
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
 
 import numpy as np
 import torch
+
+from megatron_hesnr.integration.cpu_shim import schedules_on_cpu  # noqa: F401 - re-exported for the tests
 
 VOCAB = 50          # tokenizer vocabulary
 PADDED_VOCAB = 56   # Megatron-style padding to a multiple of 4 (TP up to 4)
@@ -22,29 +23,50 @@ HIDDEN = 16
 SEQ = 16
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_gloo(rank: int, world: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-
-
 class MemoryDataset:
     """``PreparedDataset`` stand-in: items ``(tokens int64 [L], mask uint8 [L])`` + manifest."""
 
-    def __init__(self, items, vocab_size=VOCAB):
+    def __init__(self, items, vocab_size=VOCAB, manifest=None):
         self.items = items
-        self.manifest = {"tokenizer": {"vocab_size": vocab_size}}
+        self.manifest = {"tokenizer": {"vocab_size": vocab_size}} if manifest is None else manifest
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
         return self.items[i]
+
+
+def uniform_dataset(vocab: int, *, n: int, seed: int, max_len: int, manifest=None) -> MemoryDataset:
+    """``n`` trajectories of 4 to ``max_len - 1`` uniform tokens, categories 0-2 uniform."""
+    rng = np.random.default_rng(seed)
+    items = [(rng.integers(0, vocab, size=L).astype(np.int64), rng.integers(0, 3, size=L).astype(np.uint8))
+             for L in rng.integers(4, max_len, size=n)]
+    return MemoryDataset(items, vocab, manifest)
+
+
+def forward_only(*, forward_step_func, data_iterator, model, num_microbatches, collect_non_loss_data, **_):
+    """The contract of Megatron's forward-only schedule on one stage (no parallelism)."""
+    it = data_iterator[0] if isinstance(data_iterator, list) else data_iterator
+    m = model[0] if isinstance(model, list) else model
+    out = []
+    for _ in range(num_microbatches):
+        output, loss_func = forward_step_func(it, m)
+        out.append(loss_func(output, non_loss_data=True) if collect_non_loss_data else loss_func(output))
+    return out
+
+
+@contextlib.contextmanager
+def model_parallel(**sizes):
+    """megatron-core's ``parallel_state`` initialised with ``sizes`` for the block, then torn down."""
+    from megatron.core import parallel_state as ps
+
+    ps.destroy_model_parallel()
+    ps.initialize_model_parallel(**sizes)
+    try:
+        yield ps
+    finally:
+        ps.destroy_model_parallel()
 
 
 def make_dataset(seed: int, n: int = 7, max_len: int = 40) -> MemoryDataset:
@@ -154,90 +176,6 @@ class TinyLMNoProcessor(TinyLM):
 
     def forward(self, input_ids, position_ids, attention_mask, labels=None):
         return super().forward(input_ids, position_ids, attention_mask, labels=labels)
-
-
-class _CudaOnCpu:
-    def __getattr__(self, name):
-        return getattr(torch.cuda, name)
-
-    def current_device(self):
-        return "cpu"
-
-    def synchronize(self, *a, **k):
-        pass
-
-
-_FACTORIES = {"zeros", "ones", "empty", "full", "arange", "tensor", "rand", "randn", "randint"}
-
-
-def _on_cpu(fn):
-    def call(*a, **k):
-        if str(k.get("device", "")).startswith("cuda"):
-            k["device"] = "cpu"
-        return fn(*a, **k)
-
-    return call
-
-
-class _TorchOnCpu:
-    """``torch`` for megatron-core modules, with ``device="cuda"`` mapped to the CPU."""
-
-    cuda = _CudaOnCpu()
-
-    def __getattr__(self, name):
-        f = getattr(torch, name)
-        return _on_cpu(f) if name in _FACTORIES else f
-
-
-#: megatron-core modules that allocate on "cuda" in the code paths the tests run.
-_CUDA_MODULES = (
-    "megatron.core.pipeline_parallel.schedules",
-    "megatron.core.pipeline_parallel.p2p_communication",
-    "megatron.core.utils",
-    "megatron.core.transformer.utils",
-    "megatron.core.transformer.moe.router",
-    "megatron.core.transformer.moe.moe_utils",
-    "megatron.core.transformer.moe.token_dispatcher",
-    "megatron.core.transformer.moe.experts",
-    "megatron.core.tensor_parallel.layers",
-    "megatron.core.tensor_parallel.mappings",
-    "megatron.core.models.common.embeddings.rotary_pos_embedding",
-)
-
-
-@contextlib.contextmanager
-def schedules_on_cpu():
-    """Run megatron-core's real schedules and GPTModel (local spec) on CPU/gloo.
-
-    Test-only: those modules allocate on ``"cuda"`` and fork the CUDA RNG tracker;
-    here allocations go to the CPU and the tracker fork is a no-op (dropout is 0).
-    """
-    import importlib
-
-    from megatron.core.tensor_parallel import get_cuda_rng_tracker
-
-    mods = [importlib.import_module(m) for m in _CUDA_MODULES]
-    saved = [m.torch for m in mods]
-    tracker = get_cuda_rng_tracker()
-    saved_fork = tracker.__dict__.get("fork")
-    moe_utils = importlib.import_module("megatron.core.transformer.moe.moe_utils")
-    missing_gemm = not hasattr(moe_utils, "te_general_gemm")
-    for m in mods:
-        m.torch = _TorchOnCpu()
-    tracker.fork = lambda *a, **k: contextlib.nullcontext()
-    if missing_gemm:  # core 0.16 leaves it undefined without Transformer Engine
-        moe_utils.te_general_gemm = None
-    try:
-        yield
-    finally:
-        for m, t in zip(mods, saved):
-            m.torch = t
-        if saved_fork is None:
-            del tracker.fork
-        else:
-            tracker.fork = saved_fork
-        if missing_gemm:
-            del moe_utils.te_general_gemm
 
 
 def reference_accumulator(wset, weights, cfg):

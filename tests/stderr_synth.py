@@ -63,14 +63,3 @@ def token_ratio_terms(tok: dict, threshold: float) -> dict:
         "top1_acc": (tok["top1"] * 1.0, one),
         "high_entropy_fraction": (he * 1.0, one),
     }
-
-
-def trajectory_sums_numpy(terms: dict, doc: np.ndarray, n_docs: int) -> dict:
-    """metric -> (y [n_docs], x [n_docs]) by np.add.at over tokens."""
-    out = {}
-    for m, (y, x) in terms.items():
-        ys, xs = np.zeros(n_docs), np.zeros(n_docs)
-        np.add.at(ys, doc, y)
-        np.add.at(xs, doc, x)
-        out[m] = (ys, xs)
-    return out

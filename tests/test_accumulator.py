@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 import megatron_hesnr as mh
 from brute_force import assert_metrics_close, brute_metrics, brute_tokens
-from test_token_stats import DTYPES, make_inputs
+from test_token_stats import DTYPES
 
 
 def peaked_logits(n, v, seed, dtype=torch.float32):

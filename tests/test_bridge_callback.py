@@ -12,17 +12,17 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 
 import hesnr_bridge_helpers as B
+import hesnr_integration_helpers as H
 from megatron_hesnr import HESNRAccumulator, token_stats
 from megatron_hesnr.bridge import BridgeCompatError, HESNRBridgeConfig
 from megatron_hesnr.bridge import compat
 from megatron_hesnr.integration.config import EvalDataset, HESNRConfig, HESNRConfigError
 from megatron_hesnr.integration.eval_pass import EvalTopology, plan_set
-from megatron_hesnr.integration.records import read_records
+from megatron_hesnr.integration.records import read_raw_records
 from megatron_hesnr.integration.windows import window_sample
 
 V, S = 24, 8
@@ -36,21 +36,8 @@ def bridge():
         B.drop_bridge_modules()
 
 
-class Data:
-    def __init__(self, n=5, seed=0):
-        rng = np.random.default_rng(seed)
-        self.items = [(rng.integers(0, V, size=L).astype(np.int64), rng.integers(0, 3, size=L).astype(np.uint8))
-                      for L in rng.integers(4, 21, size=n)]
-        self.manifest = {"tokenizer": {"vocab_size": V}}
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
-SETS = {"/d/a": Data(), "/d/b": Data(n=3, seed=1)}
+SETS = {"/d/a": H.uniform_dataset(V, n=5, seed=0, max_len=21),
+        "/d/b": H.uniform_dataset(V, n=3, seed=1, max_len=21)}
 
 
 class Plain(torch.nn.Module):
@@ -67,22 +54,12 @@ class Plain(torch.nn.Module):
         return self.drop(self.emb[input_ids]) @ self.out.t()  # [b, s, V]
 
 
-def forward_only(*, forward_step_func, data_iterator, model, num_microbatches, collect_non_loss_data, **_):
-    """Megatron's forward-only schedule on one stage (its contract, no parallelism)."""
-    it, m = data_iterator[0], model[0]
-    out = []
-    for _ in range(num_microbatches):
-        output, loss_func = forward_step_func(it, m)
-        out.append(loss_func(output, non_loss_data=True) if collect_non_loss_data else loss_func(output))
-    return out
-
-
 def make_callback(tmp_path, **fields):
     from megatron_hesnr.bridge import HESNRCallback
 
     fields.setdefault("datasets", ["a=/d/a", "b=/d/b"])
     config = HESNRBridgeConfig(impl="torch", num_bins=32, jsonl=str(tmp_path / "r.jsonl"), **fields)
-    return HESNRCallback(config, open_dataset=SETS.__getitem__, topology=EvalTopology, forward_backward_func=forward_only)
+    return HESNRCallback(config, open_dataset=SETS.__getitem__, topology=EvalTopology, forward_backward_func=H.forward_only)
 
 
 def reference(model, prefix, stride=None):
@@ -124,7 +101,7 @@ def test_eval_end_records_logs_and_loss_dict(bridge, tmp_path, bridge_logs):
                                                        total_loss_dict=loss))
     assert model.training and model.drop.training and torch.equal(rng, torch.get_rng_state())
 
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["consumed_samples"], r["dataset"]) for r in recs] == [(4, 64, "a"), (4, 64, "b")]
     assert list(recs[0]) == ["iteration", "consumed_samples", "checkpoint", "run", "dataset", "time", "config",
                              "metrics", "state"]
@@ -133,7 +110,7 @@ def test_eval_end_records_logs_and_loss_dict(bridge, tmp_path, bridge_logs):
     for rec, prefix in zip(recs, ("/d/a", "/d/b")):
         ref = reference(model, prefix)
         want = ref.compute()
-        assert want["num_tokens"] > 0 and want["num_high_entropy"] > 0
+        assert want["num_tokens"] > 0 and want["num_high_entropy"] > 0 and want["top1_acc"] > 0
         for key in ("num_tokens", "num_high_entropy", "hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc",
                     "num_documents", "hesnr_stderr", "he_ppl_stderr", "ppl_stderr", "top1_acc_stderr"):
             assert same(rec["metrics"][key], want[key]), (prefix, key)
@@ -176,7 +153,7 @@ def test_interval_once_per_iteration_and_test_end(bridge, tmp_path):
         state.train_state.step = step
         manager.fire(event, bridge.CallbackContext(state=state, model=[model], user_state=manager.user_state,
                                                    total_loss_dict={}))
-    assert [r["iteration"] for r in read_records(str(tmp_path / "r.jsonl"))] == [4, 8]
+    assert [r["iteration"] for r in read_raw_records(str(tmp_path / "r.jsonl"))] == [4, 8]
     # `hesnr report` reads them strictly: one record per (set, step), no duplicates.
     from megatron_hesnr.analysis.records import read_records as report_records
 
@@ -194,7 +171,7 @@ def test_checkpoint_sweep_under_skip_train(bridge, tmp_path):
     # No on_train_start under skip_train: the first evaluation checks and opens everything.
     manager.fire("on_eval_end", bridge.CallbackContext(state=state, model=[Plain()], user_state=manager.user_state,
                                                        total_loss_dict={}))
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["checkpoint"], r["run"]) for r in recs] == [(3000, str(run / "iter_0003000"), "run3")] * 2
     assert writer.scalars == [] and writer.hists == []  # Bridge writes no TensorBoard under skip_train
     assert [step for _, step in wandb.logged] == [3000, 3000]
@@ -325,7 +302,7 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
 
     bridge_cfg = HESNRBridgeConfig(datasets=[f"swe={prefix}"], impl="torch", num_bins=32, window_stride=3,
                                    jsonl=str(tmp_path / "r.jsonl"))
-    cb = HESNRCallback(bridge_cfg, topology=EvalTopology, forward_backward_func=forward_only)
+    cb = HESNRCallback(bridge_cfg, topology=EvalTopology, forward_backward_func=H.forward_only)
     state = B.global_state(B.container(seq_length=S, eval_interval=5, save="/ckpt/run9"), step=10, consumed=320)
     bridge.normalize_callbacks([cb]).fire("on_eval_end", bridge.CallbackContext(state=state, model=[model]))
 
@@ -334,11 +311,11 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
     # Megatron evaluates iteration 10 with curr_iteration 9 (set before the step it counts).
     args = SimpleNamespace(seq_length=S, padded_vocab_size=None, curr_iteration=9, skip_train=False,
                            save="/ckpt/run9", load=None, consumed_train_samples=320)
-    MegatronHESNRHook(shared, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+    MegatronHESNRHook(shared, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
                       get_wandb_writer=lambda: None).non_loss_data_func([model])
 
-    got, want = read_records(str(tmp_path / "r.jsonl"))  # Bridge's, then Megatron-LM's
-    assert got["metrics"]["num_tokens"] > 0 and got["time"] <= want["time"]
+    got, want = read_raw_records(str(tmp_path / "r.jsonl"))  # Bridge's, then Megatron-LM's
+    assert got["metrics"]["num_high_entropy"] > 0 and got["metrics"]["top1_acc"] > 0 and got["time"] <= want["time"]
     for rec in (got, want):
         del rec["time"], rec["config"]["eval_seconds"]
     assert json_equal(got, want)

@@ -1,6 +1,6 @@
 """The Bridge callback under TP / PP / DP (gloo, CPU) equals the single-process reference.
 
-Each of 2 processes fires Bridge's own ``CallbackManager`` with a real ``CallbackContext``;
+Each layout is its own 2-rank world (named in the test id); each rank fires Bridge's own ``CallbackManager`` with a real ``CallbackContext``;
 the callback takes the process groups from Bridge's ``get_pg_collection(model)`` and the
 forward-only schedule (1F1B under PP, with a ``P2PCommunicator`` as Bridge builds it) from
 megatron-core, and runs the shared evaluation pass with megatron-core's vocab-parallel
@@ -11,7 +11,6 @@ process from full-vocabulary logits.
 from __future__ import annotations
 
 import json
-import traceback
 
 import pytest
 import torch
@@ -20,27 +19,17 @@ pytest.importorskip("megatron.core")
 
 import hesnr_bridge_helpers as B  # noqa: E402
 import hesnr_integration_helpers as H  # noqa: E402
-from distributed_harness import STDERR_REL  # noqa: E402
+from distributed_harness import STDERR_REL, run_world  # noqa: E402
 
 # (tp, pp, give the model its own ProcessGroupCollection)
 LAYOUTS = [(2, 1, False), (1, 2, True), (1, 1, False)]
 
 
-def _worker(rank, world, port, tmpdir):
-    try:
-        _run(rank, world, port, tmpdir)
-    except Exception:
-        traceback.print_exc()
-        raise
-
-
-def _run(rank, world, port, tmpdir):
+def _layout(rank, world, li, tmpdir):
     import warnings
 
     warnings.filterwarnings("ignore")
     callbacks, _pg_utils, _ = B.import_bridge()
-    H.init_gloo(rank, world, port)
-    from megatron.core import parallel_state as ps
     from megatron.core.process_groups_config import ProcessGroupCollection
 
     from megatron_hesnr.bridge import HESNRBridgeConfig, HESNRCallback
@@ -48,9 +37,8 @@ def _run(rank, world, port, tmpdir):
 
     sets = {"p1": H.make_dataset(1), "p2": H.make_dataset(2, n=4, max_len=70)}
     weights = H.full_weights()
-    for li, (tp, pp, own_pgc) in enumerate(LAYOUTS):
-        ps.destroy_model_parallel()
-        ps.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    tp, pp, own_pgc = LAYOUTS[li]
+    with H.model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp) as ps:
         # Before core 0.19 there is no output_processor: the PP layout takes logits via labels=None.
         cls = H.TinyLMNoProcessor if pp > 1 else H.TinyLM
         model = cls(H.transformer_config(tp, pp), weights, pre_process=ps.is_pipeline_first_stage(),
@@ -73,7 +61,7 @@ def _run(rank, world, port, tmpdir):
         assert model.training and torch.equal(rng, torch.get_rng_state())
         if rank != world - 1:
             assert set(loss) == {"lm loss"}
-            continue
+            return
         recs = [json.loads(line) for line in open(jsonl)]
         assert [(r["iteration"], r["dataset"], r["checkpoint"]) for r in recs] == \
             [(20 + li, name, f"{tmpdir}/ckpt/iter_{20 + li:07d}") for name in ("p1", "p2")]
@@ -82,6 +70,7 @@ def _run(rank, world, port, tmpdir):
             ref = H.reference_accumulator(wset, weights, config)
             want, got = ref.compute(), r["metrics"]
             where = f"tp={tp} pp={pp} set {r['dataset']}"
+            assert want["num_high_entropy"] > 0 and want["top1_acc"] > 0, (where, want)  # not a vacuous match
             for key in ("num_tokens", "num_high_entropy", "num_invalid"):
                 assert got[key] == want[key], (where, key)
             for key in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc"):
@@ -92,16 +81,14 @@ def _run(rank, world, port, tmpdir):
             H.trajectory_tables_match(r["state"], ref, where)
             assert loss[f"hesnr/{r['dataset']}/all/hesnr"].item() == pytest.approx(want["hesnr"], rel=1e-5), where
             assert loss[f"hesnr/{r['dataset']}/all/he_ppl"].item() == pytest.approx(want["he_ppl"], rel=1e-5), where
-    ps.destroy_model_parallel()
-    torch.distributed.destroy_process_group()
 
 
-def test_bridge_callback_matches_reference_under_parallel_layouts(tmp_path):
-    import torch.multiprocessing as mp
-
-    _, _, shimmed = B.import_bridge()  # skip (or fail in CI) here, not inside the workers
+@pytest.mark.parametrize("li", range(len(LAYOUTS)), ids=[f"tp{t}-pp{p}-{'own' if own else 'mpu'}_pgc"
+                                                            for t, p, own in LAYOUTS])
+def test_bridge_callback_matches_reference_under_parallel_layouts(li, tmp_path):
+    _, _, shimmed = B.import_bridge()  # skip (or fail in CI) here, not inside the ranks
     try:
-        mp.spawn(_worker, args=(2, H.free_port(), str(tmp_path)), nprocs=2, join=True)
+        run_world(_layout, 2, tmp_path, li, str(tmp_path))
     finally:
         if shimmed:
             B.drop_bridge_modules()

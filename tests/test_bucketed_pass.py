@@ -116,7 +116,8 @@ def test_bucketed_equals_padded(world, layout):
         seen += 1
         (pad_state, pad_metrics, pad_plan), (b_state, b_metrics, b_plan) = result[layout][True], result[layout][False]
         where = f"{layout} rank {rank}"
-        assert pad_metrics["num_tokens"] > 0
+        assert pad_metrics["num_tokens"] > 0 and pad_metrics["num_high_entropy"] > 0, where
+        assert pad_metrics["top1_acc"] > 0, where
         # The states include the per-trajectory sums: bucketing leaves every trajectory's row as it was.
         assert pad_metrics["num_documents"] >= len(LENGTHS) - 1 and pad_metrics["hesnr_stderr"] > 0, where
         for key in ("num_tokens", "num_high_entropy", "num_invalid"):

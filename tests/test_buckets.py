@@ -105,7 +105,7 @@ def test_length_multiple_flag():
 def test_hook_logs_and_records_the_plan(tmp_path, caplog):
     import torch
 
-    from megatron_hesnr.integration.records import read_records
+    from megatron_hesnr.integration.records import read_raw_records
     from test_integration_hook import Plain, _args, make_hook
 
     out = {}
@@ -120,7 +120,7 @@ def test_hook_logs_and_records_the_plan(tmp_path, caplog):
         lines = [r.getMessage() for r in caplog.records if "schedule calls" in r.getMessage()]
         assert len(lines) == 2 and lines[0].startswith("HE-SNR set a: ")  # one line per set
         assert ("padded to --seq-length" in lines[0]) == pad
-        out[pad] = read_records(str(d / "r.jsonl"))
+        out[pad] = read_raw_records(str(d / "r.jsonl"))
     for bucketed, padded in zip(out[False], out[True]):
         b, p = bucketed["config"]["buckets"], padded["config"]["buckets"]
         assert p["padded"] and p["lengths"] == [8] and not b["padded"]
@@ -137,10 +137,11 @@ def test_explicit_attention_mask_is_one_causal_mask_per_bucket(tmp_path):
     from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
     from megatron_hesnr.integration.eval_pass import EvalTopology
     from megatron_hesnr.integration.hook import MegatronHESNRHook
-    from test_integration_hook import Data, Plain, _args, forward_only
+    import hesnr_integration_helpers as H
+    from test_integration_hook import Plain, _args, small_dataset
 
     seen = []
-    data = Data(n=8)
+    data = small_dataset(n=8)
     data.items = [(t[:n], m[:n]) for (t, m), n in zip(data.items * 2, (3, 4, 5, 5, 6, 9, 12, 20) * 2)]
 
     class Recording(Plain):
@@ -150,7 +151,7 @@ def test_explicit_attention_mask_is_one_causal_mask_per_bucket(tmp_path):
 
     args = _args(skip_train=True, iteration=1, create_attention_mask_in_dataloader=True)
     hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),), impl="torch", length_multiple=2),
-                             get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+                             get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
                              open_dataset=lambda prefix: data, get_wandb_writer=lambda: None)
     with torch.no_grad():
         hook.non_loss_data_func([Recording()])

@@ -11,16 +11,11 @@ import numpy as np
 import pytest
 
 from megatron_hesnr.data.filters import FilterConfig
-from megatron_hesnr.data.pipeline import PrepareConfig, expand_inputs, load_tokenizer, process_files
+from megatron_hesnr.data.pipeline import PrepareConfig, expand_inputs, process_files
 from megatron_hesnr.data.readers import read_trajectories
 from megatron_hesnr.data.render import render
 from megatron_hesnr.data.segments import Category, Kind
 from megatron_hesnr.data.tokenize_mask import encode_and_mask
-
-
-@pytest.fixture(scope="session")
-def tokenizer(deepseek_tokenizer_json):
-    return load_tokenizer(str(deepseek_tokenizer_json))
 
 
 @pytest.fixture(scope="session")

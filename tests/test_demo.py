@@ -16,9 +16,8 @@ from megatron_hesnr.accumulator import HESNRAccumulator
 from megatron_hesnr.demo import sources
 from megatron_hesnr.demo.proxy_score import action_groups, greedy_prefix, top1_by_document
 from megatron_hesnr.demo.windows import make_windows
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
-HAVE_PREPARE = importlib.util.find_spec("megatron_hesnr.data") is not None
 HAVE_MCORE = importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.core") is not None
 
 
@@ -26,8 +25,6 @@ HAVE_MCORE = importlib.util.find_spec("megatron") is not None and importlib.util
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     """One `hesnr demo --quick` through the real CLI entry point (shared by the checks below)."""
-    if not HAVE_PREPARE:
-        pytest.skip("megatron_hesnr.data (hesnr prepare) is not installed")
     from megatron_hesnr.cli import main
 
     out = tmp_path_factory.mktemp("demo")
@@ -211,7 +208,8 @@ def test_stdlib_code_is_bounded_and_deterministic():
 
 def test_bpe_offsets_cover_the_text(tmp_path):
     pytest.importorskip("tokenizers")
-    from megatron_hesnr.demo.bpe import eod_token_id, load_tokenizer, train_bpe
+    from megatron_hesnr.data.pipeline import load_tokenizer
+    from megatron_hesnr.demo.bpe import eod_token_id, train_bpe
 
     texts = sources.stdlib_code(60_000)
     path = train_bpe(texts, 400, tmp_path / "tokenizer.json")
@@ -231,8 +229,8 @@ def test_bpe_offsets_cover_the_text(tmp_path):
 
 def test_generator_reproduces_a_bundled_trajectory(tmp_path):
     """The committed JSONL is what examples/demo_trajectories/generate.py writes."""
-    if shutil.which("git") is None or importlib.util.find_spec("pytest") is None:
-        pytest.skip("the generator needs git and pytest")
+    if shutil.which("git") is None:
+        pytest.skip("the generator needs git")
     sys.path.insert(0, str(REPO / "examples" / "demo_trajectories"))
     try:
         import generate

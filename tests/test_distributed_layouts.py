@@ -19,9 +19,10 @@ from distributed_harness import (
     assert_metrics_match,
     assert_state_match,
     assert_stats_match,
-    layout_groups,
+    layout_token_stats,
     make_batch,
     reference,
+    run_layouts,
     run_world,
     stats_dict,
     tp_slice,
@@ -69,7 +70,12 @@ def megatron_core():
 
 
 def test_cp_split_equals_megatron_get_batch_on_this_cp_rank(megatron_core, monkeypatch):
-    ps, utils = megatron_core.parallel_state, megatron_core.utils
+    """Through ``compat.megatron_cp_split`` (core 0.19 adds a required ``is_hybrid_cp``).
+    Without a process group, core <= 0.18 reads the CP place from ``parallel_state``
+    and 0.19 from ``torch.distributed``: both are patched."""
+    from megatron_hesnr.integration.compat import megatron_cp_split
+
+    ps = megatron_core.parallel_state
     g = torch.Generator().manual_seed(0)
     batch = {
         "tokens": torch.randint(0, 100, (3, 24), generator=g),
@@ -80,7 +86,9 @@ def test_cp_split_equals_megatron_get_batch_on_this_cp_rank(megatron_core, monke
         for cp_rank in range(cp_size):
             monkeypatch.setattr(ps, "get_context_parallel_world_size", lambda s=cp_size: s)
             monkeypatch.setattr(ps, "get_context_parallel_rank", lambda r=cp_rank: r)
-            theirs = utils.get_batch_on_this_cp_rank(dict(batch))
+            monkeypatch.setattr(dist, "get_world_size", lambda group=None, s=cp_size: s)
+            monkeypatch.setattr(dist, "get_rank", lambda group=None, r=cp_rank: r)
+            theirs = megatron_cp_split(None)(batch)
             for key, value in batch.items():
                 mine = split_for_context_parallel(value, cp_rank, cp_size, seq_dim=2 if key == "attention_mask" else 1)
                 assert torch.equal(mine, theirs[key]), (key, cp_size, cp_rank)
@@ -96,26 +104,19 @@ LAYOUTS = {
 }
 
 
-def _layout_checks(rank: int, world: int):
-    logits, labels, mask = make_batch(11, BATCH, SEQ, VOCAB, PADDED)
-    out = {}
-    for name, layout in LAYOUTS.items():
-        groups, rows, tp_rank, tp_size = layout_groups(layout, rank, BATCH)
-        cp_rank, cp_size = groups.cp_rank, groups.cp_size
-        local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size) for t in (logits, labels, mask)]
-        shard = tp_slice(local[0], tp_rank, tp_size)
-        stats = mh.token_stats(shard, local[1], vocab_size=VOCAB, tp_group=groups.tp, impl="torch")
-        acc = mh.HESNRAccumulator()
-        acc.update(stats, local[2])
-        metrics = reduce_metrics(acc, groups)
-        out[name] = {"rows": rows, "cp": (cp_rank, cp_size), "stats": stats_dict(stats),
-                     "state": acc.state.clone(), "metrics": metrics}
-    return out
+def _layout_check(rank: int, layout, logits, labels, mask):
+    groups, rows, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask)
+    acc = mh.HESNRAccumulator()
+    acc.update(stats, local[2])
+    metrics = reduce_metrics(acc, groups)  # reduces the state in place: clone it after
+    return {"rows": rows, "cp": (groups.cp_rank, groups.cp_size), "stats": stats_dict(stats),
+            "state": acc.state.clone(), "metrics": metrics}
 
 
 @pytest.fixture(scope="module")
 def layout_world(tmp_path_factory):
-    return run_world(_layout_checks, WORLD, tmp_path_factory.mktemp("layouts"))
+    return run_layouts(LAYOUTS, _layout_check, WORLD, tmp_path_factory.mktemp("layouts"),
+                       *make_batch(11, BATCH, SEQ, VOCAB, PADDED))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
@@ -158,11 +159,11 @@ def _megatron_checks(rank: int, world: int):
     warnings.simplefilter("ignore")
     from megatron.core import parallel_state as ps
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
-    from megatron.core.utils import get_batch_on_this_cp_rank
 
     from megatron.core.process_groups_config import ProcessGroupCollection
 
     from megatron_hesnr.integration import metric_groups_from_parallel_state, metric_groups_from_pg_collection
+    from megatron_hesnr.integration.compat import megatron_cp_split
 
     ranks_of = dist.get_process_group_ranks
     out = {}
@@ -224,7 +225,7 @@ def _megatron_checks(rank: int, world: int):
     acc = mh.HESNRAccumulator()
     if groups.is_last_stage:
         logits, labels, mask = make_batch(23, BATCH, SEQ, VOCAB)
-        batch = get_batch_on_this_cp_rank({"labels": labels.clone(), "loss_mask": mask.clone()})
+        batch = megatron_cp_split(ps.get_context_parallel_group())({"labels": labels.clone(), "loss_mask": mask.clone()})
         local_labels, local_mask = (split_for_context_parallel(t, groups.cp_rank, groups.cp_size)
                                     for t in (labels, mask))
         out["b_split_is_megatron"] = (torch.equal(batch["labels"], local_labels)

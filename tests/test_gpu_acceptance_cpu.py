@@ -11,11 +11,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_acceptance.sh"
 STAGES = ["install", "kernel_tests", "bench", "integration", "example"]
 STATUSES = {"ok", "failed", "timeout", "skipped"}

@@ -6,7 +6,6 @@ The hook's reduced accumulator must equal a reference computed from the same mod
 """
 from __future__ import annotations
 
-import traceback
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +14,7 @@ import torch
 pytest.importorskip("megatron.core")
 
 import hesnr_integration_helpers as H  # noqa: E402
+from distributed_harness import run_world  # noqa: E402
 
 V_TRUE, V_PAD, S = 200, 256, 32
 
@@ -53,50 +53,42 @@ def _reference(model, wset, tp):
     return acc
 
 
-def _worker(rank, world, port):
-    try:
-        import warnings
-
-        warnings.filterwarnings("ignore")
-        H.init_gloo(rank, world, port)
-        from megatron.core import parallel_state as ps
-
-        from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-        from megatron_hesnr.integration.hook import MegatronHESNRHook
-
-        data = H.make_dataset(5, n=4, max_len=60)
-        data.items = [(t * 3 + 1, m) for t, m in data.items]  # spread ids over the 200-token vocabulary
-        data.manifest = {"tokenizer": {"vocab_size": V_TRUE}}
-        for tp, ep, moe, capture in ((1, 2, True, "labels_none"), (2, 1, False, "output_layer_hook")):
-            ps.destroy_model_parallel()
-            ps.initialize_model_parallel(tensor_model_parallel_size=tp, expert_model_parallel_size=ep)
-            with H.schedules_on_cpu():
-                model = _gpt(tp, moe)
-                cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), num_bins=64, impl="torch", window_stride=16,
-                                  logits_capture=capture)
-                args = SimpleNamespace(seq_length=S, padded_vocab_size=V_PAD, iteration=1, skip_train=True,
-                                       load=None)
-                hook = MegatronHESNRHook(cfg, get_args=lambda: args, open_dataset=lambda p: data,
-                                         get_wandb_writer=lambda: None)
-                model.train()
-                out = hook.non_loss_data_func([model])
-                assert model.training
-                model.eval()
-                ref = _reference(model, hook._sets[0][0], tp)
-            if rank == world - 1:
-                got, want = out["sets"]["d"]["metrics"], ref.compute()
-                assert got["num_tokens"] == want["num_tokens"] > 0
-                assert got["num_high_entropy"] == want["num_high_entropy"]
-                for key in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "mean_entropy"):
-                    assert got[key] == pytest.approx(want[key], rel=1e-5, nan_ok=True), (tp, ep, key)
-        ps.destroy_model_parallel()
-        torch.distributed.destroy_process_group()
-    except Exception:
-        traceback.print_exc()
-        raise
+# (tp, ep, MoE layers, logits capture)
+LAYOUTS = [(1, 2, True, "labels_none"), (2, 1, False, "output_layer_hook")]
 
 
-def test_real_gpt_model_through_the_hook():
-    import torch.multiprocessing as mp
+def _layout(rank, world, tp, ep, moe, capture):
+    import warnings
 
-    mp.spawn(_worker, args=(2, H.free_port()), nprocs=2, join=True)
+    warnings.filterwarnings("ignore")
+    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.integration.hook import MegatronHESNRHook
+
+    data = H.make_dataset(5, n=4, max_len=60)
+    data.items = [(t * 3 + 1, m) for t, m in data.items]  # spread ids over the 200-token vocabulary
+    data.manifest = {"tokenizer": {"vocab_size": V_TRUE}}
+    with H.model_parallel(tensor_model_parallel_size=tp, expert_model_parallel_size=ep):
+        with H.schedules_on_cpu():
+            model = _gpt(tp, moe)
+            cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), num_bins=64, impl="torch", window_stride=16,
+                              logits_capture=capture)
+            args = SimpleNamespace(seq_length=S, padded_vocab_size=V_PAD, iteration=1, skip_train=True, load=None)
+            hook = MegatronHESNRHook(cfg, get_args=lambda: args, open_dataset=lambda p: data,
+                                     get_wandb_writer=lambda: None)
+            model.train()
+            out = hook.non_loss_data_func([model])
+            assert model.training
+            model.eval()
+            ref = _reference(model, hook._sets[0][0], tp)
+    if rank == world - 1:
+        got, want = out["sets"]["d"]["metrics"], ref.compute()
+        assert got["num_tokens"] == want["num_tokens"] > 0
+        assert got["num_high_entropy"] == want["num_high_entropy"] > 0
+        for key in ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "mean_entropy"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, nan_ok=True), (tp, ep, key)
+
+
+@pytest.mark.parametrize("tp,ep,moe,capture", LAYOUTS, ids=[f"tp{t}-ep{e}-{'moe' if m else 'dense'}-{c}"
+                                                             for t, e, m, c in LAYOUTS])
+def test_real_gpt_model_through_the_hook(tp, ep, moe, capture, tmp_path):
+    run_world(_layout, 2, tmp_path, tp, ep, moe, capture)

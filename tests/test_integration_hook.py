@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+import hesnr_integration_helpers as H
 from megatron_hesnr import HESNRAccumulator
+from megatron_hesnr.data.dataset import PreparedDatasetError
 from megatron_hesnr.integration.capture import LogitsCapture, _fp32_output_kwargs, resolve_capture
 from megatron_hesnr.integration.compat import call_pretrain, pretrain_style
 from megatron_hesnr.integration.config import EvalDataset, HESNRConfig, HESNRConfigError
@@ -21,23 +23,13 @@ from megatron_hesnr.integration.eval_pass import EvalTopology
 from megatron_hesnr.integration.guard import training_state_preserved
 from megatron_hesnr.integration.hook import MegatronHESNRHook
 from megatron_hesnr.integration.logging_sinks import _stdout_logger, format_validation_line
-from megatron_hesnr.integration.records import read_records
+from megatron_hesnr.integration.records import read_raw_records
 
 V, S = 24, 8
 
 
-class Data:
-    def __init__(self, manifest=None, n=4, seed=0):
-        rng = np.random.default_rng(seed)
-        self.items = [(rng.integers(0, V, size=L).astype(np.int64), rng.integers(0, 3, size=L).astype(np.uint8))
-                      for L in rng.integers(4, 20, size=n)]
-        self.manifest = {"tokenizer": {"vocab_size": V}} if manifest is None else manifest
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
+def small_dataset(manifest=None, n=4, seed=0):
+    return H.uniform_dataset(V, n=n, seed=seed, max_len=20, manifest=manifest)
 
 
 class Plain(torch.nn.Module):
@@ -54,22 +46,11 @@ class Plain(torch.nn.Module):
         return self.output_layer(self.emb[input_ids])  # [b, s, V]
 
 
-def forward_only(*, forward_step_func, data_iterator, model, num_microbatches, collect_non_loss_data, **_):
-    """The contract of Megatron's forward-only schedule on one stage."""
-    it = data_iterator[0] if isinstance(data_iterator, list) else data_iterator
-    m = model[0] if isinstance(model, list) else model
-    out = []
-    for _ in range(num_microbatches):
-        output, loss_func = forward_step_func(it, m)
-        out.append(loss_func(output, non_loss_data=True) if collect_non_loss_data else loss_func(output))
-    return out
-
-
 def make_hook(tmp_path, args, **cfg):
-    sets = {"/d/a": Data(), "/d/b": Data(seed=1)}
+    sets = {"/d/a": small_dataset(), "/d/b": small_dataset(seed=1)}
     config = HESNRConfig(datasets=(EvalDataset("a", "/d/a"), EvalDataset("b", "/d/b")), impl="torch", num_bins=32,
                          jsonl=str(tmp_path / "r.jsonl"), **cfg)
-    return MegatronHESNRHook(config, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+    return MegatronHESNRHook(config, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
                              open_dataset=sets.__getitem__, get_wandb_writer=lambda: None)
 
 
@@ -90,7 +71,7 @@ def test_runs_at_its_interval_once_per_iteration(tmp_path):
         args.consumed_train_samples = it * 16
         ran.append(hook.non_loss_data_func([model]) is not None)
     assert ran == [False, True, False, False, True]
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["dataset"]) for r in recs] == [(4, "a"), (4, "b"), (8, "a"), (8, "b")]
     r = recs[0]
     assert r["consumed_samples"] == 64 and r["checkpoint"] == "/ckpt/run7/iter_0000004" and r["run"] == "run7"
@@ -112,7 +93,7 @@ def test_skip_train_always_runs_and_writes(tmp_path):
     args = _args(skip_train=True, curr_iteration=None, iteration=3000, save=None, load=str(run), ckpt_step=3000)
     hook = make_hook(tmp_path, args, eval_interval=7)
     assert hook.non_loss_data_func([Plain()]) is not None
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["checkpoint"], r["run"]) for r in recs] == [(str(run / "iter_0003000"), "run3")] * 2
 
 
@@ -125,14 +106,17 @@ def test_same_numbers_as_direct_accumulation(tmp_path):
     hook = make_hook(tmp_path, args, long_policy="window", window_stride=3)
     model = Plain()
     data = hook.non_loss_data_func([model])
-    ds = Data()
+    ds = small_dataset()
     ref = HESNRAccumulator(num_bins=32)
     with torch.no_grad():
         for i, w in plan_set("a", ds, S, "window", 3).windows:
             x, y, m = (torch.from_numpy(a)[None] for a in window_sample(*ds[i], w, S))
             ref.update(token_stats(model(x, None, None), y, vocab_size=V, impl="torch"), m)
-    assert data["sets"]["a"]["metrics"]["num_tokens"] == ref.compute()["num_tokens"] > 0
-    assert data["sets"]["a"]["metrics"]["hesnr"] == pytest.approx(ref.compute()["hesnr"], nan_ok=True)
+    got, want = data["sets"]["a"]["metrics"], ref.compute()
+    assert want["num_high_entropy"] > 0 and want["top1_acc"] > 0, want  # not a vacuous match
+    assert got["num_tokens"] == want["num_tokens"] > 0 and got["num_high_entropy"] == want["num_high_entropy"]
+    for key in ("hesnr", "top1_acc", "he_ppl"):
+        assert got[key] == pytest.approx(want[key], nan_ok=True), key
 
 
 class _Lines(logging.Handler):
@@ -181,9 +165,9 @@ def test_records_carry_stderrs_and_two_checkpoints_compare(tmp_path):
         _stdout_logger().removeHandler(catch)
     lines = [line for line in catch.lines if "validation hesnr-" in line]
     assert len(lines) == 4 and all(re.search(r"\| hesnr value: \S+ ± \S+ \|", line) for line in lines), lines
-    recs = read_records(str(tmp_path / "r.jsonl"))
+    recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["dataset"]) for r in recs] == [(4, "a"), (4, "b"), (8, "a"), (8, "b")]
-    ds = Data()
+    ds = small_dataset()
     assert max(len(t) for t, _ in ds.items) > S + 1  # sliding windows: a trajectory in several rows of the pass
     for rec, model in ((recs[0], a), (recs[2], b)):
         ref = _reference_with_trajectories(model, ds, 3)
@@ -226,9 +210,18 @@ def test_tensorboard_and_wandb(tmp_path):
     data = hook.non_loss_data_func([Plain()])
     w = FakeWriter()
     hook.process_non_loss_data_func(data, 10, w)
-    tags = {t for t, _, _ in w.scalars}
-    assert "hesnr/a/all/hesnr" in tags or "hesnr/a/all/num_tokens" in tags
-    assert ("hesnr/a/all/num_tokens vs samples" in tags) and all(s in (10, 640) for _, _, s in w.scalars)
+    by_step = {(t, s): v for t, v, s in w.scalars}
+    assert len(by_step) == len(w.scalars)  # no tag written twice at one step
+    for name in ("a", "b"):
+        metrics = data["sets"][name]["metrics"]
+        assert metrics["num_high_entropy"] > 0 and metrics["top1_acc"] > 0, metrics
+        for key in ("hesnr", "num_tokens", "he_ppl", "top1_acc"):
+            tag = f"hesnr/{name}/all/{key}"
+            assert by_step[(tag, 10)] == pytest.approx(metrics[key]), tag
+            assert by_step[(f"{tag} vs samples", 640)] == pytest.approx(metrics[key]), tag
+    # Every per-iteration scalar has its "vs samples" twin and nothing else is logged.
+    per_iter = {t for t, s in by_step if s == 10}
+    assert {(t, s) for t, s in by_step} == {(t, 10) for t in per_iter} | {(f"{t} vs samples", 640) for t in per_iter}
     assert len(w.hists) == 2 and w.hists[0]["global_step"] == 10
     h = w.hists[0]
     assert h["num"] == data["sets"]["a"]["metrics"]["num_tokens"] and len(h["bucket_counts"]) == 32
@@ -252,10 +245,10 @@ def test_validation_line_format():
 def test_setup_errors_name_the_flag(tmp_path):
     args = _args()
     hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),)), get_args=lambda: args,
-                             open_dataset=lambda p: Data(manifest={}))
+                             open_dataset=lambda p: small_dataset(manifest={}))
     with pytest.raises(HESNRConfigError, match="--hesnr-data-path: /d/a: manifest has no tokenizer.vocab_size"):
         hook.setup()
-    big = Data(manifest={"tokenizer": {"vocab_size": V + 1}})
+    big = small_dataset(manifest={"tokenizer": {"vocab_size": V + 1}})
     hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),)), get_args=lambda: args,
                              open_dataset=lambda p: big)
     with pytest.raises(HESNRConfigError, match="exceeds the model's padded vocabulary"):
@@ -385,7 +378,7 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     """The hook opens a real prepared set (the data layer's writer and reader)."""
     from megatron_hesnr.data.writer import DatasetWriter
 
-    ds = Data(n=5, seed=3)
+    ds = small_dataset(n=5, seed=3)
     w = DatasetWriter(str(tmp_path / "swe"), vocab_size=V)
     for ids, mask in ds.items:
         w.add(ids, mask)
@@ -393,7 +386,7 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     args = _args(iteration=2, skip_train=True, load=str(tmp_path))
     cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch", num_bins=32,
                       jsonl=str(tmp_path / "out.jsonl"))
-    hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=EvalTopology, forward_backward_func=forward_only,
+    hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
                              get_wandb_writer=lambda: None)
     got = hook.non_loss_data_func([Plain()])["sets"]["swe"]["metrics"]
     direct = make_hook(tmp_path / "direct", args)
@@ -401,8 +394,8 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     want = direct.non_loss_data_func([Plain()])["sets"]["a"]["metrics"]
     assert got["num_tokens"] == want["num_tokens"] > 0
     assert got["hesnr"] == pytest.approx(want["hesnr"], nan_ok=True)
-    assert read_records(str(tmp_path / "out.jsonl"))[0]["dataset"] == "swe"
-    with pytest.raises(Exception, match="manifest not found"):
+    assert read_raw_records(str(tmp_path / "out.jsonl"))[0]["dataset"] == "swe"
+    with pytest.raises(PreparedDatasetError, match=r"nope_manifest\.json: manifest not found"):
         MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("x", str(tmp_path / "nope")),)),
                           get_args=lambda: args).setup()
 

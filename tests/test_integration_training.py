@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import traceback
 from types import SimpleNamespace
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 pytest.importorskip("megatron.core")
 
 import hesnr_integration_helpers as H  # noqa: E402
+from distributed_harness import run_world  # noqa: E402
 
 
 def _train(hook, steps=6):
@@ -69,25 +69,21 @@ hook_args = SimpleNamespace(seq_length=H.SEQ, padded_vocab_size=H.PADDED_VOCAB, 
                             skip_train=False, save=None, consumed_train_samples=0)
 
 
-def _worker(rank, world, port):
-    try:
-        import warnings
+def _world(rank, world):
+    import warnings
 
-        warnings.filterwarnings("ignore")
-        H.init_gloo(rank, world, port)
-        from megatron.core import parallel_state as ps
+    warnings.filterwarnings("ignore")
+    import megatron_hesnr.integration.hook as hook_mod
+    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
 
-        import megatron_hesnr.integration.hook as hook_mod
-        from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
+    sets = {"s": H.make_dataset(3, n=3)}
 
-        ps.initialize_model_parallel(tensor_model_parallel_size=2)
-        sets = {"s": H.make_dataset(3, n=3)}
+    def make_hook():
+        cfg = HESNRConfig(datasets=(EvalDataset("s", "s"),), eval_interval=2, impl="torch", num_bins=16)
+        return hook_mod.MegatronHESNRHook(cfg, get_args=lambda: hook_args, open_dataset=sets.__getitem__,
+                                          get_wandb_writer=lambda: None)
 
-        def make_hook():
-            cfg = HESNRConfig(datasets=(EvalDataset("s", "s"),), eval_interval=2, impl="torch", num_bins=16)
-            return hook_mod.MegatronHESNRHook(cfg, get_args=lambda: hook_args, open_dataset=sets.__getitem__,
-                                              get_wandb_writer=lambda: None)
-
+    with H.model_parallel(tensor_model_parallel_size=2):
         plain = _train(None)
         hook = make_hook()
         with_hook = _train(hook)
@@ -109,14 +105,7 @@ def _worker(rank, world, port):
         finally:
             hook_mod.training_state_preserved = saved
         assert perturbed[:2] == plain[:2] and perturbed[2:] != plain[2:], (plain, perturbed)
-        ps.destroy_model_parallel()
-        torch.distributed.destroy_process_group()
-    except Exception:
-        traceback.print_exc()
-        raise
 
 
-def test_training_losses_identical_with_and_without_hook():
-    import torch.multiprocessing as mp
-
-    mp.spawn(_worker, args=(2, H.free_port()), nprocs=2, join=True)
+def test_training_losses_identical_with_and_without_hook(tmp_path):
+    run_world(_world, 2, tmp_path)

@@ -51,9 +51,11 @@ def test_truncate_drops_tail():
     assert counts[1:9].tolist() == [1] * 8 and counts[9:].sum() == 0
 
 
-@pytest.mark.parametrize("bad", [dict(stride=0), dict(stride=9), dict(policy="slide")])
-def test_bad_arguments(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad,match", [(dict(stride=0), r"stride must be in \[1, seq_length=8\], got 0"),
+                                       (dict(stride=9), r"stride must be in \[1, seq_length=8\], got 9"),
+                                       (dict(policy="slide"), "unknown long-trajectory policy 'slide'")])
+def test_bad_arguments(bad, match):
+    with pytest.raises(ValueError, match=match):
         plan_windows(50, 8, bad.get("policy", "window"), bad.get("stride", 4))
 
 
@@ -66,5 +68,5 @@ def test_window_sample_shifts_and_masks():
     assert y.tolist() == [105, 106, 107, 108, 109, 0, 0, 0]
     # targets 5, 6 are scored by an earlier window; 7, 8, 9 here; padding never.
     assert m.tolist() == [0, 0, 1, 2, 1, 0, 0, 0]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="window of 11 inputs exceeds seq_length 8"):
         window_sample(tokens, mask, Window(0, 12, 1), seq_length=8)

@@ -13,15 +13,13 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from megatron_hesnr import token_stats
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -121,7 +121,7 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path, monkeypatch, caps
     assert main(["report", str(tmp_path / "r.jsonl")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "surprise" in err[0] and "--debug" in err[0]
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="surprise"):
         main(["--debug", "report", str(tmp_path / "r.jsonl")])
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="surprise"):
         main(["report", str(tmp_path / "r.jsonl"), "--debug"])

@@ -20,7 +20,7 @@ import megatron_hesnr as mh
 from megatron_hesnr.accumulator import SCALAR_FIELDS
 from megatron_hesnr.stderr import RATIO_METRICS, paired_bootstrap, ratio_stderr
 
-from stderr_synth import as_token_stats, clustered_tokens, token_ratio_terms, trajectory_sums_numpy
+from stderr_synth import as_token_stats, clustered_tokens, token_ratio_terms
 
 N_DOCS = 300
 

@@ -1,7 +1,6 @@
 """Single-process checks of the TP merge's header, checksums and merge."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from megatron_hesnr.shard_stats import ShardStats, merge_shard_stats, shard_stats_torch

@@ -9,10 +9,9 @@ import torch
 
 import megatron_hesnr as mh
 from megatron_hesnr.accumulator import SCALAR_FIELDS
-from megatron_hesnr.context_parallel import split_for_context_parallel
 from megatron_hesnr.integration import reduce_metrics
 
-from distributed_harness import assert_metrics_match, assert_state_match, layout_groups, make_batch, run_world, tp_slice
+from distributed_harness import assert_metrics_match, assert_state_match, layout_token_stats, make_batch, run_layouts
 from stderr_synth import as_token_stats, clustered_tokens
 
 N_DOCS = 40
@@ -164,27 +163,20 @@ def _reference():
     return acc
 
 
-def _world(rank, world):
-    logits, labels, mask = make_batch(23, BATCH, SEQ, VOCAB, PADDED)
-    doc = _doc_ids(mask)
-    out = {}
-    for name, layout in LAYOUTS.items():
-        groups, rows, tp_rank, tp_size = layout_groups(layout, rank, BATCH)
-        local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size)
-                 for t in (logits, labels, mask, doc)]
-        shard = tp_slice(local[0], tp_rank, tp_size)
-        stats = mh.token_stats(shard, local[1], vocab_size=VOCAB, tp_group=groups.tp, impl="torch")
-        acc = mh.HESNRAccumulator(num_documents=DOCS)
-        acc.update(stats, local[2], local[3])
-        local_docs = sorted(set(local[3][local[2] > 0].tolist()))
-        metrics = reduce_metrics(acc, groups)
-        out[name] = {"state": acc.state.clone(), "metrics": metrics, "docs": local_docs}
-    return out
+def _layout_sums(rank, layout, logits, labels, mask, doc):
+    groups, _, local, stats = layout_token_stats(layout, rank, VOCAB, logits, labels, mask, doc)
+    acc = mh.HESNRAccumulator(num_documents=DOCS)
+    acc.update(stats, local[2], local[3])
+    local_docs = sorted(set(local[3][local[2] > 0].tolist()))
+    metrics = reduce_metrics(acc, groups)  # reduces the state in place: clone it after
+    return {"state": acc.state.clone(), "metrics": metrics, "docs": local_docs}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    return run_world(_world, WORLD, tmp_path_factory.mktemp("trajectory_sums"))
+    logits, labels, mask = make_batch(23, BATCH, SEQ, VOCAB, PADDED)
+    return run_layouts(LAYOUTS, _layout_sums, WORLD, tmp_path_factory.mktemp("trajectory_sums"),
+                       logits, labels, mask, _doc_ids(mask))
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))

@@ -251,13 +251,3 @@ def _set_labels(records: list[EvalRecord]) -> None:
         r.label = s if seen[s] == 1 else r.long_label()
         if r.dataset and mixed:
             r.label = f"{r.label} [{r.dataset}]"
-
-
-def group_by_run(records: list[EvalRecord]) -> dict[str, list[EvalRecord]]:
-    """Records per run name ('' for records without ``run``), each sorted by iteration."""
-    out: dict[str, list[EvalRecord]] = {}
-    for r in records:
-        out.setdefault(r.run_name, []).append(r)
-    for v in out.values():
-        v.sort(key=lambda r: r.iteration)
-    return out

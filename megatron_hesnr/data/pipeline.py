@@ -110,10 +110,11 @@ class FileResult:
     dropped: Counter = field(default_factory=Counter)   # rows dropped here, per row filter
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str | os.PathLike):
     """HF ``tokenizers`` tokenizer from a ``tokenizer.json`` file or a folder holding one."""
     from tokenizers import Tokenizer
 
+    path = os.fspath(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
         raise FileNotFoundError(f"--tokenizer: {file} not found (give a tokenizer.json or its folder)")
@@ -291,10 +292,6 @@ def process_files(paths: list[str], tokenizer, cfg: PrepareConfig) -> list[FileR
     """Read and render every file, tokenize all their texts in one ``encode_batch`` call
     (the tokenizer's thread pool then has enough work), then build the masks."""
     return list(_by_file(_complete(_stage(units_of(paths), cfg), tokenizer, cfg)))
-
-
-def process_file(path: str, tokenizer, cfg: PrepareConfig) -> FileResult:
-    return process_files([path], tokenizer, cfg)[0]
 
 
 # ------------------------------------------------------------------ parallel

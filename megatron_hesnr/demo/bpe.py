@@ -7,7 +7,6 @@ token covers, and therefore which tokens ``hesnr prepare`` scores, are exact.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -44,21 +43,6 @@ def train_bpe(texts, vocab_size: int, path: Path, min_frequency: int = 2) -> Pat
     return path
 
 
-def load_tokenizer(path: Path):
-    """Load a ``tokenizer.json`` (ours or the user's) with a clear error."""
-    from tokenizers import Tokenizer
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "tokenizer.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"--tokenizer: {path} does not exist")
-    try:
-        return Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-        raise ValueError(f"--tokenizer: {path} is not a HF tokenizers tokenizer.json ({exc})") from None
-
-
 def eod_token_id(tokenizer) -> int:
     """Id that separates documents in the training stream."""
     for name in ("<|endoftext|>", "</s>", "<｜end▁of▁sentence｜>", "<eos>", "<|end_of_text|>"):
@@ -67,11 +51,3 @@ def eod_token_id(tokenizer) -> int:
             return tid
     # A tokenizer without an end-of-document token: the last id, as a separator only.
     return tokenizer.get_vocab_size() - 1
-
-
-def tokenizer_summary(path: Path) -> dict:
-    """Small description for records and the report (not the whole vocabulary)."""
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    model = data.get("model", {})
-    return {"path": str(path), "type": model.get("type"), "vocab": len(model.get("vocab", {})) + len(data.get("added_tokens", []))}

@@ -19,12 +19,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def padded_vocab_size(vocab_size: int, divisible_by: int = 128, tp: int = 2) -> int:
-    """Megatron's padding rule: round up to a multiple of ``divisible_by * tp``."""
-    multiple = divisible_by * tp
-    return int(math.ceil(vocab_size / multiple) * multiple)
-
-
 @dataclass(kw_only=True)
 class GPTConfig:
     vocab_size: int

@@ -19,9 +19,11 @@ import numpy as np
 import torch
 
 from ..accumulator import AccumulatorConfig
+from ..data.pipeline import load_tokenizer
+from ..vocab import padded_vocab_size
 from . import bpe, sources
 from .evaluation import EvalJob, run_evaluation
-from .gpt import GPTConfig, TinyGPT, padded_vocab_size
+from .gpt import GPTConfig, TinyGPT
 from .proxy_score import PROXY_DESCRIPTION, PROXY_NAME, greedy_prefix, top1_by_document, write_scores_csv
 from .training import TrainConfig, train
 from .windows import make_windows
@@ -195,7 +197,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     else:
         stages.start("tokenizer", f"tokenizer: training a byte-level BPE ({cfg.vocab_size} tokens) on the code and trajectories")
         tok_path = bpe.train_bpe(code + sources.trajectory_strings(split.train), cfg.vocab_size, work / "tokenizer.json")
-    tok = bpe.load_tokenizer(tok_path)
+    tok = load_tokenizer(tok_path)
     vocab = tok.get_vocab_size()
     eod = bpe.eod_token_id(tok)
 
@@ -212,7 +214,7 @@ def run_demo(cfg: DemoConfig) -> dict:
              streams["code"].numel(), streams["trajectories"].numel(), sum(len(t) for t, _ in eval_docs), scored)
 
     # 4. Train.
-    gcfg = GPTConfig(vocab_size=vocab, padded_vocab_size=padded_vocab_size(vocab, 128, max(1, cfg.tp)),
+    gcfg = GPTConfig(vocab_size=vocab, padded_vocab_size=padded_vocab_size(vocab, tp_size=max(1, cfg.tp), divisible_by=128),
                      seq_length=cfg.seq_length, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                      num_heads=cfg.num_heads)
     torch.manual_seed(cfg.train.seed)

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
+from ..token_stats import IMPLS
 from .buckets import DEFAULT_LENGTH_MULTIPLE
 
-IMPLS = ("auto", "torch", "triton")
 LONG_POLICIES = ("truncate", "window")
 LOGITS_CAPTURES = ("auto", "output_processor", "labels_none", "output_layer_hook")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -58,8 +58,10 @@ def append_records(path: str, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def read_records(path: str) -> list[dict]:
-    """All records of a JSONL file (NaN metrics round-trip as float NaN)."""
+def read_raw_records(path: str) -> list[dict]:
+    """Every line of a records JSONL file as the dict that was written (NaN metrics
+    round-trip as float NaN); nothing is validated -- the report reads records with
+    :func:`megatron_hesnr.analysis.read_records`, which checks them."""
     out = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
