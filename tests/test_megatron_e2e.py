@@ -206,3 +206,68 @@ def test_layout_records_equal_single_process_reference(tmp_path, checkout, hesnr
     assert by_iteration(run)[4]["checkpoint"] == rec["checkpoint"]
     assert_same_state(by_iteration(run)[4], rec, what=layout)
     assert ref.lines("validation hesnr-swe at iteration 4 |")
+
+
+# ------------------------------------------------------------------ launch scripts
+CAPTURE_LAUNCH = r"""
+torchrun() { printf '%s\0' "$@" > "$HESNR_ARGV_OUT"; }
+srun() { while [[ "$1" == -* ]]; do shift; done; "$@"; }
+scontrol() { echo node0; }
+export -f torchrun srun scontrol
+cd "$1" && bash "$2"
+"""
+
+PARSE_LAUNCH = r"""
+import json, os, sys
+sys.path.insert(0, os.path.join(os.environ["HESNR_REPO"], "tests"))
+import megatron_cpu_shim
+megatron_cpu_shim.install()
+from megatron.training.arguments import parse_args, validate_args
+from megatron_hesnr.integration.args import add_hesnr_args, validate_hesnr_args
+for name, world, argv in json.loads(os.environ["HESNR_ARGVS"]):
+    os.environ["WORLD_SIZE"] = str(world)
+    sys.argv = ["pretrain_gpt.py", *argv]
+    args = parse_args(extra_args_provider=add_hesnr_args)
+    validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})
+    cfg = validate_hesnr_args(args, has_output_processor=True)
+    print("PARSED", name, args.world_size, args.create_attention_mask_in_dataloader, flush=True)
+"""
+
+
+def launch_argv(script: str, tmp_path: Path) -> tuple[int, list[str]]:
+    """The Megatron arguments and world size a launch script hands torchrun (torchrun stubbed)."""
+    out = tmp_path / f"argv.{script}"
+    env = dict(os.environ, HESNR_ARGV_OUT=str(out), MEGATRON_HESNR_DIR=str(REPO), SLURM_NNODES="2",
+               SLURM_JOB_NODELIST="node[0-1]", SLURM_JOB_ID="1", SLURM_NODEID="0",
+               CHECKPOINT_PATH=str(tmp_path / "ckpt"), STEPS="2000")
+    p = subprocess.run(["bash", "-c", CAPTURE_LAUNCH, "capture", str(tmp_path), str(REPO / "examples" / "launch" / script)],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    words = out.read_bytes().decode().split("\0")[:-1]
+    entry = next(i for i, w in enumerate(words) if w.endswith(".py"))
+    opts = dict(zip(words[:entry:2], words[1:entry:2]))
+    world = int(opts.get("--nproc-per-node", 1)) * int(opts.get("--nnodes", 1))
+    return world, words[entry + 1:]
+
+
+LAUNCH_SCRIPTS = ("moe_midtrain_32k_hesnr.sh", "moe_midtrain_32k_hesnr.sbatch", "context_extension_128k_cp.sbatch",
+                  "checkpoint_sweep_hesnr.sbatch")
+
+
+def test_launch_scripts_pass_megatron_parse_and_validate(tmp_path):
+    """Every examples/launch script's arguments pass core 0.19's parse_args + validate_args + ours."""
+    argvs = {s: launch_argv(s, tmp_path) for s in LAUNCH_SCRIPTS}
+    env = dict(os.environ, HESNR_ARGVS=json.dumps([[s, w, a] for s, (w, a) in argvs.items()]), HESNR_REPO=str(REPO),
+               RANK="0", LOCAL_RANK="0", PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+               PYTHONWARNINGS="ignore")
+    p = subprocess.run([sys.executable, "-c", PARSE_LAUNCH], env=env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    parsed = {x.split()[1]: x.split()[2:] for x in p.stdout.splitlines() if x.startswith("PARSED")}
+    assert sorted(parsed) == sorted(LAUNCH_SCRIPTS)
+    for script, (world, argv) in argvs.items():
+        assert int(parsed[script][0]) == world, script
+        if script != "checkpoint_sweep_hesnr.sbatch":
+            assert "--finetune" not in argv, script   # requeue-safe: resume from --load, base via --pretrained-checkpoint
+            assert argv[argv.index("--load") + 1] == argv[argv.index("--save") + 1], script
+            assert "--pretrained-checkpoint" in argv, script
+    assert parsed["context_extension_128k_cp.sbatch"][1] == "False"   # no S x S mask at 128K
