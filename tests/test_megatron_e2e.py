@@ -183,6 +183,16 @@ def test_stock_pretrain_gpt_with_patch_gives_same_records(tmp_path, checkout, he
     assert first_difference(training_hex(run), training_hex(with_hesnr)) is None
 
 
+def test_multi_token_prediction_model(tmp_path, checkout, hesnr_set):
+    """--mtp-num-layers 1 (GPTModel with an MTP block; rope, which MTP requires): the main head is scored."""
+    run = launch(tmp_path, checkout, ["--mtp-num-layers", "1", "--position-embedding-type", "rope"], hesnr=hesnr_set)
+    assert sorted(by_iteration(run)) == [2, 4]
+    for rec in run.records:
+        m = rec["metrics"]
+        assert m["num_tokens"] == 221 and m["num_invalid"] == 0 and 1.0e5 < m["ppl"] < 1.5e5  # ~ vocab size at init
+    assert [x[1] for x in training_hex(run)] == [1, 2, 3, 4]
+
+
 # ---------------------------------------------------------------- parallel layouts
 LAYOUTS = {
     "tp2": ["--tensor-model-parallel-size", "2"],
