@@ -165,8 +165,10 @@ def check_after_megatron_validation(check: Callable) -> bool:
     module calls refuses a wrong ``--hesnr-*`` flag seconds into the job instead of after
     the checkpoint is loaded. Returns False when that module has no ``validate_args``.
     """
+    import importlib
+
     try:
-        import megatron.training.initialize as init
+        init = importlib.import_module("megatron.training.initialize")
     except ImportError:
         return False
     orig = getattr(init, "validate_args", None)
