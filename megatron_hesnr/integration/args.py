@@ -111,11 +111,21 @@ def config_from_args(args) -> HESNRConfig | None:
     )
 
 
-def validate_hesnr_args(args, *, has_output_processor: bool = False) -> HESNRConfig | None:
+def validate_hesnr_args(args, *, has_output_processor: bool = False, model_name: str = "GPTModel") -> HESNRConfig | None:
     """Config from ``args`` checked against Megatron's flags in the same namespace."""
     cfg = config_from_args(args)
     if cfg is None:
         return None
+    # Layouts whose schedule or batch shape the evaluation pass does not produce.
+    if getattr(args, "hybrid_context_parallel", False):
+        raise HESNRConfigError("--hybrid-context-parallel", "HE-SNR evaluation supports the standard context-parallel "
+                               "split only (hybrid CP uses another schedule and packed batches)")
+    group = getattr(args, "microbatch_group_size_per_vp_stage", None)
+    pp = getattr(args, "pipeline_model_parallel_size", 1) or 1
+    if group is not None and group > pp:
+        raise HESNRConfigError("--microbatch-group-size-per-virtual-pipeline-stage",
+                               f"{group} > --pipeline-model-parallel-size {pp}: HE-SNR steps are whole rounds of PP "
+                               "micro-batches; leave it at the default (PP)")
     eval_iters = getattr(args, "eval_iters", None)
     if isinstance(eval_iters, (list, tuple)):  # --multiple-validation-sets
         eval_iters = max(eval_iters) if eval_iters else 0
@@ -128,6 +138,7 @@ def validate_hesnr_args(args, *, has_output_processor: bool = False) -> HESNRCon
         skip_train=bool(getattr(args, "skip_train", False)),
         mtp=bool(getattr(args, "mtp_num_layers", None)),
         has_output_processor=has_output_processor,
+        model_name=model_name,
     )
     if getattr(args, "context_parallel_size", 1) > 1:
         seq = args.seq_length

@@ -3,7 +3,7 @@
 The evaluation needs only what the output layer produces, so nothing here depends
 on the model class (``GPTModel``, ``HybridModel``, wrapped in DDP / Float16Module):
 
-* ``output_processor`` (megatron-core >= 0.19): ``forward(..., output_processor=f)``
+* ``output_processor`` (``GPTModel`` in megatron-core >= 0.18): ``forward(..., output_processor=f)``
   hands ``f`` the final hidden states and the output layer; ``f`` runs the output
   layer itself and returns logits ``[s, b, V/TP]`` without the ``[b, s]`` transposed
   copy that ``labels=None`` makes.
@@ -59,10 +59,16 @@ def resolve_capture(model, requested: str = "auto", *, mtp: bool = False) -> str
             return "output_processor"
         return "output_layer_hook" if mtp else "labels_none"
     if requested == "output_processor" and not has_proc:
-        raise ValueError(f"{type(inner).__name__}.forward has no output_processor (megatron-core >= 0.19 needed)")
+        raise ValueError(f"{type(inner).__name__}.forward has no output_processor (GPTModel in megatron-core >= 0.18 has it)")
     if requested == "output_layer_hook" and getattr(inner, "post_process", True) and not hasattr(inner, "output_layer"):
         raise ValueError(f"{type(inner).__name__} has no output_layer to hook")
     return requested
+
+
+def _skip_mtp_kwargs(model) -> dict:
+    """``{'compute_mtp_loss': False}`` when the model's forward takes it (HybridModel on main):
+    the evaluation needs only the main head, so the MTP layers and their loss are not run."""
+    return {"compute_mtp_loss": False} if _accepts(type(unwrap(model)).forward, "compute_mtp_loss") else {}
 
 
 def _output_processor(*, hidden_states, output_layer, output_weight=None, scale_logits=None, **_unused):
@@ -84,7 +90,7 @@ class LogitsCapture:
         self.strategy = strategy
 
     def __call__(self, model, tokens, position_ids, attention_mask, labels):
-        kwargs = _fp32_output_kwargs(model)
+        kwargs = {**_fp32_output_kwargs(model), **_skip_mtp_kwargs(model)}
         if self.strategy == "output_processor":
             out = model(tokens, position_ids, attention_mask, labels=None,
                         output_processor=_output_processor, **kwargs)

@@ -62,12 +62,15 @@ def call_pretrain(
 
     ``hooks``: ``process_non_loss_data_func``, ``non_loss_data_func``,
     ``get_embedding_ranks``, ``store``, ... passed through when given.
-    ``after_args_parsed(args)`` runs once the arguments exist, before ``pretrain``
-    (0.18+); on older versions it is the caller's job (see :mod:`.hook`).
+    ``after_args_parsed(args)`` runs once the arguments exist: before ``pretrain`` (0.18+),
+    or right after Megatron's ``validate_args`` inside it (<= 0.17).
     """
     style = pretrain_style(pretrain)
     hooks = {k: v for k, v in hooks.items() if v is not None}
     if style == "args":
+        if after_args_parsed is not None and not check_after_megatron_validation(after_args_parsed):
+            log.warning("megatron.training.initialize.validate_args not found: the --hesnr-* flags are "
+                        "checked when the datasets are built")
         return pretrain(**_kw(
             pretrain,
             train_valid_test_dataset_provider=train_valid_test_dataset_provider,
@@ -126,10 +129,56 @@ def megatron_cp_split(cp_group) -> Callable[[dict], dict]:
     return cp_split
 
 
-def core_has_output_processor() -> bool:
-    """Whether the installed megatron-core's ``GPTModel.forward`` takes ``output_processor`` (>= 0.19)."""
+#: model family -> (module, class) candidates, newest first (HybridModel was MambaModel before 0.18)
+MODEL_CLASSES = {
+    "gpt": (("megatron.core.models.gpt", "GPTModel"),),
+    "hybrid": (("megatron.core.models.hybrid", "HybridModel"), ("megatron.core.models.mamba", "MambaModel")),
+}
+
+
+def model_class(family: str = "gpt"):
+    """The installed megatron-core's model class of ``family`` (``None`` if absent)."""
+    import importlib
+
+    for module, name in MODEL_CLASSES[family]:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def core_has_output_processor(family: str = "gpt") -> bool:
+    """Whether the installed model class's ``forward`` takes ``output_processor``.
+
+    ``GPTModel`` has it since megatron-core 0.18; ``HybridModel`` has none (0.19, main).
+    """
+    cls = model_class(family)
+    return cls is not None and "output_processor" in inspect.signature(cls.forward).parameters
+
+
+def check_after_megatron_validation(check: Callable) -> bool:
+    """Run ``check(args)`` right after Megatron's own ``validate_args`` (core <= 0.17).
+
+    There ``pretrain()`` parses the arguments itself, in ``initialize_megatron``, before
+    the distributed set-up and the model build: wrapping the ``validate_args`` that
+    module calls refuses a wrong ``--hesnr-*`` flag seconds into the job instead of after
+    the checkpoint is loaded. Returns False when that module has no ``validate_args``.
+    """
+    import importlib
+
     try:
-        from megatron.core.models.gpt import GPTModel
+        init = importlib.import_module("megatron.training.initialize")
     except ImportError:
         return False
-    return "output_processor" in inspect.signature(GPTModel.forward).parameters
+    orig = getattr(init, "validate_args", None)
+    if orig is None:
+        return False
+
+    def validate_args(args, *a, **k):
+        out = orig(args, *a, **k)
+        check(args)
+        return out
+
+    init.validate_args = validate_args
+    return True

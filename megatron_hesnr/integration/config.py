@@ -159,7 +159,8 @@ class HESNRConfig:
         return self.window_stride if self.window_stride is not None else max(1, seq_length // 2)
 
     def check_against(self, *, seq_length: int, eval_interval: int | None, eval_iters: int | None,
-                      skip_train: bool = False, mtp: bool = False, has_output_processor: bool = False) -> None:
+                      skip_train: bool = False, mtp: bool = False, has_output_processor: bool = False,
+                      model_name: str = "GPTModel") -> None:
         """Refuse combinations with Megatron's own settings (called once at start-up)."""
         if not self.enabled:
             return
@@ -187,7 +188,9 @@ class HESNRConfig:
                 )
         if self.logits_capture == "output_processor" and not has_output_processor:
             raise HESNRConfigError(
-                "--hesnr-logits-capture", "output_processor needs megatron-core >= 0.19 (model.forward(output_processor=))"
+                "--hesnr-logits-capture",
+                f"output_processor: this megatron-core's {model_name}.forward takes no output_processor "
+                "(GPTModel has it from core 0.18, HybridModel not yet); use auto",
             )
         if mtp and self.logits_capture == "labels_none" and not has_output_processor:
             raise HESNRConfigError(

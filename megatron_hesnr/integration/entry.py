@@ -27,6 +27,8 @@ ENTRIES = {
     # pretrain_hybrid.py appeared in Megatron-LM 0.18; before it the same model was pretrain_mamba.py.
     "pretrain_hybrid": (("pretrain_mamba",), "hybrid_builder", "hybrid_config_from_args"),
 }
+#: entry module -> model family (the class the start-up checks look at, see compat.MODEL_CLASSES)
+FAMILIES = {"pretrain_gpt": "gpt", "pretrain_hybrid": "hybrid"}
 
 
 def add_checkout_to_path(checkout: str | None = None) -> str:
@@ -51,6 +53,20 @@ def _import_entry(name: str):
     raise SystemExit(f"this Megatron-LM checkout has none of {[name, *fallbacks]}")
 
 
+def _model_config_fn(mod, model_cfg_name: str):
+    """``gpt_config_from_args`` / ``hybrid_config_from_args``, with the checkout's
+    ``ModelOptModelConfig`` when ``--modelopt-enabled`` is on (as its ``__main__`` does)."""
+    base = getattr(importlib.import_module("megatron.training.argument_utils"), model_cfg_name)
+    modelopt_cls = getattr(mod, "ModelOptModelConfig", None) if getattr(mod, "has_nvidia_modelopt", False) else None
+
+    def model_config_from_args(args):
+        if modelopt_cls is not None and getattr(args, "modelopt_enabled", False):
+            return base(args, model_config_cls=modelopt_cls)
+        return base(args)
+
+    return model_config_from_args
+
+
 def run_megatron_entry(name: str, checkout: str | None = None):
     program_start = time.time()
     add_checkout_to_path(checkout)
@@ -68,16 +84,23 @@ def run_megatron_entry(name: str, checkout: str | None = None):
     if setter is not None:
         setter(program_start=program_start, main_entry=time.time())
 
-    hook = MegatronHESNRHook()
+    hook = MegatronHESNRHook(model_family=FAMILIES[name])
     dataset_provider = mod.train_valid_test_datasets_provider
     dataset_provider.is_distributed = True
     modelopt = getattr(mod, "add_modelopt_args", None) if getattr(mod, "has_nvidia_modelopt", False) else None
     pretrain, store = inprocess_restart.maybe_wrap_for_inprocess_restart(pretrain)
 
+    style = pretrain_style(pretrain)
     model_config_from_args = None
-    if pretrain_style(pretrain) == "container_model_cfg":
-        model_config_from_args = getattr(importlib.import_module("megatron.training.argument_utils"), model_cfg_name)
+    if style == "container_model_cfg":
+        model_config_from_args = _model_config_fn(mod, model_cfg_name)
         model_provider = None  # 0.19+ builds the model from the model config
+
+    def after_args_parsed(args):
+        hook.validate(args)
+        # The checkout's own __main__ (0.19+) enables ModelOpt here; <= 0.18 do it in model_provider.
+        if style != "args" and modelopt is not None and hasattr(mod, "maybe_enable_modelopt"):
+            mod.maybe_enable_modelopt(args)
 
     return call_pretrain(
         pretrain,
@@ -88,7 +111,7 @@ def run_megatron_entry(name: str, checkout: str | None = None):
         extra_args_provider=chain_extra_args_providers(modelopt, add_hesnr_args),
         args_defaults={"tokenizer_type": "GPT2BPETokenizer"},
         model_config_from_args=model_config_from_args,
-        after_args_parsed=hook.validate,
+        after_args_parsed=after_args_parsed,
         get_embedding_ranks=getattr(mod, "get_embedding_ranks", None),
         store=store,
         non_loss_data_func=hook.non_loss_data_func,

@@ -232,7 +232,7 @@ class HESNRPass:
         return batch
 
     # ------------------------------------------------------------- schedule
-    def _forward_step(self, data_iterator, model):
+    def _forward_step(self, data_iterator, model, checkpoint_activations_microbatch=None):
         batch = self._materialize(next(data_iterator))
         output, layout = self.capture(model, batch["tokens"], batch["position_ids"], batch["attention_mask"],
                                       batch["labels"])

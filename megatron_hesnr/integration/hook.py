@@ -135,8 +135,11 @@ class MegatronHESNRHook:
     def __init__(self, config: HESNRConfig | None = None, *, get_args: Callable | None = None,
                  topology: Callable[[], EvalTopology] | None = None,
                  forward_backward_func: Callable | None = None,
-                 open_dataset: Callable | None = None, get_wandb_writer: Callable | None = None):
+                 open_dataset: Callable | None = None, get_wandb_writer: Callable | None = None,
+                 model_family: str = "gpt"):
         self._config = config
+        self._model_family = model_family
+        """``"gpt"`` or ``"hybrid"``: the model class the start-up checks look at."""
         self._get_args = get_args
         self._topology = topology or topology_from_parallel_state
         self._fb = forward_backward_func
@@ -165,9 +168,10 @@ class MegatronHESNRHook:
     def validate(self, args) -> HESNRConfig | None:
         """Refuse wrong flag combinations (start-up); returns the config (None: off)."""
         from .args import validate_hesnr_args
-        from .compat import core_has_output_processor
+        from .compat import MODEL_CLASSES, core_has_output_processor
 
-        cfg = validate_hesnr_args(args, has_output_processor=core_has_output_processor())
+        cfg = validate_hesnr_args(args, has_output_processor=core_has_output_processor(self._model_family),
+                                  model_name=MODEL_CLASSES[self._model_family][0][1])
         if self._config is None:
             self._config = cfg
         elif cfg is not None and cfg != self._config:

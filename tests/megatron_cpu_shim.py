@@ -1,0 +1,215 @@
+"""Make CUDA look present so Megatron-LM's real ``pretrain()`` runs on the CPU over gloo.
+
+Test infrastructure only (never imported by the package). ``install()`` must run
+before ``megatron`` is imported; ``tests/megatron_cpu_launch.py`` does that in every
+process torchrun starts. What it changes, and why:
+
+* ``torch.cuda``: ``is_available`` True and ``device_count`` >= 1 (Megatron builds no
+  model-parallel groups without a device); ``set_device``, ``synchronize``, ``empty_cache``,
+  memory statistics, device properties, NVTX ranges, streams and events are inert;
+  ``current_device`` is the local rank (also the name ``torch.cuda.random`` imported).
+* The "CUDA" RNG *is* the CPU generator: ``get/set_rng_state``, ``manual_seed`` and
+  ``default_generators`` point at ``torch.default_generator``, so Megatron's RNG tracker
+  forks the generator CPU dropout actually draws from; ``_lazy_call`` runs at once.
+* ``torch.accelerator.current_accelerator()`` is None (nothing asks a missing driver).
+* ``torch._dynamo`` is disabled (Megatron warms up compiled fusions even with ``--no-*-fusion``).
+* A ``TorchFunctionMode`` sends every ``device="cuda"`` / ``"cuda:N"`` / ``torch.device('cuda')``
+  / integer device, and ``Tensor.to(<cuda>)``, to the CPU; ``Tensor.cuda()`` and
+  ``pin_memory()`` return the tensor; ``Tensor.type()`` names ``torch.cuda.*`` types (an
+  assert in ``clip_grads.py`` checks it).
+* DataLoader iterators are created with the CPU RNG state saved and restored: their seed
+  draw happens on tensor-parallel rank 0 only (the rank that reads data), and on a GPU it
+  comes from the CPU generator, not the CUDA one dropout uses; here both are one generator,
+  and the draw would desynchronise dropout in replicated regions across TP ranks.
+* ``compile_helpers`` is skipped when ``megatron.core.datasets.helpers_cpp`` imports (the
+  wheel ships it compiled).
+
+Launch flags that go with it: ``--transformer-impl local --distributed-backend gloo
+--no-gradient-accumulation-fusion --no-persist-layer-norm``; ``CUDA_DEVICE_MAX_CONNECTIONS=1``
+for TP > 1. Context and sequence parallelism need TE/apex layers: out of reach here.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import types
+
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+
+import torch  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
+
+_CPU = torch.device("cpu")
+_installed = False
+
+
+def _is_cuda(dev) -> bool:
+    if isinstance(dev, torch.device):
+        return dev.type == "cuda"
+    if isinstance(dev, str):
+        return dev.split(":")[0] == "cuda"
+    return False
+
+
+class _CpuPlacement(TorchFunctionMode):
+    """Every CUDA placement requested through a torch function lands on the CPU."""
+
+    def __torch_function__(self, func, types_, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        dev = kwargs.get("device")
+        if dev is not None and (_is_cuda(dev) or (isinstance(dev, int) and not isinstance(dev, bool))):
+            kwargs["device"] = _CPU
+        if func is torch.Tensor.to and len(args) > 1:
+            a1 = args[1]
+            if _is_cuda(a1) or (isinstance(a1, int) and not isinstance(a1, bool)):
+                args = (args[0], _CPU, *args[2:])
+        return func(*args, **kwargs)
+
+
+class _Stream:
+    def __init__(self, *a, **k):
+        self.device = _CPU
+
+    def wait_stream(self, *a, **k):
+        pass
+
+    def wait_event(self, *a, **k):
+        pass
+
+    def record_event(self, event=None):
+        return event or _Event()
+
+    def synchronize(self):
+        pass
+
+    def query(self):
+        return True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Event:
+    def __init__(self, *a, **k):
+        pass
+
+    def record(self, *a, **k):
+        pass
+
+    def wait(self, *a, **k):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def query(self):
+        return True
+
+    def elapsed_time(self, other):
+        return 0.0
+
+
+def _props(*_a, **_k):
+    return types.SimpleNamespace(name="cpu (megatron_cpu_shim)", total_memory=64 << 30, major=9, minor=0,
+                                 multi_processor_count=1, uuid="cpu-shim", is_integrated=False)
+
+
+def _install_cuda():
+    cuda = torch.cuda
+    n = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    noop = lambda *a, **k: None  # noqa: E731
+    zero = lambda *a, **k: 0  # noqa: E731
+    gen = torch.default_generator
+    fns = dict(
+        is_available=lambda: True, device_count=lambda: n, current_device=lambda: local_rank,
+        set_device=noop, synchronize=noop, empty_cache=noop, init=noop, _lazy_init=noop,
+        is_initialized=lambda: True, _lazy_call=lambda cb, **k: cb(),
+        memory_allocated=zero, max_memory_allocated=zero, memory_reserved=zero, max_memory_reserved=zero,
+        reset_peak_memory_stats=noop, reset_max_memory_allocated=noop, memory_stats=lambda *a, **k: {},
+        memory_summary=lambda *a, **k: "", mem_get_info=lambda *a, **k: (64 << 30, 64 << 30),
+        get_device_properties=_props, get_device_name=lambda *a, **k: "cpu",
+        get_device_capability=lambda *a, **k: (9, 0), is_bf16_supported=lambda *a, **k: True,
+        Stream=_Stream, Event=_Event, current_stream=lambda *a, **k: _Stream(),
+        default_stream=lambda *a, **k: _Stream(), stream=lambda *a, **k: contextlib.nullcontext(),
+        device=lambda *a, **k: contextlib.nullcontext(),
+        get_rng_state=lambda *a, **k: gen.get_state(), set_rng_state=lambda s, *a, **k: gen.set_state(s),
+        get_rng_state_all=lambda: [gen.get_state()], set_rng_state_all=lambda states: gen.set_state(states[0]),
+        manual_seed=lambda s: gen.manual_seed(s), manual_seed_all=lambda s: gen.manual_seed(s),
+        seed=lambda: gen.seed(), seed_all=lambda: gen.seed(), initial_seed=lambda: gen.initial_seed(),
+    )
+    for name, fn in fns.items():
+        setattr(cuda, name, fn)
+    cuda.default_generators = tuple(gen for _ in range(n))
+    import torch.cuda.random as cuda_random  # imported its own names: patch them there too
+
+    for name in ("current_device", "device_count", "_lazy_call", "_lazy_init", "get_rng_state", "set_rng_state",
+                 "get_rng_state_all", "set_rng_state_all", "manual_seed", "manual_seed_all", "seed", "seed_all",
+                 "initial_seed"):
+        setattr(cuda_random, name, fns[name])
+    cuda.nvtx.range_push = noop
+    cuda.nvtx.range_pop = noop
+    cuda.nvtx.range = lambda *a, **k: contextlib.nullcontext()
+
+
+def _install_tensor_methods():
+    orig_type = torch.Tensor.type
+
+    def type_(self, dtype=None, non_blocking=False, **kw):
+        if dtype is None:
+            name = orig_type(self)
+            return name.replace("torch.", "torch.cuda.", 1) if not name.startswith("torch.cuda.") else name
+        if isinstance(dtype, str):
+            dtype = dtype.replace("torch.cuda.", "torch.")
+        return orig_type(self, dtype, non_blocking, **kw)
+
+    torch.Tensor.type = type_
+    torch.Tensor.cuda = lambda self, *a, **k: self
+    torch.Tensor.pin_memory = lambda self, *a, **k: self
+    torch.Tensor.is_pinned = lambda self, *a, **k: False
+
+
+def _isolate_dataloader_seed():
+    from torch.utils.data import dataloader
+
+    orig = dataloader._BaseDataLoaderIter.__init__
+
+    def init(self, *a, **k):
+        state = torch.get_rng_state()
+        try:
+            orig(self, *a, **k)
+        finally:
+            torch.set_rng_state(state)
+
+    dataloader._BaseDataLoaderIter.__init__ = init
+
+
+def _skip_compile_helpers():
+    try:
+        import megatron.core.datasets.helpers_cpp  # noqa: F401
+        import megatron.core.datasets.utils as dsu
+    except ImportError:
+        return
+    dsu.compile_helpers = lambda: None
+
+
+def install() -> None:
+    """Apply every piece above (idempotent). Call before importing ``megatron``."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    import torch._dynamo as dynamo  # before patching: dynamo indexes the real torch.cuda functions
+
+    dynamo.config.disable = True
+    _install_cuda()
+    if hasattr(torch, "accelerator"):
+        torch.accelerator.current_accelerator = lambda *a, **k: None
+    _install_tensor_methods()
+    _isolate_dataloader_seed()
+    _CpuPlacement().__enter__()  # for the life of the process
+    _skip_compile_helpers()
