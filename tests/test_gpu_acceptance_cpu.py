@@ -7,6 +7,8 @@ while every other stage still runs.
 """
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import os
 import subprocess
@@ -52,10 +54,12 @@ def test_acceptance_cpu_runs_every_stage(tmp_path):
     assert [c["model"] for c in res["integration"]["checks"]][0].startswith("GPTModel")
     example = stages["example"]
     print("example stage:", example["status"], example["seconds"], "s")
-    if not (REPO / "tests" / "test_megatron_e2e.py").exists():
-        assert example["status"] == "failed" and example["rc"] != 0
-    assert proc.returncode == (0 if res["ok"] else 1)
-    assert res["ok"] == (example["status"] == "ok")
+    if importlib.util.find_spec("megatron.training") is None:
+        # The 3.11 leg (megatron-core 0.16.1): no training loop to launch, said so.
+        assert example["status"] == "skipped" and "megatron.training" in example["reason"], example
+    else:
+        assert example["status"] == "ok", (example, log[-4000:])
+    assert res["ok"] is True and proc.returncode == 0, log[-4000:]
     # What a lent machine sends back: at most 8 plain files, no folders.
     left = sorted(p.name for p in tmp_path.iterdir())
     assert all((tmp_path / n).is_file() for n in left) and len(left) <= 8, left
