@@ -87,6 +87,9 @@ def test_paper_like_set_meets_the_targets():
         n = [w.num_inputs for L in lengths for w in plan_windows(int(L), seq, "window", seq // 2)]
         s = plan_buckets(n, seq, align=128).summary()
         assert s["fed_over_real"] <= 1.05 and s["attention_over_min"] <= 1.2, (seq, s)
+        # --hesnr-max-buckets 16: never more shapes, at the price of some padding.
+        capped = plan_buckets(n, seq, align=128, max_buckets=16).summary()
+        assert len(capped["lengths"]) <= 16 and capped["fed_over_real"] >= s["fed_over_real"], (seq, capped)
 
 
 def test_length_multiple_flag():
@@ -100,6 +103,10 @@ def test_length_multiple_flag():
     assert config_from_args(p.parse_args(["--hesnr-data-path", "/d/x"])).length_multiple == 128
     with pytest.raises(HESNRConfigError, match="^--hesnr-length-multiple: must be an integer >= 1, got 0"):
         config_from_args(p.parse_args(["--hesnr-data-path", "/d/x", "--hesnr-length-multiple", "0"]))
+    assert config_from_args(p.parse_args(["--hesnr-data-path", "/d/x"])).max_buckets == 32
+    assert config_from_args(p.parse_args(["--hesnr-data-path", "/d/x", "--hesnr-max-buckets", "16"])).max_buckets == 16
+    with pytest.raises(HESNRConfigError, match="^--hesnr-max-buckets: must be an integer >= 1, got 0"):
+        config_from_args(p.parse_args(["--hesnr-data-path", "/d/x", "--hesnr-max-buckets", "0"]))
 
 
 def test_hook_logs_and_records_the_plan(tmp_path, caplog):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
-from .buckets import DEFAULT_LENGTH_MULTIPLE
+from .buckets import DEFAULT_LENGTH_MULTIPLE, MAX_BUCKETS
 from .config import IMPLS, LOGITS_CAPTURES, LONG_POLICIES, HESNRConfig, HESNRConfigError, parse_data_specs
 
 #: (flag, dest) of every flag this module adds; the README table is built from it.
@@ -19,7 +19,7 @@ FLAGS = (
     "--hesnr-num-microbatches", "--hesnr-k", "--hesnr-threshold", "--hesnr-num-bins", "--hesnr-impl",
     "--hesnr-category-names", "--hesnr-report-categories", "--hesnr-jsonl", "--hesnr-long-policy",
     "--hesnr-window-stride", "--hesnr-logits-capture", "--hesnr-run-name", "--hesnr-keep-empty-windows",
-    "--hesnr-length-multiple", "--hesnr-pad-to-seq-length",
+    "--hesnr-length-multiple", "--hesnr-max-buckets", "--hesnr-pad-to-seq-length",
 )
 
 
@@ -64,6 +64,9 @@ def add_hesnr_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="Windows are grouped into a few length buckets and each bucket runs at its own "
                         "sequence length, a multiple of this (and of 2 x CP, and of TP with sequence "
                         "parallelism), or --seq-length itself.")
+    g.add_argument("--hesnr-max-buckets", type=int, default=MAX_BUCKETS,
+                   help="Most distinct sequence lengths per set (fewer shapes for CUDA graphs / TE plans, "
+                        "more padding); the planner uses as few as keep positions fed <= 1.05x the real inputs.")
     g.add_argument("--hesnr-pad-to-seq-length", action="store_true",
                    help="Pad every window to --seq-length instead (slower; for comparison).")
     return parser
@@ -107,6 +110,7 @@ def config_from_args(args) -> HESNRConfig | None:
         run_name=args.hesnr_run_name,
         skip_empty_windows=not args.hesnr_keep_empty_windows,
         length_multiple=args.hesnr_length_multiple,
+        max_buckets=args.hesnr_max_buckets,
         pad_to_seq_length=args.hesnr_pad_to_seq_length,
     )
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
 from ..token_stats import IMPLS
-from .buckets import DEFAULT_LENGTH_MULTIPLE
+from .buckets import DEFAULT_LENGTH_MULTIPLE, MAX_BUCKETS
 
 LONG_POLICIES = ("truncate", "window")
 LOGITS_CAPTURES = ("auto", "output_processor", "labels_none", "output_layer_hook")
@@ -101,6 +101,8 @@ class HESNRConfig:
     """Skip windows that score no token (their forward would add nothing)."""
     length_multiple: int = DEFAULT_LENGTH_MULTIPLE
     """Bucket lengths are multiples of this (and of 2 x CP, and of TP with sequence parallelism)."""
+    max_buckets: int = MAX_BUCKETS
+    """Most distinct sequence lengths per set (each a shape the model is run at)."""
     pad_to_seq_length: bool = False
     """Pad every window to --seq-length (one bucket) instead of bucketing windows by length."""
 
@@ -145,6 +147,8 @@ class HESNRConfig:
                 raise HESNRConfigError("--hesnr-window-stride", f"must be >= 1, got {self.window_stride}")
         if int(self.length_multiple) != self.length_multiple or self.length_multiple < 1:
             raise HESNRConfigError("--hesnr-length-multiple", f"must be an integer >= 1, got {self.length_multiple}")
+        if int(self.max_buckets) != self.max_buckets or self.max_buckets < 1:
+            raise HESNRConfigError("--hesnr-max-buckets", f"must be an integer >= 1, got {self.max_buckets}")
         if self.logits_capture not in LOGITS_CAPTURES:
             raise HESNRConfigError("--hesnr-logits-capture", f"must be one of {LOGITS_CAPTURES}, got {self.logits_capture!r}")
         if self.enabled:

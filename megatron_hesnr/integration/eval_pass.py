@@ -123,10 +123,10 @@ def plan_for_layout(config: HESNRConfig, wset: WindowedSet, seq_length: int, *, 
     limit = len(wset.windows)
     if config.eval_iters is not None:
         limit = min(limit, config.eval_iters * shape.full_count * shape.windows_per_microbatch)
-    key = (shape, align, limit, seq_length, config.pad_to_seq_length)
+    key = (shape, align, limit, seq_length, config.max_buckets, config.pad_to_seq_length)
     if key not in wset.plans:
         wset.plans[key] = plan_buckets([w.num_inputs for _, w in wset.windows[:limit]], seq_length, align=align,
-                                       shape=shape, padded=config.pad_to_seq_length)
+                                       shape=shape, max_buckets=config.max_buckets, padded=config.pad_to_seq_length)
     return wset.plans[key]
 
 
