@@ -108,10 +108,17 @@ def by_iteration(run: Run) -> dict:
 def assert_same_state(got: dict, ref: dict, rel: float = 1e-5, what: str = "") -> None:
     """Accumulator states equal to ``rel``: they determine every metric of the record."""
     a, b = got["state"], ref["state"]
-    assert {k: v for k, v in a.items() if k not in ("scalars", "hist")} == \
-        {k: v for k, v in b.items() if k not in ("scalars", "hist")}, what
-    for key in ("scalars", "hist"):
-        x, y = np.asarray(a[key], dtype=np.float64), np.asarray(b[key], dtype=np.float64)
+    numeric = ("scalars", "hist", "trajectories")
+    assert {k: v for k, v in a.items() if k not in numeric} == {k: v for k, v in b.items() if k not in numeric}, what
+    pairs = [(key, a[key], b[key]) for key in ("scalars", "hist")]
+    # Per-trajectory sums (one row per trajectory of the set): same layout, sums to ``rel``.
+    ta, tb = a["trajectories"], b["trajectories"]
+    assert (ta["fields"], ta["num_documents"], sorted(ta["by_category"])) == \
+        (tb["fields"], tb["num_documents"], sorted(tb["by_category"])), what
+    pairs += [(f"trajectories.{c}.{f}", ta["by_category"][c][f], tb["by_category"][c][f])
+              for c in ta["by_category"] for f in ta["fields"]]
+    for key, x, y in pairs:
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         assert x.shape == y.shape, f"{what}: state[{key!r}] shape"
         np.testing.assert_allclose(x, y, rtol=rel, atol=1e-9, err_msg=f"{what}: state[{key!r}]")
 
