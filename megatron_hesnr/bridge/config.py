@@ -13,20 +13,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..integration.config import EvalDataset, HESNRConfig, HESNRConfigError, parse_data_specs
+from ..integration.config import EvalDataset, HESNRConfig, HESNRConfigError, field_for_flag, parse_data_specs
 from ..integration.logging_sinks import LINE_METRICS
 from .compat import container_get
-
-#: ``--hesnr-*`` flags whose field name is not the flag's own spelling.
-_FLAG_TO_FIELD = {"--hesnr-data-path": "datasets", "--hesnr-keep-empty-windows": "skip_empty_windows"}
-
-
-def field_for_flag(flag: str) -> str:
-    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``k``)."""
-    if flag in _FLAG_TO_FIELD:
-        return _FLAG_TO_FIELD[flag]
-    return flag[len("--hesnr-"):].replace("-", "_") if flag.startswith("--hesnr-") else flag
-
 
 def _datasets(value) -> tuple[EvalDataset, ...]:
     """Sets given as ``EvalDataset``s, ``"NAME=PREFIX"`` strings or a ``{name: prefix}`` mapping."""
@@ -82,8 +71,7 @@ class HESNRBridgeConfig(HESNRConfig):
 
     @staticmethod
     def _named(exc: HESNRConfigError) -> HESNRConfigError:
-        message = str(exc)[len(exc.flag) + 2:]
-        return HESNRConfigError(f"HESNRBridgeConfig.{field_for_flag(exc.flag)} ({exc.flag})", message)
+        return HESNRConfigError(f"HESNRBridgeConfig.{field_for_flag(exc.flag)} ({exc.flag})", exc.message)
 
     def finalize(self) -> None:
         """Re-run the checks after fields were overridden (Bridge configs' ``finalize`` contract)."""
@@ -161,5 +149,5 @@ def bridge_config_from_args(args) -> HESNRBridgeConfig | None:
         return HESNRBridgeConfig(loss_dict_metrics=tuple(args.hesnr_loss_dict_metrics or ()), **fields)
     except HESNRConfigError as exc:
         if exc.flag.endswith(".loss_dict_metrics"):
-            raise HESNRConfigError("--hesnr-loss-dict-metrics", str(exc)[len(exc.flag) + 2:]) from None
+            raise HESNRConfigError("--hesnr-loss-dict-metrics", exc.message) from None
         raise

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
 
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
 from ..token_stats import IMPLS
@@ -21,10 +21,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class HESNRConfigError(ValueError):
-    """A wrong ``--hesnr-*`` setting; the message starts with the flag's name."""
+    """A wrong setting: ``flag`` names it (a ``--hesnr-*`` flag, a host flag or a config field),
+    ``message`` says what is wrong; ``str()`` is ``"<flag>: <message>"``."""
 
     def __init__(self, flag: str, message: str):
-        self.flag = flag
+        self.flag, self.message = flag, message
         super().__init__(f"{flag}: {message}")
 
 
@@ -65,46 +66,98 @@ def parse_data_specs(values) -> tuple[EvalDataset, ...]:
     return tuple(out)
 
 
+def setting(value, flag: str, help: str, table: tuple[str, str, str], **argparse_kw):
+    """A config field that carries its command-line flag (the one place a setting is defined).
+
+    ``help`` is the ``--help`` text; ``table`` the README row's (flag usage, default, meaning);
+    ``value`` is the field's default; ``argparse_kw`` what ``add_argument`` needs besides them (``type``, ``nargs``, ``choices``,
+    ``action``, ``metavar``; ``default`` when the parser's differs from the field's).
+    """
+    return field(default=value, metadata={"flag": flag, "help": help, "table": table, "argparse": argparse_kw})
+
+
 @dataclass(kw_only=True)
 class HESNRConfig:
-    """Settings of the HE-SNR evaluation (all ``--hesnr-*`` flags)."""
+    """Settings of the HE-SNR evaluation (all ``--hesnr-*`` flags, see :func:`setting`)."""
 
-    datasets: tuple[EvalDataset, ...] = ()
-    """Named prepared-trajectory sets; empty means the hook is off."""
-    eval_interval: int | None = None
-    """Run at every evaluation whose iteration is a multiple of this; ``None``: Megatron's --eval-interval."""
-    eval_iters: int | None = None
-    """Global batches per set and evaluation; ``None``: a full pass over every window."""
-    micro_batch_size: int = 1
-    """Windows per micro-batch (trajectories are long: 1 is usual)."""
-    num_microbatches: int | None = None
-    """Micro-batches per data-parallel rank and step; ``None``: max(4, pipeline size)."""
-    k: int = DEFAULT_K
-    threshold: float = DEFAULT_THRESHOLD
-    num_bins: int = DEFAULT_NUM_BINS
-    impl: str = "auto"
-    category_names: tuple[str, ...] = DEFAULT_CATEGORY_NAMES
-    """Names of scoring-mask categories 1, 2, ... as the prepared data defines them."""
-    report_categories: tuple[str, ...] = ("action",)
-    """Categories logged per evaluation besides the overall result ('all')."""
-    jsonl: str | None = None
-    """JSONL file that gets one record per evaluation and set (last rank writes)."""
-    long_policy: str = "window"
-    """Trajectories longer than --seq-length: 'truncate' or sliding 'window's."""
-    window_stride: int | None = None
-    """New targets per window under 'window'; ``None``: half the sequence length."""
-    logits_capture: str = "auto"
-    """How logits are taken from the model (see :mod:`.capture`)."""
-    run_name: str | None = None
-    """Recorded in each JSONL record (default: the checkpoint directory name)."""
-    skip_empty_windows: bool = True
-    """Skip windows that score no token (their forward would add nothing)."""
-    length_multiple: int = DEFAULT_LENGTH_MULTIPLE
-    """Bucket lengths are multiples of this (and of 2 x CP, and of TP with sequence parallelism)."""
-    max_buckets: int = MAX_BUCKETS
-    """Most distinct sequence lengths per set (each a shape the model is run at)."""
-    pad_to_seq_length: bool = False
-    """Pad every window to --seq-length (one bucket) instead of bucketing windows by length."""
+    datasets: tuple[EvalDataset, ...] = setting(
+        (), "--hesnr-data-path",
+        "Prepared trajectory sets (hesnr prepare output prefixes); NAME=PREFIX names a "
+        "set, a bare PREFIX is named by its basename. Off when not given.",
+        ("[NAME=]PREFIX ...", "off", "prepared sets; a bare prefix is named by its basename"),
+        nargs="+", default=None, metavar="[NAME=]PREFIX")
+    eval_interval: int | None = setting(
+        None, "--hesnr-eval-interval",
+        "Evaluate HE-SNR every N iterations (a multiple of --eval-interval; default: at every Megatron evaluation).",
+        ("N", "every evaluation", "a multiple of `--eval-interval`"), type=int)
+    eval_iters: int | None = setting(
+        None, "--hesnr-eval-iters", "Global batches per set and evaluation (default: a full pass over every window).",
+        ("N", "full pass", "global batches of windows per set and evaluation"), type=int)
+    micro_batch_size: int = setting(
+        1, "--hesnr-micro-batch-size", "Windows per micro-batch.", ("N", "1", "windows per micro-batch"), type=int)
+    num_microbatches: int | None = setting(
+        None, "--hesnr-num-microbatches",
+        "Micro-batches per data-parallel rank and step (default: max(4, pipeline size); more per step means "
+        "fewer schedule calls and a smaller pipeline bubble).",
+        ("N", "max(4, PP size)", "micro-batches per DP rank and step"), type=int)
+    k: int = setting(DEFAULT_K, "--hesnr-k", "Top-k candidate set size.", ("K", "10", "top-k candidate set"), type=int)
+    threshold: float = setting(
+        DEFAULT_THRESHOLD, "--hesnr-threshold", "High-entropy threshold on H_k (default (ln 3 + ln 4) / 2).",
+        ("EPS", "(ln 3 + ln 4)/2", "high-entropy threshold on H_k"), type=float)
+    num_bins: int = setting(
+        DEFAULT_NUM_BINS, "--hesnr-num-bins", "H_k histogram bins on [0, ln k].",
+        ("N", "512", "H_k histogram bins on [0, ln k]"), type=int)
+    impl: str = setting(
+        "auto", "--hesnr-impl",
+        "Statistics implementation: fused Triton kernel on CUDA (auto) or the PyTorch reference.",
+        ("{auto,torch,triton}", "auto", "fused kernel on CUDA when available"), choices=IMPLS)
+    category_names: tuple[str, ...] = setting(
+        DEFAULT_CATEGORY_NAMES, "--hesnr-category-names",
+        "Names of scoring-mask categories 1, 2, ... of the prepared data.",
+        ("...", "action thought observation", "names of mask categories 1, 2, ..."), nargs="+")
+    report_categories: tuple[str, ...] = setting(
+        ("action",), "--hesnr-report-categories", "Categories logged besides the overall result ('all').",
+        ("...", "action", "categories logged besides the overall result"), nargs="+")
+    jsonl: str | None = setting(
+        None, "--hesnr-jsonl", "Append one JSON record per evaluation and set (also under --skip-train).",
+        ("PATH", "none", "append the records here (also under `--skip-train`)"), metavar="PATH")
+    long_policy: str = setting(
+        "window", "--hesnr-long-policy",
+        "Trajectories longer than --seq-length: truncate, or sliding windows that score "
+        "every target once with as much context as fits.",
+        ("{window,truncate}", "window", "trajectories longer than `--seq-length`"), choices=LONG_POLICIES)
+    window_stride: int | None = setting(
+        None, "--hesnr-window-stride",
+        "New targets per sliding window (default --seq-length / 2; smaller = more context, more compute).",
+        ("N", "seq-length / 2", "new targets per sliding window; each target is scored once, by the window "
+         "giving it the most context (>= seq-length - stride)"), type=int)
+    logits_capture: str = setting(
+        "auto", "--hesnr-logits-capture",
+        "How logits are taken: output_processor (core >= 0.19), labels_none "
+        "(forward(labels=None)), output_layer_hook (forward hook on output_layer).",
+        ("{auto,output_processor,labels_none,output_layer_hook}", "auto", "how logits are taken"),
+        choices=LOGITS_CAPTURES)
+    run_name: str | None = setting(
+        None, "--hesnr-run-name", "Run name written into the JSONL records.",
+        ("NAME", "checkpoint dir name", "`run` field of the records"))
+    skip_empty_windows: bool = setting(
+        True, "--hesnr-keep-empty-windows", "Also run windows that score no token (normally skipped).",
+        ("", "off", "also run windows that score no token"), action="store_true", default=False)
+    """The flag inverts the field: ``--hesnr-keep-empty-windows`` is ``skip_empty_windows=False``."""
+    length_multiple: int = setting(
+        DEFAULT_LENGTH_MULTIPLE, "--hesnr-length-multiple",
+        "Windows are grouped into a few length buckets and each bucket runs at its own "
+        "sequence length, a multiple of this (and of 2 x CP, and of TP with sequence "
+        "parallelism), or --seq-length itself.",
+        ("N", "128", "bucket lengths are multiples of N (see below)"), type=int)
+    max_buckets: int = setting(
+        MAX_BUCKETS, "--hesnr-max-buckets",
+        "Most distinct sequence lengths per set (fewer shapes for CUDA graphs / TE plans, "
+        "more padding); the planner uses as few as keep positions fed <= 1.05x the real inputs.",
+        ("N", "32", "most distinct sequence lengths per set (see below)"), type=int)
+    pad_to_seq_length: bool = setting(
+        False, "--hesnr-pad-to-seq-length", "Pad every window to --seq-length instead (slower; for comparison).",
+        ("", "off", "pad every window to `--seq-length` instead of bucketing (for comparison)"), action="store_true")
 
     def __post_init__(self):
         self.datasets = tuple(self.datasets)
@@ -201,3 +254,27 @@ class HESNRConfig:
                 "--hesnr-logits-capture",
                 "labels_none with --mtp-num-layers fails before megatron-core 0.19; use auto or output_layer_hook",
             )
+
+
+def flag_fields() -> tuple[Field, ...]:
+    """The :class:`HESNRConfig` fields that have a ``--hesnr-*`` flag, in flag order."""
+    return tuple(f for f in fields(HESNRConfig) if "flag" in f.metadata)
+
+
+def inverted(f: Field) -> bool:
+    """Whether the field's on/off flag means the opposite of the field (``--hesnr-keep-empty-windows``)."""
+    return f.metadata["argparse"].get("action") == "store_true" and f.default is True
+
+
+def field_for_flag(flag: str) -> str:
+    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``k``); other names unchanged."""
+    return next((f.name for f in flag_fields() if f.metadata["flag"] == flag), flag)
+
+
+def flag_table() -> list[str]:
+    """The README's flag table, one Markdown row per flag, from the fields."""
+    rows = []
+    for f in flag_fields():
+        usage, default, meaning = f.metadata["table"]
+        rows.append(f"| `{f.metadata['flag']}{' ' + usage if usage else ''}` | {default} | {meaning} |")
+    return rows
