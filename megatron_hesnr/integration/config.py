@@ -7,10 +7,10 @@ command line the user wrote.
 """
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import Field, dataclass, field, fields
 
+from ..accumulator import AccumulatorConfig, AccumulatorConfigError
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
 from ..token_stats import IMPLS
 from .buckets import DEFAULT_LENGTH_MULTIPLE, MAX_BUCKETS
@@ -171,20 +171,12 @@ class HESNRConfig:
             raise HESNRConfigError("--hesnr-micro-batch-size", f"must be >= 1, got {self.micro_batch_size}")
         if self.num_microbatches is not None and self.num_microbatches < 1:
             raise HESNRConfigError("--hesnr-num-microbatches", f"must be >= 1, got {self.num_microbatches}")
-        if int(self.k) != self.k or self.k < 2:
-            raise HESNRConfigError("--hesnr-k", f"must be an integer >= 2, got {self.k}")
-        if not 0.0 < self.threshold < math.log(self.k):
-            raise HESNRConfigError(
-                "--hesnr-threshold", f"must lie in (0, ln k = {math.log(self.k):.6f}) for k={self.k}, got {self.threshold}"
-            )
-        if self.num_bins < 1:
-            raise HESNRConfigError("--hesnr-num-bins", f"must be >= 1, got {self.num_bins}")
+        try:
+            self.accumulator_config()  # k, threshold, bins and category names: checked there only
+        except AccumulatorConfigError as exc:
+            raise HESNRConfigError(flag_of(exc.field), exc.message) from None
         if self.impl not in IMPLS:
             raise HESNRConfigError("--hesnr-impl", f"must be one of {IMPLS}, got {self.impl!r}")
-        if not self.category_names or len(set(self.category_names)) != len(self.category_names) or "all" in self.category_names:
-            raise HESNRConfigError(
-                "--hesnr-category-names", f"must be distinct names other than 'all', got {list(self.category_names)}"
-            )
         unknown = [c for c in self.report_categories if c != "all" and c not in self.category_names]
         if unknown:
             raise HESNRConfigError(
@@ -206,6 +198,11 @@ class HESNRConfig:
             raise HESNRConfigError("--hesnr-logits-capture", f"must be one of {LOGITS_CAPTURES}, got {self.logits_capture!r}")
         if self.enabled:
             parse_data_specs([f"{d.name}={d.prefix}" for d in self.datasets])  # names valid and distinct
+
+    def accumulator_config(self, num_documents: int | None = None) -> AccumulatorConfig:
+        """What the accumulators measure; ``num_documents``: keep per-trajectory sums for that many."""
+        return AccumulatorConfig(k=self.k, threshold=self.threshold, num_bins=self.num_bins,
+                                 category_names=self.category_names, num_documents=num_documents)
 
     @property
     def enabled(self) -> bool:
@@ -264,6 +261,11 @@ def flag_fields() -> tuple[Field, ...]:
 def inverted(f: Field) -> bool:
     """Whether the field's on/off flag means the opposite of the field (``--hesnr-keep-empty-windows``)."""
     return f.metadata["argparse"].get("action") == "store_true" and f.default is True
+
+
+def flag_of(name: str) -> str:
+    """The ``--hesnr-*`` flag of a :class:`HESNRConfig` field (``k`` -> ``--hesnr-k``)."""
+    return HESNRConfig.__dataclass_fields__[name].metadata["flag"]
 
 
 def field_for_flag(flag: str) -> str:
