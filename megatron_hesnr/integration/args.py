@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .config import HESNRConfig, HESNRConfigError, flag_fields, inverted, parse_data_specs
+from .config import HESNRConfig, HESNRConfigError, HostSettings, flag_fields, inverted, parse_data_specs
 
 #: Every flag this module adds, in the order of the config's fields.
 FLAGS = tuple(f.metadata["flag"] for f in flag_fields())
@@ -81,18 +81,14 @@ def validate_hesnr_args(args, *, has_output_processor: bool = False, model_name:
         eval_iters = max(eval_iters) if eval_iters else 0
     if getattr(args, "full_validation", False):
         eval_iters = eval_iters or 1
-    cfg.check_against(
+    cfg.check_against(HostSettings(
         seq_length=getattr(args, "seq_length", None),
         eval_interval=getattr(args, "eval_interval", None),
         eval_iters=eval_iters,
         skip_train=bool(getattr(args, "skip_train", False)),
         mtp=bool(getattr(args, "mtp_num_layers", None)),
+        context_parallel_size=getattr(args, "context_parallel_size", 1) or 1,
         has_output_processor=has_output_processor,
         model_name=model_name,
-    )
-    if getattr(args, "context_parallel_size", 1) > 1:
-        seq = args.seq_length
-        cp2 = 2 * args.context_parallel_size
-        if seq % cp2:
-            raise HESNRConfigError("--seq-length", f"{seq} must be divisible by 2 x --context-parallel-size = {cp2}")
+    ))
     return cfg

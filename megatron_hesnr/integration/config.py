@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import Field, dataclass, field, fields
+from typing import Callable
 
 from ..accumulator import AccumulatorConfig, AccumulatorConfigError
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
@@ -212,45 +213,69 @@ class HESNRConfig:
         """The window stride for ``seq_length`` (validated by :meth:`check_against`)."""
         return self.window_stride if self.window_stride is not None else max(1, seq_length // 2)
 
-    def check_against(self, *, seq_length: int, eval_interval: int | None, eval_iters: int | None,
-                      skip_train: bool = False, mtp: bool = False, has_output_processor: bool = False,
-                      model_name: str = "GPTModel") -> None:
-        """Refuse combinations with Megatron's own settings (called once at start-up)."""
+    def check_against(self, host: HostSettings) -> None:
+        """Refuse combinations with the host's own settings (called once at start-up, by every front end)."""
         if not self.enabled:
             return
-        if seq_length is None or seq_length < 2:
-            raise HESNRConfigError("--seq-length", f"HE-SNR windows need --seq-length >= 2, got {seq_length}")
-        if self.window_stride is not None and self.window_stride > seq_length:
-            raise HESNRConfigError(
-                "--hesnr-window-stride", f"{self.window_stride} exceeds --seq-length {seq_length}: tokens would be skipped"
-            )
-        # The hook runs inside Megatron's evaluate(): without validation it never runs.
-        if not eval_iters:
-            raise HESNRConfigError(
-                "--hesnr-data-path",
-                "the hook runs inside Megatron's evaluation, which is off: set --eval-iters >= 1 "
-                "and a validation split (or --skip-train with a validation set)",
-            )
-        if not skip_train:
-            if not eval_interval:
-                raise HESNRConfigError("--hesnr-data-path", "needs Megatron's --eval-interval >= 1 during training")
-            if self.eval_interval is not None and self.eval_interval % eval_interval != 0:
+        name, own = host.names.__getitem__, host.field_name
+        seq = host.seq_length
+        if not isinstance(seq, int) or seq < 2:
+            raise HESNRConfigError(name("seq_length"), f"HE-SNR windows need a sequence length >= 2, got {seq!r}")
+        if self.window_stride is not None and self.window_stride > seq:
+            raise HESNRConfigError(own("window_stride"),
+                                   f"{self.window_stride} exceeds {name('seq_length')} {seq}: tokens would be skipped")
+        # HE-SNR runs inside the host's evaluation: without validation it never runs.
+        if not host.eval_iters:
+            raise HESNRConfigError(name("eval_iters"), f"HE-SNR runs inside {host.host}'s evaluation, which is off: "
+                                   "set it >= 1 and give a validation split")
+        if not host.skip_train:
+            if not host.eval_interval:
+                raise HESNRConfigError(name("eval_interval"),
+                                       f"HE-SNR needs {host.host}'s evaluation during training (>= 1)")
+            if self.eval_interval is not None and self.eval_interval % host.eval_interval:
                 raise HESNRConfigError(
-                    "--hesnr-eval-interval",
-                    f"{self.eval_interval} must be a multiple of --eval-interval {eval_interval} "
-                    "(the hook runs only when Megatron evaluates)",
-                )
-        if self.logits_capture == "output_processor" and not has_output_processor:
+                    own("eval_interval"), f"{self.eval_interval} must be a multiple of {name('eval_interval')} "
+                                          f"{host.eval_interval} (HE-SNR runs only when {host.host} evaluates)")
+        cp = host.context_parallel_size or 1
+        if cp > 1 and seq % (2 * cp):
+            raise HESNRConfigError(name("seq_length"),
+                                   f"{seq} must be divisible by 2 x {name('context_parallel_size')} = {2 * cp}")
+        if self.logits_capture == "output_processor" and not host.has_output_processor:
             raise HESNRConfigError(
-                "--hesnr-logits-capture",
-                f"output_processor: this megatron-core's {model_name}.forward takes no output_processor "
+                own("logits_capture"),
+                f"output_processor: this megatron-core's {host.model_name}.forward takes no output_processor "
                 "(GPTModel has it from core 0.18, HybridModel not yet); use auto",
             )
-        if mtp and self.logits_capture == "labels_none" and not has_output_processor:
-            raise HESNRConfigError(
-                "--hesnr-logits-capture",
-                "labels_none with --mtp-num-layers fails before megatron-core 0.19; use auto or output_layer_hook",
-            )
+        if host.mtp and self.logits_capture == "labels_none" and not host.has_output_processor:
+            raise HESNRConfigError(own("logits_capture"), f"labels_none with {name('mtp')} fails before "
+                                                          "megatron-core 0.19; use auto or output_layer_hook")
+
+
+#: How Megatron-LM spells the host settings :meth:`HESNRConfig.check_against` reads.
+MEGATRON_NAMES = {"seq_length": "--seq-length", "eval_interval": "--eval-interval", "eval_iters": "--eval-iters",
+                  "context_parallel_size": "--context-parallel-size", "mtp": "--mtp-num-layers"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostSettings:
+    """The host's settings an HE-SNR config must fit, and how the host spells them in errors.
+
+    ``names`` maps each setting to the host's own spelling (``--eval-interval`` under
+    Megatron-LM, ``validation.eval_interval`` under Bridge); ``field_name`` names one of
+    our fields (the flag under Megatron-LM, ``HESNRBridgeConfig.<field>`` under Bridge).
+    """
+
+    seq_length: int | None
+    eval_interval: int | None
+    eval_iters: int | None
+    skip_train: bool = False
+    mtp: bool = False
+    context_parallel_size: int = 1
+    has_output_processor: bool = False
+    model_name: str = "GPTModel"
+    host: str = "Megatron"
+    names: dict = field(default_factory=lambda: dict(MEGATRON_NAMES))
+    field_name: Callable[[str], str] = field(default=lambda name: flag_of(name))
 
 
 def flag_fields() -> tuple[Field, ...]:
