@@ -10,7 +10,6 @@ under ``tests/golden/``; regenerate those deliberately with
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import hesnr_bridge_helpers as B  # noqa: E402
 import hesnr_integration_helpers as H  # noqa: E402
 
 GOLDEN = HERE / "golden"
@@ -48,20 +48,11 @@ _SETTINGS = dict(impl="torch", num_bins=32, window_stride=3, micro_batch_size=2,
                  report_categories=("action", "thought"))
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def _capture(run, jsonl: Path, writer, wandb) -> str:
     from megatron_hesnr.integration.logging_sinks import _stdout_logger
     from megatron_hesnr.integration.records import read_raw_records
 
-    catch = _Lines()
+    catch = H.LineCatcher()
     _stdout_logger().addHandler(catch)
     try:
         run()
@@ -84,32 +75,13 @@ def _digits(v):
     return float(f"{v:.12g}") if isinstance(v, float) else v
 
 
-class _Writer:
-    def __init__(self):
-        self.scalars, self.hists = [], []
-
-    def add_scalar(self, tag, value, step):
-        self.scalars.append((tag, float(value), step))
-
-    def add_histogram_raw(self, **kw):
-        self.hists.append(kw)
-
-
-class _Wandb:
-    def __init__(self):
-        self.logged = []
-
-    def log(self, d, step):
-        self.logged.append((dict(d), step))
-
-
 def hook_outputs(tmp: Path) -> str:
     """Two evaluations (iterations 4 and 8) of the Megatron-LM hook."""
     from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
     from megatron_hesnr.integration.eval_pass import EvalTopology
     from megatron_hesnr.integration.hook import MegatronHESNRHook
 
-    jsonl, writer, wandb = tmp / "hook.jsonl", _Writer(), _Wandb()
+    jsonl, writer, wandb = tmp / "hook.jsonl", B.FakeWriter(), B.FakeWandb()
     args = SimpleNamespace(seq_length=S, padded_vocab_size=V, curr_iteration=3, skip_train=False, save="/ckpt/run7",
                            load=None, consumed_train_samples=64)
     config = HESNRConfig(datasets=(EvalDataset("a", "/d/a"), EvalDataset("b", "/d/b")), jsonl=str(jsonl), **_SETTINGS)
@@ -126,14 +98,13 @@ def hook_outputs(tmp: Path) -> str:
 
 def bridge_outputs(tmp: Path) -> str:
     """Two evaluations (steps 4 and 8) of the Bridge callback fired by Bridge's callback manager."""
-    import hesnr_bridge_helpers as B
     from megatron_hesnr.integration.eval_pass import EvalTopology
 
     callbacks, _, shimmed = B.import_bridge()
     try:
         from megatron_hesnr.bridge import HESNRBridgeConfig, HESNRCallback
 
-        jsonl, writer, wandb = tmp / "bridge.jsonl", _Writer(), _Wandb()
+        jsonl, writer, wandb = tmp / "bridge.jsonl", B.FakeWriter(), B.FakeWandb()
         config = HESNRBridgeConfig(datasets=["a=/d/a", "b=/d/b"], jsonl=str(jsonl), bridge_logs_loss_dict=True,
                                    **_SETTINGS)
         cb = HESNRCallback(config, open_dataset=_sets().__getitem__, topology=EvalTopology,

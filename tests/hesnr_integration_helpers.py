@@ -11,6 +11,7 @@ megatron-core's ``GPTModel.forward`` that the hook uses (``labels``,
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 import torch
@@ -23,6 +24,17 @@ VOCAB = 50          # tokenizer vocabulary
 PADDED_VOCAB = 56   # Megatron-style padding to a multiple of 4 (TP up to 4)
 HIDDEN = 16
 SEQ = 16
+
+
+class LineCatcher(logging.Handler):
+    """Collects the messages of a logger (add it beside the validation line's stdout handler)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 def uniform_dataset(vocab: int, *, n: int, seed: int, max_len: int, manifest=None) -> MemoryDataset:
