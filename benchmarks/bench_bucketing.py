@@ -87,21 +87,22 @@ def compare_plans(name, lengths, seq_lengths, multiple) -> bool:
 def time_pass(seq_length: int, trajectories: int, repeat: int) -> None:
     import torch
 
-    sys.path.insert(0, str(ROOT / "tests"))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29541")
     torch.distributed.init_process_group("gloo", rank=0, world_size=1)
     import warnings
 
     warnings.filterwarnings("ignore")
-    from hesnr_integration_helpers import MemoryDataset, run_pass, schedules_on_cpu
     from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
 
+    from megatron_hesnr.data.memory import MemoryDataset
     from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.integration.cpu_shim import schedules_on_cpu
     from megatron_hesnr.integration.eval_pass import plan_set
+    from megatron_hesnr.integration.single_pass import run_pass
 
     vocab, padded_vocab = 2000, 2048
     ps.initialize_model_parallel()

@@ -53,6 +53,14 @@ _F = {name: i for i, name in enumerate(SCALAR_FIELDS)}
 _B = {name: i for i, name in enumerate(BIN_FIELDS)}
 
 
+class AccumulatorConfigError(ValueError):
+    """A wrong metric setting: ``field`` (``k``, ``threshold``, ...) and ``message``."""
+
+    def __init__(self, field: str, message: str):
+        self.field, self.message = field, message
+        super().__init__(f"{field} {message}")
+
+
 @dataclass(kw_only=True)
 class AccumulatorConfig:
     """What an accumulator measures; two states merge only under equal configs."""
@@ -73,15 +81,17 @@ class AccumulatorConfig:
         self.category_names = tuple(self.category_names)
         traj.check_num_documents(self.num_documents)
         if int(self.k) != self.k or self.k < 2:
-            raise ValueError(f"k must be an integer >= 2 (the entropy of 1 value is 0), got {self.k}")
+            raise AccumulatorConfigError("k", f"must be an integer >= 2 (the entropy of 1 value is 0), got {self.k}")
         if not (0.0 < self.threshold < math.log(self.k)):
-            raise ValueError(f"threshold must lie in (0, ln k = {math.log(self.k):.6f}), got {self.threshold}")
+            raise AccumulatorConfigError(
+                "threshold", f"must lie in (0, ln k = {math.log(self.k):.6f}) for k={self.k}, got {self.threshold}")
         if int(self.num_bins) != self.num_bins or self.num_bins < 1:
-            raise ValueError(f"num_bins must be a positive integer, got {self.num_bins}")
-        if not self.category_names or len(set(self.category_names)) != len(self.category_names):
-            raise ValueError(f"category_names must be non-empty and distinct, got {self.category_names}")
-        if "all" in self.category_names:
-            raise ValueError("'all' is reserved for the overall result")
+            raise AccumulatorConfigError("num_bins", f"must be a positive integer, got {self.num_bins}")
+        if (not self.category_names or len(set(self.category_names)) != len(self.category_names)
+                or "all" in self.category_names):
+            raise AccumulatorConfigError(
+                "category_names", f"must be distinct names other than 'all' (the overall result), "
+                                  f"got {list(self.category_names)}")
 
     @property
     def num_categories(self) -> int:

@@ -47,3 +47,29 @@ def tokenizer(deepseek_tokenizer_json):
     from megatron_hesnr.data.pipeline import load_tokenizer
 
     return load_tokenizer(str(deepseek_tokenizer_json))
+
+
+#: The functions a Megatron-LM checkout's ``pretrain_gpt.py`` gives the entry point (tests add to it).
+CHECKOUT_GPT_BASE = '''
+def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):
+    return "train", "valid", "test"
+def forward_step(data_iterator, model):
+    return None
+def model_provider(model_builder, pre_process=True, post_process=True, vp_stage=None):
+    return model_builder
+def gpt_builder(*a, **k):
+    return "gpt"
+'''
+
+
+@pytest.fixture
+def checkout(request, tmp_path, monkeypatch):
+    """A Megatron-LM checkout (``MEGATRON_LM_DIR``) whose ``pretrain_gpt.py`` is the test module's
+    ``CHECKOUT_GPT`` text; the entry point imports it from there."""
+    import sys
+
+    (tmp_path / "pretrain_gpt.py").write_text(request.module.CHECKOUT_GPT)
+    monkeypatch.setenv("MEGATRON_LM_DIR", str(tmp_path))
+    monkeypatch.delitem(sys.modules, "pretrain_gpt", raising=False)
+    yield tmp_path
+    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]

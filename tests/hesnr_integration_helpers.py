@@ -11,11 +11,14 @@ megatron-core's ``GPTModel.forward`` that the hook uses (``labels``,
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
 import torch
 
+from megatron_hesnr.data.memory import MemoryDataset  # noqa: F401 - re-exported for the tests
 from megatron_hesnr.integration.cpu_shim import schedules_on_cpu  # noqa: F401 - re-exported for the tests
+from megatron_hesnr.integration.single_pass import run_pass  # noqa: F401 - re-exported for the tests
 
 VOCAB = 50          # tokenizer vocabulary
 PADDED_VOCAB = 56   # Megatron-style padding to a multiple of 4 (TP up to 4)
@@ -23,18 +26,15 @@ HIDDEN = 16
 SEQ = 16
 
 
-class MemoryDataset:
-    """``PreparedDataset`` stand-in: items ``(tokens int64 [L], mask uint8 [L])`` + manifest."""
+class LineCatcher(logging.Handler):
+    """Collects the messages of a logger (add it beside the validation line's stdout handler)."""
 
-    def __init__(self, items, vocab_size=VOCAB, manifest=None):
-        self.items = items
-        self.manifest = {"tokenizer": {"vocab_size": vocab_size}} if manifest is None else manifest
+    def __init__(self):
+        super().__init__()
+        self.lines = []
 
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
 def uniform_dataset(vocab: int, *, n: int, seed: int, max_len: int, manifest=None) -> MemoryDataset:
@@ -80,7 +80,7 @@ def make_dataset(seed: int, n: int = 7, max_len: int = 40) -> MemoryDataset:
         if i == 0:
             mask[:] = 0  # a trajectory with nothing scored
         items.append((tokens, mask))
-    return MemoryDataset(items)
+    return MemoryDataset(items, VOCAB)
 
 
 def full_weights(seed: int = 1234) -> dict:
@@ -230,20 +230,3 @@ def model_chunks(make_chunk, vp: int | None = None) -> list:
                        vp_stage=i if vp else None) for i in range(n)]
 
 
-def run_pass(model: list, wset, cfg, *, vocab: int, padded_vocab: int, seq_length: int):
-    """One ``HESNRPass`` through megatron-core's real ``get_forward_backward_func`` schedule
-    (interleaved when ``model`` has several chunks); returns ``(accumulator, bucket plan)``."""
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from megatron_hesnr.integration.capture import LogitsCapture, resolve_capture
-    from megatron_hesnr.integration.eval_pass import HESNRPass
-    from megatron_hesnr.integration.hook import topology_from_parallel_state
-
-    p = HESNRPass(cfg, vocab_size=vocab, seq_length=seq_length, topology=topology_from_parallel_state(),
-                  forward_backward_func=get_forward_backward_func(),
-                  capture=LogitsCapture(resolve_capture(model[-1], cfg.logits_capture)), padded_vocab_size=padded_vocab)
-    for m in model:
-        m.eval()
-    with torch.no_grad():
-        acc = p.run(model, wset)
-    return acc, p.plan

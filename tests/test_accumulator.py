@@ -181,3 +181,18 @@ def test_bool_mask_and_unscored_tokens():
     acc.update(s, m)
     assert acc.compute()["num_tokens"] == int(m.sum())
     assert list(acc.compute()["by_category"]) == ["action"]
+
+
+@pytest.mark.parametrize("kw, field", [({"k": 1}, "k"), ({"threshold": 9.0}, "threshold"), ({"num_bins": 0}, "num_bins"),
+                                       ({"category_names": ("a", "all")}, "category_names")])
+def test_config_errors_name_their_field_and_the_flag(kw, field):
+    """The metric settings are checked once (here); the evaluation config names the flag behind the field."""
+    from megatron_hesnr.accumulator import AccumulatorConfig, AccumulatorConfigError
+    from megatron_hesnr.integration.config import HESNRConfig, HESNRConfigError, flag_of
+
+    with pytest.raises(AccumulatorConfigError) as acc_err:
+        AccumulatorConfig(**kw)
+    assert acc_err.value.field == field and str(acc_err.value) == f"{field} {acc_err.value.message}"
+    with pytest.raises(HESNRConfigError) as cfg_err:
+        HESNRConfig(**kw)
+    assert (cfg_err.value.flag, cfg_err.value.message) == (flag_of(field), acc_err.value.message)

@@ -120,7 +120,7 @@ def test_hook_logs_and_records_the_plan(tmp_path, caplog):
         d = tmp_path / str(pad)
         d.mkdir()
         hook = make_hook(d, _args(skip_train=True, iteration=3), length_multiple=2, pad_to_seq_length=pad)
-        with caplog.at_level(logging.INFO, logger="megatron_hesnr.integration.hook"):
+        with caplog.at_level(logging.INFO, logger="megatron_hesnr.integration.evaluator"):
             caplog.clear()
             with torch.no_grad():
                 hook.non_loss_data_func([Plain()])
@@ -182,7 +182,7 @@ def test_start_up_log_has_the_plan_the_pass_uses(tmp_path, caplog):
                  tensor_model_parallel_size=1, context_parallel_size=1, sequence_parallel=False,
                  virtual_pipeline_model_parallel_size=None)
     hook = make_hook(tmp_path, args, length_multiple=2)
-    with caplog.at_level(logging.INFO, logger="megatron_hesnr.integration.hook"):
+    with caplog.at_level(logging.INFO, logger="megatron_hesnr.integration.evaluator"):
         hook.setup()
         at_setup = [r.getMessage() for r in caplog.records if "schedule calls" in r.getMessage()]
         plans = dict(hook._plans)

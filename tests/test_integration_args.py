@@ -41,6 +41,31 @@ def test_defaults_and_names():
     assert cfg.report_categories == ("action",)
 
 
+def test_readme_flag_table_is_the_configs():
+    """The README's table lists exactly the config's flags, row for row as :func:`flag_table` writes them."""
+    from conftest import REPO
+    from megatron_hesnr.integration.config import flag_table
+
+    readme = [line for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+              if line.startswith("| `--hesnr-")]
+    assert readme == flag_table()
+    assert len(readme) == len(FLAGS) == 20
+
+
+def test_flags_map_back_to_their_fields():
+    from megatron_hesnr.integration.config import HESNRConfig, field_for_flag, flag_fields
+
+    assert field_for_flag("--hesnr-data-path") == "datasets" and field_for_flag("--hesnr-k") == "k"
+    assert field_for_flag("--hesnr-keep-empty-windows") == "skip_empty_windows"
+    assert field_for_flag("model.seq_length") == "model.seq_length"
+    cfg = config_from_args(parse("--seq-length 128 --hesnr-data-path /x --hesnr-keep-empty-windows --hesnr-k 7 "
+                                 "--hesnr-threshold 1.5 --hesnr-category-names a b --hesnr-report-categories b"))
+    assert cfg.skip_empty_windows is False and cfg.k == 7 and cfg.category_names == ("a", "b")
+    assert cfg.report_categories == ("b",)
+    assert len(flag_fields()) == len(FLAGS) and {f.name for f in flag_fields()} == {
+        f for f in HESNRConfig.__dataclass_fields__}
+
+
 def test_every_flag_is_registered():
     p = _megatron_like_parser()
     known = {s for a in p._actions for s in a.option_strings}
@@ -64,7 +89,9 @@ def test_every_flag_is_registered():
     ("--hesnr-data-path /x --hesnr-long-policy truncate --hesnr-window-stride 8", "--hesnr-window-stride"),
     ("--hesnr-data-path /x --hesnr-window-stride 200", "--hesnr-window-stride"),
     ("--hesnr-data-path /x --hesnr-micro-batch-size 0", "--hesnr-micro-batch-size"),
-    ("--hesnr-data-path /x --eval-iters 0", "--hesnr-data-path"),
+    ("--hesnr-data-path /x --eval-iters 0", "--eval-iters"),
+    ("--hesnr-data-path /x --eval-interval 0", "--eval-interval"),
+    ("--hesnr-data-path /x --seq-length 1", "--seq-length"),
     ("--hesnr-data-path /x --context-parallel-size 3", "--seq-length"),
     ("--hesnr-data-path /x --hesnr-logits-capture output_processor", "--hesnr-logits-capture"),
     ("--hesnr-data-path /x --mtp-num-layers 1 --hesnr-logits-capture labels_none", "--hesnr-logits-capture"),

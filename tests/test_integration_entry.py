@@ -5,18 +5,11 @@ import sys
 import types
 
 import pytest
+from conftest import CHECKOUT_GPT_BASE
 
 pytest.importorskip("megatron.core")
 
-CHECKOUT_GPT = '''
-def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):
-    return "train", "valid", "test"
-def forward_step(data_iterator, model):
-    return None
-def model_provider(model_builder, pre_process=True, post_process=True, vp_stage=None):
-    return model_builder
-def gpt_builder(*a, **k):
-    return "gpt"
+CHECKOUT_GPT = CHECKOUT_GPT_BASE + '''
 def get_embedding_ranks(pp_ranks):
     return pp_ranks[:1]
 '''
@@ -37,15 +30,6 @@ def _fake_training(monkeypatch, pretrain):
     for name, mod in (("megatron.training", training), ("megatron.training.training", sub),
                       ("megatron.training.arguments", arguments), ("megatron.training.argument_utils", argument_utils)):
         monkeypatch.setitem(sys.modules, name, mod)
-
-
-@pytest.fixture
-def checkout(tmp_path, monkeypatch):
-    (tmp_path / "pretrain_gpt.py").write_text(CHECKOUT_GPT)
-    monkeypatch.setenv("MEGATRON_LM_DIR", str(tmp_path))
-    monkeypatch.delitem(sys.modules, "pretrain_gpt", raising=False)
-    yield tmp_path
-    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
 
 
 def test_old_style_pretrain(checkout, monkeypatch):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import logging
 import math
 import random
 import re
@@ -119,15 +118,6 @@ def test_same_numbers_as_direct_accumulation(tmp_path):
         assert got[key] == pytest.approx(want[key], nan_ok=True), key
 
 
-class _Lines(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
 def _reference_with_trajectories(model, ds, stride):
     """Direct accumulation, window by window, with each window's trajectory index."""
     from megatron_hesnr import token_stats
@@ -155,7 +145,7 @@ def test_records_carry_stderrs_and_two_checkpoints_compare(tmp_path):
     a, b = Plain(), Plain()
     with torch.no_grad():
         b.output_layer.weight.mul_(1.7)
-    catch = _Lines()
+    catch = H.LineCatcher()
     _stdout_logger().addHandler(catch)  # beside its stdout handler (made first)
     try:
         hook.non_loss_data_func([a])

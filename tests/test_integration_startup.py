@@ -6,6 +6,7 @@ import sys
 import types
 
 import pytest
+from conftest import CHECKOUT_GPT_BASE
 
 pytest.importorskip("megatron.core")
 
@@ -21,15 +22,7 @@ def add_modelopt_args(parser):
     return parser
 def maybe_enable_modelopt(args):
     args.modelopt_seen = True
-def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):
-    return "train", "valid", "test"
-def forward_step(data_iterator, model):
-    return None
-def model_provider(model_builder, pre_process=True, post_process=True, vp_stage=None):
-    return model_builder
-def gpt_builder(*a, **k):
-    return "gpt"
-'''
+''' + CHECKOUT_GPT_BASE
 
 
 def megatron_args(*argv, **over):
@@ -128,15 +121,6 @@ def _fake_training(monkeypatch, pretrain, parsed=None, validate_calls=None):
                       ("megatron.training.argument_utils", argument_utils)):
         monkeypatch.setitem(sys.modules, name, mod)
     return init
-
-
-@pytest.fixture
-def checkout(tmp_path, monkeypatch):
-    (tmp_path / "pretrain_gpt.py").write_text(CHECKOUT_GPT)
-    monkeypatch.setenv("MEGATRON_LM_DIR", str(tmp_path))
-    monkeypatch.delitem(sys.modules, "pretrain_gpt", raising=False)
-    yield tmp_path
-    sys.path[:] = [p for p in sys.path if p != str(tmp_path)]
 
 
 def test_old_style_flags_checked_right_after_megatron_validate_args(checkout, monkeypatch):

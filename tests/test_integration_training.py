@@ -98,12 +98,14 @@ def _world(rank, world):
             with torch.no_grad():
                 yield None
 
-        saved = hook_mod.training_state_preserved
-        hook_mod.training_state_preserved = not_restoring
+        import megatron_hesnr.integration.evaluator as evaluator_mod
+
+        saved = evaluator_mod.training_state_preserved
+        evaluator_mod.training_state_preserved = not_restoring
         try:
             perturbed = _train(make_hook())
         finally:
-            hook_mod.training_state_preserved = saved
+            evaluator_mod.training_state_preserved = saved
         assert perturbed[:2] == plain[:2] and perturbed[2:] != plain[2:], (plain, perturbed)
 
 

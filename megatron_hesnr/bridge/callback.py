@@ -1,13 +1,13 @@
 """The Megatron-Bridge callback: Bridge's state in, the shared HE-SNR evaluation out.
 
 Nothing here evaluates anything itself.  At each Bridge evaluation the callback
-translates Bridge's ``GlobalState`` / ``ConfigContainer`` into the handful of
-settings the Megatron-LM hook reads (sequence length, padded vocabulary, MTP,
-attention mask, iteration, consumed samples, checkpoint paths) and runs that hook
-(:class:`~megatron_hesnr.integration.hook.MegatronHESNRHook`) with the process
-groups and forward-only schedule of Bridge's model.  So the pass, its all-reduce,
-the validation line, the JSONL records and the TensorBoard / W&B output are the
-Megatron-LM ones, byte for byte in the records.
+translates Bridge's ``GlobalState`` / ``ConfigContainer`` into the shared evaluator's
+:class:`~megatron_hesnr.integration.evaluator.EvalContext` (sequence length, padded
+vocabulary, MTP, attention mask, iteration, consumed samples, checkpoint paths) and runs
+:class:`~megatron_hesnr.integration.evaluator.HESNREvaluator` with the process groups and
+forward-only schedule of Bridge's model.  So the pass, its all-reduce, the validation line,
+the JSONL records and the TensorBoard / W&B output are the ones the Megatron-LM hook
+produces, byte for byte in the records.
 
 What Bridge adds: its ``on_eval_end`` hands over ``total_loss_dict``; the headline
 scalars (``loss_dict_metrics``) go in there, so that Bridge >= 0.6, which logs that
@@ -16,13 +16,12 @@ dict after the callback, shows them in its own validation line and loggers.
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Callable
 
 import torch
 
 from ..integration.capture import unwrap
-from ..integration.hook import MegatronHESNRHook
+from ..integration.evaluator import EvalContext, HESNREvaluator, checkpoint_path
 from ..integration.logging_sinks import scalars
 from .compat import (
     BridgeCompatError,
@@ -67,9 +66,8 @@ class HESNRBridgeAdapter:
         self._open_dataset = open_dataset
         self._topology = topology
         self._fb = forward_backward_func
-        self._args = SimpleNamespace()
         self._state = None
-        self._hook: MegatronHESNRHook | None = None
+        self._evaluator: HESNREvaluator | None = None
         self._model, self._vp, self._pgc = None, None, None
         self._fb_key, self._fb_cached = None, None
         self._checked = False
@@ -92,27 +90,27 @@ class HESNRBridgeAdapter:
         self._evaluate(context)
 
     # ------------------------------------------------------------ translation
-    def megatron_args(self, context) -> SimpleNamespace:
-        """Bridge's settings under the names the Megatron-LM hook reads (updated in place)."""
-        state, cfg, ns = context.state, context.state.cfg, self._args
-        ts = state.train_state
+    def eval_context(self, context) -> EvalContext:
+        """Bridge's state and settings as the evaluator's context."""
+        state, cfg = context.state, context.state.cfg
         model = context.model if isinstance(context.model, (list, tuple)) else [context.model]
         padded = getattr(unwrap(model[0]), "vocab_size", None)
-        ns.seq_length = container_get(cfg, "model.seq_length")
-        ns.padded_vocab_size = padded if isinstance(padded, int) else None
-        ns.mtp_num_layers = container_get(cfg, "model.mtp_num_layers")
-        ns.create_attention_mask_in_dataloader = bool(container_get(cfg, "dataset.create_attention_mask"))
-        ns.skip_train = bool(container_get(cfg, "validation.skip_train"))
-        ns.save = container_get(cfg, "checkpoint.save")
-        ns.load = container_get(cfg, "checkpoint.load")
-        ns.ckpt_step = container_get(cfg, "checkpoint.ckpt_step")
+        skip_train = bool(container_get(cfg, "validation.skip_train"))
         # Bridge evaluates after counting the step: train_state.step is the iteration (also under
-        # skip_train, where it is the loaded checkpoint's).  No curr_iteration: that is Megatron's
-        # before-the-step counter, which the hook turns into curr_iteration + 1.
-        ns.curr_iteration = None
-        ns.iteration = int(ts.step)
-        ns.consumed_train_samples = int(ts.consumed_train_samples)
-        return ns
+        # skip_train, where it is the loaded checkpoint's, stored under checkpoint.load).
+        iteration = int(state.train_state.step)
+        if skip_train:
+            step = container_get(cfg, "checkpoint.ckpt_step")
+            run_dir, checkpoint = checkpoint_path(container_get(cfg, "checkpoint.load"),
+                                                  step if step is not None else iteration)
+        else:
+            run_dir, checkpoint = checkpoint_path(container_get(cfg, "checkpoint.save"), iteration)
+        return EvalContext(iteration=iteration, consumed_samples=int(state.train_state.consumed_train_samples),
+                           seq_length=container_get(cfg, "model.seq_length"),
+                           padded_vocab_size=padded if isinstance(padded, int) else None,
+                           run_dir=run_dir, checkpoint=checkpoint, skip_train=skip_train,
+                           mtp=bool(container_get(cfg, "model.mtp_num_layers")),
+                           make_attention_mask=bool(container_get(cfg, "dataset.create_attention_mask")))
 
     def _refresh_groups(self, context) -> None:
         """Read the model's process groups now: Bridge >= 0.7 may rebind CP groups for evaluation
@@ -131,15 +129,12 @@ class HESNRBridgeAdapter:
             self._fb_key = self._pgc
         return self._fb_cached(**kwargs)
 
-    def _hook_for(self, context) -> MegatronHESNRHook:
-        if self._hook is None:
-            kwargs = {"open_dataset": self._open_dataset} if self._open_dataset is not None else {}
-            self._hook = MegatronHESNRHook(
-                self.hesnr.hesnr_config(), get_args=lambda: self._args,
-                topology=self._topology or self._current_topology,
-                forward_backward_func=self._fb or self._current_forward_backward,
-                get_wandb_writer=lambda: self._state.wandb_logger, **kwargs)
-        return self._hook
+    def _evaluator_for(self) -> HESNREvaluator:
+        if self._evaluator is None:
+            self._evaluator = HESNREvaluator(self.hesnr.hesnr_config(), topology=self._topology or self._current_topology,
+                                             forward_backward_func=self._fb or self._current_forward_backward,
+                                             open_dataset=self._open_dataset)
+        return self._evaluator
 
     def _startup(self, context) -> None:
         if self._checked or not self.hesnr.enabled:
@@ -147,7 +142,7 @@ class HESNRBridgeAdapter:
         self._state = context.state
         self.hesnr.check_against_container(context.state.cfg)
         self._refresh_groups(context)
-        self._hook_for(context).setup(self.megatron_args(context))
+        self._evaluator_for().setup(self.eval_context(context))
         if self._bridge_logs is None:
             self._bridge_logs = eval_end_precedes_logging()
             log.info("HE-SNR: megatron-bridge %s on_eval_end; HE-SNR scalars %s",
@@ -161,15 +156,15 @@ class HESNRBridgeAdapter:
             return
         self._startup(context)  # under validation.skip_train on_train_start never fires
         self._state = context.state
-        args = self.megatron_args(context)
+        ctx = self.eval_context(context)
         self._refresh_groups(context)
-        hook = self._hook_for(context)
-        data = hook.non_loss_data_func(context.model)  # every rank; data only on the last rank
+        evaluator = self._evaluator_for()
+        data = evaluator.evaluate(context.model, ctx)  # every rank; data only on the last rank
         if not data:
             return
         # Bridge writes TensorBoard only when training (write_to_tensorboard=not skip_train).
-        writer = None if args.skip_train else context.state.tensorboard_logger
-        hook.process_non_loss_data_func(data, int(context.state.train_state.step), writer)
+        writer = None if ctx.skip_train else context.state.tensorboard_logger
+        evaluator.log(data, ctx.iteration, writer, self._state.wandb_logger)
         loss_dict = getattr(context, "total_loss_dict", None)
         if self._bridge_logs and self.hesnr.loss_dict_metrics and loss_dict is not None:
             loss_dict.update(self.loss_dict_entries(data, loss_dict))

@@ -5,7 +5,8 @@
 write the same records) plus the few fields only Bridge needs.  A wrong value is
 refused in ``__post_init__`` with a message that names the field (and the
 ``--hesnr-*`` flag it corresponds to); :meth:`HESNRBridgeConfig.check_against_container`
-refuses combinations with Bridge's own ``ConfigContainer`` at start-up.
+refuses combinations with Bridge's own ``ConfigContainer`` at start-up (the shared
+:meth:`HESNRConfig.check_against` on the container's settings, in Bridge's names).
 """
 from __future__ import annotations
 
@@ -13,20 +14,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..integration.config import EvalDataset, HESNRConfig, HESNRConfigError, parse_data_specs
+from ..integration.config import (EvalDataset, HESNRConfig, HESNRConfigError, HostSettings, field_for_flag,
+                                  parse_data_specs)
 from ..integration.logging_sinks import LINE_METRICS
 from .compat import container_get
-
-#: ``--hesnr-*`` flags whose field name is not the flag's own spelling.
-_FLAG_TO_FIELD = {"--hesnr-data-path": "datasets", "--hesnr-keep-empty-windows": "skip_empty_windows"}
-
-
-def field_for_flag(flag: str) -> str:
-    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``k``)."""
-    if flag in _FLAG_TO_FIELD:
-        return _FLAG_TO_FIELD[flag]
-    return flag[len("--hesnr-"):].replace("-", "_") if flag.startswith("--hesnr-") else flag
-
 
 def _datasets(value) -> tuple[EvalDataset, ...]:
     """Sets given as ``EvalDataset``s, ``"NAME=PREFIX"`` strings or a ``{name: prefix}`` mapping."""
@@ -82,8 +73,7 @@ class HESNRBridgeConfig(HESNRConfig):
 
     @staticmethod
     def _named(exc: HESNRConfigError) -> HESNRConfigError:
-        message = str(exc)[len(exc.flag) + 2:]
-        return HESNRConfigError(f"HESNRBridgeConfig.{field_for_flag(exc.flag)} ({exc.flag})", message)
+        return HESNRConfigError(f"HESNRBridgeConfig.{field_for_flag(exc.flag)} ({exc.flag})", exc.message)
 
     def finalize(self) -> None:
         """Re-run the checks after fields were overridden (Bridge configs' ``finalize`` contract)."""
@@ -97,45 +87,31 @@ class HESNRBridgeConfig(HESNRConfig):
         """Refuse combinations with Bridge's ``ConfigContainer`` (call before ``pretrain``)."""
         if not self.enabled:
             return
-        seq_length = container_get(container, "model.seq_length")
-        eval_iters = container_get(container, "validation.eval_iters")
-        eval_interval = container_get(container, "validation.eval_interval")
-        skip_train = bool(container_get(container, "validation.skip_train"))
-        prefix = "validation." if container_get(container, "validation") is not None else "train."
-        if not isinstance(seq_length, int) or seq_length < 2:
-            raise HESNRConfigError("model.seq_length", f"HE-SNR windows need a sequence length >= 2, got {seq_length!r}")
-        if self.window_stride is not None and self.window_stride > seq_length:
-            raise HESNRConfigError("HESNRBridgeConfig.window_stride",
-                                   f"{self.window_stride} exceeds model.seq_length {seq_length}: tokens would be skipped")
-        # The callback runs inside Bridge's evaluation, which needs eval_iters >= 1 (and a validation set).
-        if not eval_iters:
-            raise HESNRConfigError(f"{prefix}eval_iters",
-                                   "HE-SNR runs inside Bridge's evaluation, which is off: set it >= 1 "
-                                   "and give a validation split")
-        if not skip_train:
-            if not eval_interval:
-                raise HESNRConfigError(f"{prefix}eval_interval", "HE-SNR needs Bridge's evaluation during training (>= 1)")
-            if self.eval_interval is not None and self.eval_interval % eval_interval:
-                raise HESNRConfigError("HESNRBridgeConfig.eval_interval",
-                                       f"{self.eval_interval} must be a multiple of {prefix}eval_interval {eval_interval} "
-                                       "(HE-SNR runs only when Bridge evaluates)")
-        cp = container_get(container, "model.context_parallel_size") or 1
-        if cp > 1 and seq_length % (2 * cp):
-            raise HESNRConfigError("model.seq_length",
-                                   f"{seq_length} must be divisible by 2 x model.context_parallel_size = {2 * cp}")
         if has_output_processor is None:
             from ..integration.compat import core_has_output_processor
 
             has_output_processor = core_has_output_processor()
-        if self.logits_capture == "output_processor" and not has_output_processor:
-            raise HESNRConfigError("HESNRBridgeConfig.logits_capture",
-                                   "output_processor needs megatron-core >= 0.19 (model.forward(output_processor=))")
-        if (container_get(container, "model.mtp_num_layers") and self.logits_capture == "labels_none"
-                and not has_output_processor):
-            raise HESNRConfigError("HESNRBridgeConfig.logits_capture",
-                                   "labels_none with model.mtp_num_layers fails before megatron-core 0.19; "
-                                   "use auto or output_layer_hook")
+        self.check_against(host_settings(container, has_output_processor=has_output_processor))
 
+
+def host_settings(container: Any, *, has_output_processor: bool) -> HostSettings:
+    """Bridge's ``ConfigContainer`` as the settings :meth:`HESNRConfig.check_against` reads, in Bridge's names."""
+    # Bridge >= 0.4 has a ValidationConfig; 0.3 keeps these in TrainingConfig.
+    prefix = "validation." if container_get(container, "validation") is not None else "train."
+    return HostSettings(
+        seq_length=container_get(container, "model.seq_length"),
+        eval_interval=container_get(container, "validation.eval_interval"),
+        eval_iters=container_get(container, "validation.eval_iters"),
+        skip_train=bool(container_get(container, "validation.skip_train")),
+        mtp=bool(container_get(container, "model.mtp_num_layers")),
+        context_parallel_size=container_get(container, "model.context_parallel_size") or 1,
+        has_output_processor=has_output_processor,
+        host="Bridge",
+        names={"seq_length": "model.seq_length", "eval_interval": f"{prefix}eval_interval",
+               "eval_iters": f"{prefix}eval_iters", "context_parallel_size": "model.context_parallel_size",
+               "mtp": "model.mtp_num_layers"},
+        field_name=lambda name: f"HESNRBridgeConfig.{name}",
+    )
 
 def add_hesnr_bridge_args(parser):
     """The Megatron-LM ``--hesnr-*`` flags plus the Bridge-only ones (for Bridge launch scripts)."""
@@ -161,5 +137,5 @@ def bridge_config_from_args(args) -> HESNRBridgeConfig | None:
         return HESNRBridgeConfig(loss_dict_metrics=tuple(args.hesnr_loss_dict_metrics or ()), **fields)
     except HESNRConfigError as exc:
         if exc.flag.endswith(".loss_dict_metrics"):
-            raise HESNRConfigError("--hesnr-loss-dict-metrics", str(exc)[len(exc.flag) + 2:]) from None
+            raise HESNRConfigError("--hesnr-loss-dict-metrics", exc.message) from None
         raise

@@ -1,4 +1,4 @@
-"""Megatron integration: the only package that reads Megatron globals."""
+"""Shared HE-SNR evaluation and the Megatron-LM adapter (docs/design.md lists the modules that read Megatron globals)."""
 from .groups import (
     MetricGroups,
     metric_groups_from_parallel_state,

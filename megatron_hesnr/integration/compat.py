@@ -1,6 +1,6 @@
 """Version shims for Megatron-LM / megatron-core 0.13 .. 0.19+ (keyword calls only).
 
-``pretrain()`` changed twice (see docs/DESIGN.md):
+``pretrain()`` changed twice:
 
 * <= 0.17: ``pretrain(train_valid_test_dataset_provider, model_provider, model_type,
   forward_step_func, process_non_loss_data_func, extra_args_provider, args_defaults,

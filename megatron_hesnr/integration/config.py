@@ -7,10 +7,11 @@ command line the user wrote.
 """
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields
+from typing import Callable
 
+from ..accumulator import AccumulatorConfig, AccumulatorConfigError
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
 from ..token_stats import IMPLS
 from .buckets import DEFAULT_LENGTH_MULTIPLE, MAX_BUCKETS
@@ -21,10 +22,11 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class HESNRConfigError(ValueError):
-    """A wrong ``--hesnr-*`` setting; the message starts with the flag's name."""
+    """A wrong setting: ``flag`` names it (a ``--hesnr-*`` flag, a host flag or a config field),
+    ``message`` says what is wrong; ``str()`` is ``"<flag>: <message>"``."""
 
     def __init__(self, flag: str, message: str):
-        self.flag = flag
+        self.flag, self.message = flag, message
         super().__init__(f"{flag}: {message}")
 
 
@@ -65,46 +67,98 @@ def parse_data_specs(values) -> tuple[EvalDataset, ...]:
     return tuple(out)
 
 
+def setting(value, flag: str, help: str, table: tuple[str, str, str], **argparse_kw):
+    """A config field that carries its command-line flag (the one place a setting is defined).
+
+    ``help`` is the ``--help`` text; ``table`` the README row's (flag usage, default, meaning);
+    ``value`` is the field's default; ``argparse_kw`` what ``add_argument`` needs besides them (``type``, ``nargs``, ``choices``,
+    ``action``, ``metavar``; ``default`` when the parser's differs from the field's).
+    """
+    return field(default=value, metadata={"flag": flag, "help": help, "table": table, "argparse": argparse_kw})
+
+
 @dataclass(kw_only=True)
 class HESNRConfig:
-    """Settings of the HE-SNR evaluation (all ``--hesnr-*`` flags)."""
+    """Settings of the HE-SNR evaluation (all ``--hesnr-*`` flags, see :func:`setting`)."""
 
-    datasets: tuple[EvalDataset, ...] = ()
-    """Named prepared-trajectory sets; empty means the hook is off."""
-    eval_interval: int | None = None
-    """Run at every evaluation whose iteration is a multiple of this; ``None``: Megatron's --eval-interval."""
-    eval_iters: int | None = None
-    """Global batches per set and evaluation; ``None``: a full pass over every window."""
-    micro_batch_size: int = 1
-    """Windows per micro-batch (trajectories are long: 1 is usual)."""
-    num_microbatches: int | None = None
-    """Micro-batches per data-parallel rank and step; ``None``: max(4, pipeline size)."""
-    k: int = DEFAULT_K
-    threshold: float = DEFAULT_THRESHOLD
-    num_bins: int = DEFAULT_NUM_BINS
-    impl: str = "auto"
-    category_names: tuple[str, ...] = DEFAULT_CATEGORY_NAMES
-    """Names of scoring-mask categories 1, 2, ... as the prepared data defines them."""
-    report_categories: tuple[str, ...] = ("action",)
-    """Categories logged per evaluation besides the overall result ('all')."""
-    jsonl: str | None = None
-    """JSONL file that gets one record per evaluation and set (last rank writes)."""
-    long_policy: str = "window"
-    """Trajectories longer than --seq-length: 'truncate' or sliding 'window's."""
-    window_stride: int | None = None
-    """New targets per window under 'window'; ``None``: half the sequence length."""
-    logits_capture: str = "auto"
-    """How logits are taken from the model (see :mod:`.capture`)."""
-    run_name: str | None = None
-    """Recorded in each JSONL record (default: the checkpoint directory name)."""
-    skip_empty_windows: bool = True
-    """Skip windows that score no token (their forward would add nothing)."""
-    length_multiple: int = DEFAULT_LENGTH_MULTIPLE
-    """Bucket lengths are multiples of this (and of 2 x CP, and of TP with sequence parallelism)."""
-    max_buckets: int = MAX_BUCKETS
-    """Most distinct sequence lengths per set (each a shape the model is run at)."""
-    pad_to_seq_length: bool = False
-    """Pad every window to --seq-length (one bucket) instead of bucketing windows by length."""
+    datasets: tuple[EvalDataset, ...] = setting(
+        (), "--hesnr-data-path",
+        "Prepared trajectory sets (hesnr prepare output prefixes); NAME=PREFIX names a "
+        "set, a bare PREFIX is named by its basename. Off when not given.",
+        ("[NAME=]PREFIX ...", "off", "prepared sets; a bare prefix is named by its basename"),
+        nargs="+", default=None, metavar="[NAME=]PREFIX")
+    eval_interval: int | None = setting(
+        None, "--hesnr-eval-interval",
+        "Evaluate HE-SNR every N iterations (a multiple of --eval-interval; default: at every Megatron evaluation).",
+        ("N", "every evaluation", "a multiple of `--eval-interval`"), type=int)
+    eval_iters: int | None = setting(
+        None, "--hesnr-eval-iters", "Global batches per set and evaluation (default: a full pass over every window).",
+        ("N", "full pass", "global batches of windows per set and evaluation"), type=int)
+    micro_batch_size: int = setting(
+        1, "--hesnr-micro-batch-size", "Windows per micro-batch.", ("N", "1", "windows per micro-batch"), type=int)
+    num_microbatches: int | None = setting(
+        None, "--hesnr-num-microbatches",
+        "Micro-batches per data-parallel rank and step (default: max(4, pipeline size); more per step means "
+        "fewer schedule calls and a smaller pipeline bubble).",
+        ("N", "max(4, PP size)", "micro-batches per DP rank and step"), type=int)
+    k: int = setting(DEFAULT_K, "--hesnr-k", "Top-k candidate set size.", ("K", "10", "top-k candidate set"), type=int)
+    threshold: float = setting(
+        DEFAULT_THRESHOLD, "--hesnr-threshold", "High-entropy threshold on H_k (default (ln 3 + ln 4) / 2).",
+        ("EPS", "(ln 3 + ln 4)/2", "high-entropy threshold on H_k"), type=float)
+    num_bins: int = setting(
+        DEFAULT_NUM_BINS, "--hesnr-num-bins", "H_k histogram bins on [0, ln k].",
+        ("N", "512", "H_k histogram bins on [0, ln k]"), type=int)
+    impl: str = setting(
+        "auto", "--hesnr-impl",
+        "Statistics implementation: fused Triton kernel on CUDA (auto) or the PyTorch reference.",
+        ("{auto,torch,triton}", "auto", "fused kernel on CUDA when available"), choices=IMPLS)
+    category_names: tuple[str, ...] = setting(
+        DEFAULT_CATEGORY_NAMES, "--hesnr-category-names",
+        "Names of scoring-mask categories 1, 2, ... of the prepared data.",
+        ("...", "action thought observation", "names of mask categories 1, 2, ..."), nargs="+")
+    report_categories: tuple[str, ...] = setting(
+        ("action",), "--hesnr-report-categories", "Categories logged besides the overall result ('all').",
+        ("...", "action", "categories logged besides the overall result"), nargs="+")
+    jsonl: str | None = setting(
+        None, "--hesnr-jsonl", "Append one JSON record per evaluation and set (also under --skip-train).",
+        ("PATH", "none", "append the records here (also under `--skip-train`)"), metavar="PATH")
+    long_policy: str = setting(
+        "window", "--hesnr-long-policy",
+        "Trajectories longer than --seq-length: truncate, or sliding windows that score "
+        "every target once with as much context as fits.",
+        ("{window,truncate}", "window", "trajectories longer than `--seq-length`"), choices=LONG_POLICIES)
+    window_stride: int | None = setting(
+        None, "--hesnr-window-stride",
+        "New targets per sliding window (default --seq-length / 2; smaller = more context, more compute).",
+        ("N", "seq-length / 2", "new targets per sliding window; each target is scored once, by the window "
+         "giving it the most context (>= seq-length - stride)"), type=int)
+    logits_capture: str = setting(
+        "auto", "--hesnr-logits-capture",
+        "How logits are taken: output_processor (core >= 0.19), labels_none "
+        "(forward(labels=None)), output_layer_hook (forward hook on output_layer).",
+        ("{auto,output_processor,labels_none,output_layer_hook}", "auto", "how logits are taken"),
+        choices=LOGITS_CAPTURES)
+    run_name: str | None = setting(
+        None, "--hesnr-run-name", "Run name written into the JSONL records.",
+        ("NAME", "checkpoint dir name", "`run` field of the records"))
+    skip_empty_windows: bool = setting(
+        True, "--hesnr-keep-empty-windows", "Also run windows that score no token (normally skipped).",
+        ("", "off", "also run windows that score no token"), action="store_true", default=False)
+    """The flag inverts the field: ``--hesnr-keep-empty-windows`` is ``skip_empty_windows=False``."""
+    length_multiple: int = setting(
+        DEFAULT_LENGTH_MULTIPLE, "--hesnr-length-multiple",
+        "Windows are grouped into a few length buckets and each bucket runs at its own "
+        "sequence length, a multiple of this (and of 2 x CP, and of TP with sequence "
+        "parallelism), or --seq-length itself.",
+        ("N", "128", "bucket lengths are multiples of N (see below)"), type=int)
+    max_buckets: int = setting(
+        MAX_BUCKETS, "--hesnr-max-buckets",
+        "Most distinct sequence lengths per set (fewer shapes for CUDA graphs / TE plans, "
+        "more padding); the planner uses as few as keep positions fed <= 1.05x the real inputs.",
+        ("N", "32", "most distinct sequence lengths per set (see below)"), type=int)
+    pad_to_seq_length: bool = setting(
+        False, "--hesnr-pad-to-seq-length", "Pad every window to --seq-length instead (slower; for comparison).",
+        ("", "off", "pad every window to `--seq-length` instead of bucketing (for comparison)"), action="store_true")
 
     def __post_init__(self):
         self.datasets = tuple(self.datasets)
@@ -118,20 +172,12 @@ class HESNRConfig:
             raise HESNRConfigError("--hesnr-micro-batch-size", f"must be >= 1, got {self.micro_batch_size}")
         if self.num_microbatches is not None and self.num_microbatches < 1:
             raise HESNRConfigError("--hesnr-num-microbatches", f"must be >= 1, got {self.num_microbatches}")
-        if int(self.k) != self.k or self.k < 2:
-            raise HESNRConfigError("--hesnr-k", f"must be an integer >= 2, got {self.k}")
-        if not 0.0 < self.threshold < math.log(self.k):
-            raise HESNRConfigError(
-                "--hesnr-threshold", f"must lie in (0, ln k = {math.log(self.k):.6f}) for k={self.k}, got {self.threshold}"
-            )
-        if self.num_bins < 1:
-            raise HESNRConfigError("--hesnr-num-bins", f"must be >= 1, got {self.num_bins}")
+        try:
+            self.accumulator_config()  # k, threshold, bins and category names: checked there only
+        except AccumulatorConfigError as exc:
+            raise HESNRConfigError(flag_of(exc.field), exc.message) from None
         if self.impl not in IMPLS:
             raise HESNRConfigError("--hesnr-impl", f"must be one of {IMPLS}, got {self.impl!r}")
-        if not self.category_names or len(set(self.category_names)) != len(self.category_names) or "all" in self.category_names:
-            raise HESNRConfigError(
-                "--hesnr-category-names", f"must be distinct names other than 'all', got {list(self.category_names)}"
-            )
         unknown = [c for c in self.report_categories if c != "all" and c not in self.category_names]
         if unknown:
             raise HESNRConfigError(
@@ -154,6 +200,11 @@ class HESNRConfig:
         if self.enabled:
             parse_data_specs([f"{d.name}={d.prefix}" for d in self.datasets])  # names valid and distinct
 
+    def accumulator_config(self, num_documents: int | None = None) -> AccumulatorConfig:
+        """What the accumulators measure; ``num_documents``: keep per-trajectory sums for that many."""
+        return AccumulatorConfig(k=self.k, threshold=self.threshold, num_bins=self.num_bins,
+                                 category_names=self.category_names, num_documents=num_documents)
+
     @property
     def enabled(self) -> bool:
         return bool(self.datasets)
@@ -162,42 +213,95 @@ class HESNRConfig:
         """The window stride for ``seq_length`` (validated by :meth:`check_against`)."""
         return self.window_stride if self.window_stride is not None else max(1, seq_length // 2)
 
-    def check_against(self, *, seq_length: int, eval_interval: int | None, eval_iters: int | None,
-                      skip_train: bool = False, mtp: bool = False, has_output_processor: bool = False,
-                      model_name: str = "GPTModel") -> None:
-        """Refuse combinations with Megatron's own settings (called once at start-up)."""
+    def check_against(self, host: HostSettings) -> None:
+        """Refuse combinations with the host's own settings (called once at start-up, by every front end)."""
         if not self.enabled:
             return
-        if seq_length is None or seq_length < 2:
-            raise HESNRConfigError("--seq-length", f"HE-SNR windows need --seq-length >= 2, got {seq_length}")
-        if self.window_stride is not None and self.window_stride > seq_length:
-            raise HESNRConfigError(
-                "--hesnr-window-stride", f"{self.window_stride} exceeds --seq-length {seq_length}: tokens would be skipped"
-            )
-        # The hook runs inside Megatron's evaluate(): without validation it never runs.
-        if not eval_iters:
-            raise HESNRConfigError(
-                "--hesnr-data-path",
-                "the hook runs inside Megatron's evaluation, which is off: set --eval-iters >= 1 "
-                "and a validation split (or --skip-train with a validation set)",
-            )
-        if not skip_train:
-            if not eval_interval:
-                raise HESNRConfigError("--hesnr-data-path", "needs Megatron's --eval-interval >= 1 during training")
-            if self.eval_interval is not None and self.eval_interval % eval_interval != 0:
+        name, own = host.names.__getitem__, host.field_name
+        seq = host.seq_length
+        if not isinstance(seq, int) or seq < 2:
+            raise HESNRConfigError(name("seq_length"), f"HE-SNR windows need a sequence length >= 2, got {seq!r}")
+        if self.window_stride is not None and self.window_stride > seq:
+            raise HESNRConfigError(own("window_stride"),
+                                   f"{self.window_stride} exceeds {name('seq_length')} {seq}: tokens would be skipped")
+        # HE-SNR runs inside the host's evaluation: without validation it never runs.
+        if not host.eval_iters:
+            raise HESNRConfigError(name("eval_iters"), f"HE-SNR runs inside {host.host}'s evaluation, which is off: "
+                                   "set it >= 1 and give a validation split")
+        if not host.skip_train:
+            if not host.eval_interval:
+                raise HESNRConfigError(name("eval_interval"),
+                                       f"HE-SNR needs {host.host}'s evaluation during training (>= 1)")
+            if self.eval_interval is not None and self.eval_interval % host.eval_interval:
                 raise HESNRConfigError(
-                    "--hesnr-eval-interval",
-                    f"{self.eval_interval} must be a multiple of --eval-interval {eval_interval} "
-                    "(the hook runs only when Megatron evaluates)",
-                )
-        if self.logits_capture == "output_processor" and not has_output_processor:
+                    own("eval_interval"), f"{self.eval_interval} must be a multiple of {name('eval_interval')} "
+                                          f"{host.eval_interval} (HE-SNR runs only when {host.host} evaluates)")
+        cp = host.context_parallel_size or 1
+        if cp > 1 and seq % (2 * cp):
+            raise HESNRConfigError(name("seq_length"),
+                                   f"{seq} must be divisible by 2 x {name('context_parallel_size')} = {2 * cp}")
+        if self.logits_capture == "output_processor" and not host.has_output_processor:
             raise HESNRConfigError(
-                "--hesnr-logits-capture",
-                f"output_processor: this megatron-core's {model_name}.forward takes no output_processor "
+                own("logits_capture"),
+                f"output_processor: this megatron-core's {host.model_name}.forward takes no output_processor "
                 "(GPTModel has it from core 0.18, HybridModel not yet); use auto",
             )
-        if mtp and self.logits_capture == "labels_none" and not has_output_processor:
-            raise HESNRConfigError(
-                "--hesnr-logits-capture",
-                "labels_none with --mtp-num-layers fails before megatron-core 0.19; use auto or output_layer_hook",
-            )
+        if host.mtp and self.logits_capture == "labels_none" and not host.has_output_processor:
+            raise HESNRConfigError(own("logits_capture"), f"labels_none with {name('mtp')} fails before "
+                                                          "megatron-core 0.19; use auto or output_layer_hook")
+
+
+#: How Megatron-LM spells the host settings :meth:`HESNRConfig.check_against` reads.
+MEGATRON_NAMES = {"seq_length": "--seq-length", "eval_interval": "--eval-interval", "eval_iters": "--eval-iters",
+                  "context_parallel_size": "--context-parallel-size", "mtp": "--mtp-num-layers"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class HostSettings:
+    """The host's settings an HE-SNR config must fit, and how the host spells them in errors.
+
+    ``names`` maps each setting to the host's own spelling (``--eval-interval`` under
+    Megatron-LM, ``validation.eval_interval`` under Bridge); ``field_name`` names one of
+    our fields (the flag under Megatron-LM, ``HESNRBridgeConfig.<field>`` under Bridge).
+    """
+
+    seq_length: int | None
+    eval_interval: int | None
+    eval_iters: int | None
+    skip_train: bool = False
+    mtp: bool = False
+    context_parallel_size: int = 1
+    has_output_processor: bool = False
+    model_name: str = "GPTModel"
+    host: str = "Megatron"
+    names: dict = field(default_factory=lambda: dict(MEGATRON_NAMES))
+    field_name: Callable[[str], str] = field(default=lambda name: flag_of(name))
+
+
+def flag_fields() -> tuple[Field, ...]:
+    """The :class:`HESNRConfig` fields that have a ``--hesnr-*`` flag, in flag order."""
+    return tuple(f for f in fields(HESNRConfig) if "flag" in f.metadata)
+
+
+def inverted(f: Field) -> bool:
+    """Whether the field's on/off flag means the opposite of the field (``--hesnr-keep-empty-windows``)."""
+    return f.metadata["argparse"].get("action") == "store_true" and f.default is True
+
+
+def flag_of(name: str) -> str:
+    """The ``--hesnr-*`` flag of a :class:`HESNRConfig` field (``k`` -> ``--hesnr-k``)."""
+    return HESNRConfig.__dataclass_fields__[name].metadata["flag"]
+
+
+def field_for_flag(flag: str) -> str:
+    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``k``); other names unchanged."""
+    return next((f.name for f in flag_fields() if f.metadata["flag"] == flag), flag)
+
+
+def flag_table() -> list[str]:
+    """The README's flag table, one Markdown row per flag, from the fields."""
+    rows = []
+    for f in flag_fields():
+        usage, default, meaning = f.metadata["table"]
+        rows.append(f"| `{f.metadata['flag']}{' ' + usage if usage else ''}` | {default} | {meaning} |")
+    return rows

@@ -154,9 +154,7 @@ class HESNRPass:
     # ----------------------------------------------------------------- batches
     def accumulator_config(self, num_documents: int | None = None) -> AccumulatorConfig:
         """The metric configuration; ``num_documents``: keep per-trajectory sums for that many."""
-        c = self.config
-        return AccumulatorConfig(k=c.k, threshold=c.threshold, num_bins=c.num_bins, category_names=c.category_names,
-                                 num_documents=num_documents)
+        return self.config.accumulator_config(num_documents)
 
     def plan_for(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> BucketPlan:
         """The bucket plan of ``wset`` for this layout and ``model`` (a list longer than 1: interleaved)."""

@@ -1,0 +1,211 @@
+"""The HE-SNR evaluator every front end drives: sets, when to run, the pass, records, sinks.
+
+It reads no Megatron-LM or Bridge globals.  A front end gives it, once, the settings
+(:class:`~.config.HESNRConfig`, already checked against the host's own), a topology
+function, a forward-only schedule and a way to open a set; and at each evaluation an
+:class:`EvalContext` with what the host knows about this evaluation.
+:class:`~.hook.MegatronHESNRHook` fills it from ``get_args()``,
+:class:`~megatron_hesnr.bridge.HESNRCallback` from Bridge's ``GlobalState``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .capture import LogitsCapture, resolve_capture
+from .config import HESNRConfig, HESNRConfigError
+from .eval_pass import HESNRPass, WindowedSet, plan_for_layout, plan_set
+from .guard import training_state_preserved
+from .logging_sinks import format_validation_line, print_validation_line, write_tensorboard, write_wandb
+from .records import append_records, config_dict, make_record
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """The parallel layout the host was started with (for the start-up bucket plan)."""
+
+    dp_size: int
+    pp_size: int = 1
+    cp_size: int = 1
+    tp_size: int = 1
+    sequence_parallel: bool = False
+    vp_group: int | None = None
+    """Micro-batches per virtual-pipeline round; ``None`` without interleaving."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalContext:
+    """What the host tells the evaluator about one evaluation (or, at start-up, about the run)."""
+
+    iteration: int
+    consumed_samples: int | None
+    seq_length: int
+    padded_vocab_size: int | None
+    run_dir: str | None
+    """Directory of the run whose weights are evaluated (``--save``, or ``--load`` under skip-train)."""
+    checkpoint: str | None
+    """The evaluated step's checkpoint path (``<run_dir>/iter_<N:07d>``)."""
+    skip_train: bool = False
+    mtp: bool = False
+    make_attention_mask: bool = False
+    layout: Layout | None = None
+
+
+def checkpoint_path(run_dir: str | None, step: int) -> tuple[str | None, str | None]:
+    """(run directory, ``<run_dir>/iter_<step:07d>``); both ``None`` without a directory."""
+    if not run_dir:
+        return None, None
+    return run_dir, os.path.join(run_dir, f"iter_{step:07d}")
+
+
+def open_prepared_dataset(prefix: str):
+    """The data layer's ``PreparedDataset`` (``<prefix>_tokens/_mask`` + manifest).
+
+    Rank 0 hashes the files against the manifest; the other ranks (thousands on a
+    large job, all reading the same shared file system at start-up) check sizes only.
+    """
+    from ..data.dataset import PreparedDataset
+
+    rank0 = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+    return PreparedDataset(prefix, verify="full" if rank0 else "sizes")
+
+
+def dataset_vocab_size(dataset, prefix: str) -> int:
+    manifest = getattr(dataset, "manifest", None) or {}
+    try:
+        return int(manifest["tokenizer"]["vocab_size"])
+    except (KeyError, TypeError, ValueError):
+        raise HESNRConfigError("--hesnr-data-path", f"{prefix}: manifest has no tokenizer.vocab_size") from None
+
+
+def _is_last_rank() -> bool:
+    if not torch.distributed.is_initialized():
+        return True
+    return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
+
+
+class HESNREvaluator:
+    """Opens and plans the sets once, then evaluates them when the host evaluates."""
+
+    def __init__(self, config: HESNRConfig, *, topology: Callable, forward_backward_func: Callable,
+                 open_dataset: Callable | None = None):
+        self.config = config
+        self._topology = topology
+        self._fb = forward_backward_func
+        self._open_dataset = open_dataset or open_prepared_dataset
+        self.sets: list[tuple[WindowedSet, int]] | None = None
+        self.last_iteration: int | None = None
+        self.plans: dict = {}
+        """Bucket plan of each set at the last evaluation (logged once, recorded in every JSONL config)."""
+
+    def setup(self, ctx: EvalContext) -> None:
+        """Open and plan every set (fails fast on a missing prefix or a bad manifest); once."""
+        if self.sets is not None:
+            return
+        cfg, sets = self.config, []
+        for spec in cfg.datasets:
+            ds = self._open_dataset(spec.prefix)
+            vocab = dataset_vocab_size(ds, spec.prefix)
+            padded = ctx.padded_vocab_size
+            if padded is not None and vocab > padded:
+                raise HESNRConfigError("--hesnr-data-path",
+                                       f"{spec.prefix}: tokenizer vocab_size {vocab} exceeds the model's padded vocabulary {padded}")
+            wset = plan_set(spec.name, ds, ctx.seq_length, cfg.long_policy,
+                            cfg.stride_for(ctx.seq_length) if cfg.long_policy == "window" else None,
+                            skip_empty=cfg.skip_empty_windows)
+            if wset.dropped_scored_targets:
+                log.warning("HE-SNR set %s: %d of %d scored tokens lie beyond --seq-length %d and are dropped "
+                            "(--hesnr-long-policy truncate)", spec.name, wset.dropped_scored_targets,
+                            wset.num_scored_targets, ctx.seq_length)
+            log.info("HE-SNR set %s: %s", spec.name, wset.summary())
+            if ctx.layout is not None:
+                # The pass makes the plan from its topology and model chunks; given the same layout it is
+                # the same (cached) plan, so the first evaluation logs it again only if the two differ.
+                lay = ctx.layout
+                plan = plan_for_layout(cfg, wset, ctx.seq_length, dp_size=lay.dp_size, pp_size=lay.pp_size,
+                                       cp_size=lay.cp_size, tp_size=lay.tp_size,
+                                       sequence_parallel=lay.sequence_parallel, vp_group=lay.vp_group)
+                log.info("HE-SNR set %s: %s", spec.name, plan.describe())
+                self.plans[spec.name] = plan
+            sets.append((wset, vocab))
+        self.sets = sets
+
+    def should_run(self, ctx: EvalContext) -> bool:
+        cfg = self.config
+        if ctx.iteration == self.last_iteration:
+            return False
+        if ctx.skip_train or cfg.eval_interval is None:
+            return True
+        return ctx.iteration % cfg.eval_interval == 0
+
+    def run(self, model, ctx: EvalContext) -> dict:
+        """Evaluate every set now; reduced accumulators on the last stage (else empty dict)."""
+        self.setup(ctx)
+        cfg = self.config
+        model = model if isinstance(model, (list, tuple)) else [model]
+        topo = self._topology()
+        strategy = resolve_capture(model[-1], cfg.logits_capture, mtp=ctx.mtp)
+        out = {}
+        with training_state_preserved(model):
+            for wset, vocab in self.sets:
+                p = HESNRPass(cfg, vocab_size=vocab, seq_length=ctx.seq_length, topology=topo,
+                              forward_backward_func=self._fb, capture=LogitsCapture(strategy),
+                              padded_vocab_size=ctx.padded_vocab_size, make_attention_mask=ctx.make_attention_mask)
+                acc = p.run(model, wset)
+                if self.plans.get(wset.name) is not p.plan:
+                    log.info("HE-SNR set %s: %s", wset.name, p.plan.describe())
+                self.plans[wset.name] = p.plan
+                if topo.is_last_stage:
+                    out[wset.name] = acc
+        return out
+
+    def evaluate(self, model, ctx: EvalContext) -> dict | None:
+        """On every rank: run if due; on the last rank print the lines, append the records and
+        return ``{"iteration", "consumed_samples", "sets": {name: {"metrics", "hist"}}}``."""
+        if not self.should_run(ctx):
+            return None
+        self.last_iteration = ctx.iteration
+        t0 = time.perf_counter()
+        accs = self.run(model, ctx)
+        seconds = time.perf_counter() - t0
+        if not _is_last_rank():
+            return None
+        cfg, iteration = self.config, ctx.iteration
+        run_name = cfg.run_name or (os.path.basename(os.path.normpath(ctx.run_dir)) if ctx.run_dir else None)
+        records, data = [], {"iteration": iteration, "consumed_samples": ctx.consumed_samples, "sets": {}}
+        for (wset, _vocab) in self.sets:
+            acc = accs[wset.name]
+            metrics = acc.compute()
+            print_validation_line(format_validation_line(wset.name, iteration, metrics, cfg.report_categories))
+            data["sets"][wset.name] = {"metrics": metrics, "hist": acc.histogram()}
+            records.append(make_record(
+                iteration=iteration, consumed_samples=ctx.consumed_samples, checkpoint=ctx.checkpoint, run=run_name,
+                dataset=wset.name, acc=acc,
+                config=config_dict(cfg, seq_length=ctx.seq_length, data=wset.summary(), eval_seconds=seconds,
+                                   buckets=self.plans[wset.name].summary()),
+            ))
+        log.info("HE-SNR evaluation at iteration %d took %.2f s", iteration, seconds)
+        if cfg.jsonl:
+            append_records(cfg.jsonl, records)
+        return data
+
+    def log(self, data: dict | None, iteration: int, writer, wandb) -> None:
+        """TensorBoard (``writer``) and W&B (``wandb``) output of :meth:`evaluate`'s result; last rank."""
+        if not data:
+            return
+        if data["iteration"] != iteration:
+            log.warning("HE-SNR ran as iteration %s but Megatron logs iteration %s; TensorBoard uses Megatron's",
+                        data["iteration"], iteration)
+        cats = self.config.report_categories
+        for name, d in data["sets"].items():
+            if writer is not None:
+                write_tensorboard(writer, name, iteration, data.get("consumed_samples"), d["metrics"], d["hist"], cats)
+            if wandb:
+                write_wandb(wandb, name, iteration, d["metrics"], cats)
