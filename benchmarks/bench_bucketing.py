@@ -29,8 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from megatron_hesnr.integration.buckets import DEFAULT_LENGTH_MULTIPLE, FED_TARGET, MAX_BUCKETS, plan_buckets  # noqa: E402
-from megatron_hesnr.integration.windows import plan_windows  # noqa: E402
+from megatron_hesnr.evaluation.buckets import DEFAULT_LENGTH_MULTIPLE, FED_TARGET, MAX_BUCKETS, plan_buckets  # noqa: E402
+from megatron_hesnr.evaluation.windows import plan_windows  # noqa: E402
 
 ATTENTION_TARGET = 1.2
 
@@ -99,10 +99,10 @@ def time_pass(seq_length: int, trajectories: int, repeat: int) -> None:
     from megatron.core.transformer import TransformerConfig
 
     from megatron_hesnr.data.memory import MemoryDataset
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-    from megatron_hesnr.integration.cpu_shim import schedules_on_cpu
-    from megatron_hesnr.integration.eval_pass import plan_set
-    from megatron_hesnr.integration.single_pass import run_pass
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.megatron_lm.cpu_shim import schedules_on_cpu
+    from megatron_hesnr.evaluation.eval_pass import plan_set
+    from megatron_hesnr.megatron_lm.single_pass import run_pass
 
     vocab, padded_vocab = 2000, 2048
     ps.initialize_model_parallel()

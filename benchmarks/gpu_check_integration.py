@@ -45,11 +45,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_hesnr import HESNRAccumulator, token_stats  # noqa: E402
 from megatron_hesnr.accumulator import SCALAR_FIELDS  # noqa: E402
-from megatron_hesnr.integration.capture import LogitsCapture, resolve_capture  # noqa: E402
-from megatron_hesnr.integration.config import EvalDataset, HESNRConfig  # noqa: E402
-from megatron_hesnr.integration.eval_pass import HESNRPass, plan_set  # noqa: E402
-from megatron_hesnr.integration.guard import training_state_preserved  # noqa: E402
-from megatron_hesnr.integration.windows import window_sample  # noqa: E402
+from megatron_hesnr.evaluation.capture import LogitsCapture, resolve_capture  # noqa: E402
+from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig  # noqa: E402
+from megatron_hesnr.evaluation.eval_pass import HESNRPass, plan_set  # noqa: E402
+from megatron_hesnr.evaluation.guard import training_state_preserved  # noqa: E402
+from megatron_hesnr.evaluation.windows import window_sample  # noqa: E402
 
 
 class SyntheticTrajectories:
@@ -80,7 +80,7 @@ class SyntheticTrajectories:
 
 def _cpu_schedule_shim():
     # Only for --cpu (a dry run): megatron-core's "cuda" allocations go to the CPU.
-    from megatron_hesnr.integration.cpu_shim import schedules_on_cpu
+    from megatron_hesnr.megatron_lm.cpu_shim import schedules_on_cpu
 
     global _CPU_SHIM  # keep it referenced: a collected context manager would undo itself
     _CPU_SHIM = schedules_on_cpu()
@@ -158,11 +158,9 @@ def build_hybrid(args):
 
 
 def topology(device):
-    from megatron_hesnr.integration.hook import topology_from_parallel_state
+    from megatron_hesnr.megatron_lm import topology_from_parallel_state
 
-    topo = topology_from_parallel_state()
-    topo.device = device
-    return topo
+    return topology_from_parallel_state(device=device)
 
 
 def sync(args):

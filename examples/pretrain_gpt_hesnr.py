@@ -11,7 +11,7 @@ give pretrain_gpt.py plus the --hesnr-* flags:
 It reuses the checkout's dataset provider, forward step and model builder, so the
 training itself is exactly pretrain_gpt.py's (core 0.13 .. 0.19+).
 """
-from megatron_hesnr.integration.entry import run_megatron_entry
+from megatron_hesnr.megatron_lm.entry import run_megatron_entry
 
 if __name__ == "__main__":
     run_megatron_entry("pretrain_gpt")

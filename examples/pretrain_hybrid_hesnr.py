@@ -8,7 +8,7 @@ pretrain_mamba.py, the earlier name of the hybrid entry point.
     torchrun --nproc-per-node 8 /path/to/megatron-hesnr/examples/pretrain_hybrid_hesnr.py \
         --hybrid-layer-pattern "*E*E*E*E" "${MODEL_ARGS[@]}" --hesnr-data-path swe=/data/hesnr/swe
 """
-from megatron_hesnr.integration.entry import run_megatron_entry
+from megatron_hesnr.megatron_lm.entry import run_megatron_entry
 
 if __name__ == "__main__":
     run_megatron_entry("pretrain_hybrid")

@@ -200,10 +200,10 @@ def contiguous_partition(world_size: int, size: int) -> list[list[int]]:
 
 
 def layout_groups(layout, rank: int, batch: int):
-    """This rank's ``MetricGroups``, batch rows and TP place under an explicit layout
+    """This rank's ``Topology``, batch rows and TP place under an explicit layout
     ``(tp partition, cp partition, reduce partition, dp index of rank)``; every rank
     must call it (it creates the groups)."""
-    from megatron_hesnr.integration import MetricGroups
+    from megatron_hesnr.evaluation import Topology
 
     tp_part, cp_part, red_part, dp_of = layout
     tp_group, tp_ranks = new_groups(tp_part, rank)
@@ -211,9 +211,9 @@ def layout_groups(layout, rank: int, batch: int):
     red_group, red_ranks = new_groups(red_part, rank)
     dp_size = len(red_ranks) // len(cp_ranks)
     rows = slice(dp_of(rank) * batch // dp_size, (dp_of(rank) + 1) * batch // dp_size)
-    groups = MetricGroups(tp=tp_group if len(tp_ranks) > 1 else None,
-                          reduce=red_group if len(red_ranks) > 1 else None,
-                          cp_rank=cp_ranks.index(rank), cp_size=len(cp_ranks), is_last_stage=True)
+    groups = Topology(tp_group=tp_group if len(tp_ranks) > 1 else None, tp_rank=tp_ranks.index(rank),
+                      tp_size=len(tp_ranks), reduce_group=red_group if len(red_ranks) > 1 else None,
+                      dp_rank=dp_of(rank), dp_size=dp_size, cp_rank=cp_ranks.index(rank), cp_size=len(cp_ranks))
     return groups, rows, tp_ranks.index(rank), len(tp_ranks)
 
 
@@ -225,7 +225,7 @@ def layout_token_stats(layout, rank: int, vocab: int, logits, labels, *more):
 
     groups, rows, tp_rank, tp_size = layout_groups(layout, rank, logits.shape[0])
     local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size) for t in (logits, labels, *more)]
-    stats = mh.token_stats(tp_slice(local[0], tp_rank, tp_size), local[1], vocab_size=vocab, tp_group=groups.tp,
+    stats = mh.token_stats(tp_slice(local[0], tp_rank, tp_size), local[1], vocab_size=vocab, tp_group=groups.tp_group,
                            impl="torch")
     return groups, rows, local, stats
 

@@ -49,8 +49,8 @@ _SETTINGS = dict(impl="torch", num_bins=32, window_stride=3, micro_batch_size=2,
 
 
 def _capture(run, jsonl: Path, writer, wandb) -> str:
-    from megatron_hesnr.integration.logging_sinks import _stdout_logger
-    from megatron_hesnr.integration.records import read_raw_records
+    from megatron_hesnr.evaluation.logging_sinks import _stdout_logger
+    from megatron_hesnr.evaluation.records import read_raw_records
 
     catch = H.LineCatcher()
     _stdout_logger().addHandler(catch)
@@ -77,15 +77,15 @@ def _digits(v):
 
 def hook_outputs(tmp: Path) -> str:
     """Two evaluations (iterations 4 and 8) of the Megatron-LM hook."""
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-    from megatron_hesnr.integration.eval_pass import EvalTopology
-    from megatron_hesnr.integration.hook import MegatronHESNRHook
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.evaluation.topology import Topology
+    from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
 
     jsonl, writer, wandb = tmp / "hook.jsonl", B.FakeWriter(), B.FakeWandb()
     args = SimpleNamespace(seq_length=S, padded_vocab_size=V, curr_iteration=3, skip_train=False, save="/ckpt/run7",
                            load=None, consumed_train_samples=64)
     config = HESNRConfig(datasets=(EvalDataset("a", "/d/a"), EvalDataset("b", "/d/b")), jsonl=str(jsonl), **_SETTINGS)
-    hook = MegatronHESNRHook(config, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
+    hook = MegatronHESNRHook(config, get_args=lambda: args, topology=Topology, forward_backward_func=H.forward_only,
                              open_dataset=_sets().__getitem__, get_wandb_writer=lambda: wandb)
 
     def run():
@@ -98,7 +98,7 @@ def hook_outputs(tmp: Path) -> str:
 
 def bridge_outputs(tmp: Path) -> str:
     """Two evaluations (steps 4 and 8) of the Bridge callback fired by Bridge's callback manager."""
-    from megatron_hesnr.integration.eval_pass import EvalTopology
+    from megatron_hesnr.evaluation.topology import Topology
 
     callbacks, _, shimmed = B.import_bridge()
     try:
@@ -107,7 +107,7 @@ def bridge_outputs(tmp: Path) -> str:
         jsonl, writer, wandb = tmp / "bridge.jsonl", B.FakeWriter(), B.FakeWandb()
         config = HESNRBridgeConfig(datasets=["a=/d/a", "b=/d/b"], jsonl=str(jsonl), bridge_logs_loss_dict=True,
                                    **_SETTINGS)
-        cb = HESNRCallback(config, open_dataset=_sets().__getitem__, topology=EvalTopology,
+        cb = HESNRCallback(config, open_dataset=_sets().__getitem__, topology=Topology,
                            forward_backward_func=H.forward_only)
         state = B.global_state(B.container(seq_length=S, eval_interval=2), step=4, consumed=64, writer=writer,
                                wandb=wandb)

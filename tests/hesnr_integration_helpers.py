@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from megatron_hesnr.data.memory import MemoryDataset  # noqa: F401 - re-exported for the tests
-from megatron_hesnr.integration.cpu_shim import schedules_on_cpu  # noqa: F401 - re-exported for the tests
-from megatron_hesnr.integration.single_pass import run_pass  # noqa: F401 - re-exported for the tests
+from megatron_hesnr.megatron_lm.cpu_shim import schedules_on_cpu  # noqa: F401 - re-exported for the tests
+from megatron_hesnr.megatron_lm.single_pass import run_pass  # noqa: F401 - re-exported for the tests
 
 VOCAB = 50          # tokenizer vocabulary
 PADDED_VOCAB = 56   # Megatron-style padding to a multiple of 4 (TP up to 4)
@@ -181,7 +181,7 @@ class TinyLMNoProcessor(TinyLM):
 def reference_accumulator(wset, weights, cfg):
     """One process, full-vocabulary logits of the unsplit model: the oracle of the layouts."""
     from megatron_hesnr import HESNRAccumulator, token_stats
-    from megatron_hesnr.integration.windows import window_sample
+    from megatron_hesnr.evaluation.windows import window_sample
 
     acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins, category_names=cfg.category_names,
                            num_documents=len(wset.dataset))

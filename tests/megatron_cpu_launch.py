@@ -51,7 +51,7 @@ def _trace(path: str) -> None:
 def _leak_rng() -> None:
     import torch
 
-    from megatron_hesnr.integration.hook import MegatronHESNRHook
+    from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
 
     orig = MegatronHESNRHook.non_loss_data_func
 

@@ -20,10 +20,11 @@ import hesnr_integration_helpers as H
 from megatron_hesnr import HESNRAccumulator, token_stats
 from megatron_hesnr.bridge import BridgeCompatError, HESNRBridgeConfig
 from megatron_hesnr.bridge import compat
-from megatron_hesnr.integration.config import EvalDataset, HESNRConfig, HESNRConfigError
-from megatron_hesnr.integration.eval_pass import EvalTopology, plan_set
-from megatron_hesnr.integration.records import read_raw_records
-from megatron_hesnr.integration.windows import window_sample
+from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig, HESNRConfigError
+from megatron_hesnr.evaluation.eval_pass import plan_set
+from megatron_hesnr.evaluation.topology import Topology
+from megatron_hesnr.evaluation.records import read_raw_records
+from megatron_hesnr.evaluation.windows import window_sample
 
 V, S = 24, 8
 
@@ -59,7 +60,7 @@ def make_callback(tmp_path, **fields):
 
     fields.setdefault("datasets", ["a=/d/a", "b=/d/b"])
     config = HESNRBridgeConfig(impl="torch", num_bins=32, jsonl=str(tmp_path / "r.jsonl"), **fields)
-    return HESNRCallback(config, open_dataset=SETS.__getitem__, topology=EvalTopology, forward_backward_func=H.forward_only)
+    return HESNRCallback(config, open_dataset=SETS.__getitem__, topology=Topology, forward_backward_func=H.forward_only)
 
 
 def reference(model, prefix, stride=None):
@@ -193,7 +194,7 @@ def test_startup_refuses_bad_combinations(bridge, tmp_path):
            B.container(seq_length=6, cp=2))
     refuse(r"^HESNRBridgeConfig\.window_stride: 9 exceeds model\.seq_length 8", B.container(seq_length=S),
            window_stride=9)
-    from megatron_hesnr.integration.compat import core_has_output_processor
+    from megatron_hesnr.evaluation.capture import core_has_output_processor
 
     if not core_has_output_processor():  # with output_processor (core >= 0.18) labels_none + MTP works
         refuse(r"^HESNRBridgeConfig\.logits_capture: labels_none with model\.mtp_num_layers",
@@ -296,7 +297,7 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
     from types import SimpleNamespace
 
     from megatron_hesnr.data.writer import DatasetWriter
-    from megatron_hesnr.integration.hook import MegatronHESNRHook
+    from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
 
     prefix = str(tmp_path / "swe")
     writer = DatasetWriter(prefix, vocab_size=V)
@@ -309,7 +310,7 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
 
     bridge_cfg = HESNRBridgeConfig(datasets=[f"swe={prefix}"], impl="torch", num_bins=32, window_stride=3,
                                    jsonl=str(tmp_path / "r.jsonl"))
-    cb = HESNRCallback(bridge_cfg, topology=EvalTopology, forward_backward_func=H.forward_only)
+    cb = HESNRCallback(bridge_cfg, topology=Topology, forward_backward_func=H.forward_only)
     state = B.global_state(B.container(seq_length=S, eval_interval=5, save="/ckpt/run9"), step=10, consumed=320)
     bridge.normalize_callbacks([cb]).fire("on_eval_end", bridge.CallbackContext(state=state, model=[model]))
 
@@ -318,7 +319,7 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
     # Megatron evaluates iteration 10 with curr_iteration 9 (set before the step it counts).
     args = SimpleNamespace(seq_length=S, padded_vocab_size=None, curr_iteration=9, skip_train=False,
                            save="/ckpt/run9", load=None, consumed_train_samples=320)
-    MegatronHESNRHook(shared, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
+    MegatronHESNRHook(shared, get_args=lambda: args, topology=Topology, forward_backward_func=H.forward_only,
                       get_wandb_writer=lambda: None).non_loss_data_func([model])
 
     got, want = read_raw_records(str(tmp_path / "r.jsonl"))  # Bridge's, then Megatron-LM's

@@ -10,7 +10,7 @@ import hesnr_bridge_helpers as B
 from megatron_hesnr.bridge import BridgeCompatError, HESNRBridgeConfig
 from megatron_hesnr.bridge import entry
 from megatron_hesnr.bridge.config import bridge_config_from_args
-from megatron_hesnr.integration.config import HESNRConfigError
+from megatron_hesnr.evaluation.config import HESNRConfigError
 
 
 def test_flags_and_overrides_are_split():

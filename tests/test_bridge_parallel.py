@@ -33,7 +33,7 @@ def _layout(rank, world, li, tmpdir):
     from megatron.core.process_groups_config import ProcessGroupCollection
 
     from megatron_hesnr.bridge import HESNRBridgeConfig, HESNRCallback
-    from megatron_hesnr.integration.eval_pass import plan_set
+    from megatron_hesnr.evaluation.eval_pass import plan_set
 
     sets = {"p1": H.make_dataset(1), "p2": H.make_dataset(2, n=4, max_len=70)}
     weights = H.full_weights()

@@ -70,8 +70,8 @@ def _world(rank, world):
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state as ps
 
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-    from megatron_hesnr.integration.eval_pass import plan_set
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.evaluation.eval_pass import plan_set
 
     wset = plan_set("d", _dataset(), S, "window", S // 2)
     tiny_set = plan_set("d", _dataset(H.VOCAB, [n // 2 for n in LENGTHS]), H.SEQ, "window", H.SEQ // 2)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_hesnr.integration.buckets import MAX_BUCKETS, ScheduleShape, alignment, plan_buckets
+from megatron_hesnr.evaluation.buckets import MAX_BUCKETS, ScheduleShape, alignment, plan_buckets
 
 
 def _megatron_accepts(m, pp, group):
@@ -78,7 +78,7 @@ def test_alignment_and_plan_summary():
 
 def test_paper_like_set_meets_the_targets():
     """Positions fed <= 1.05x the real inputs, attention <= 1.2x the minimum (benchmark set)."""
-    from megatron_hesnr.integration.windows import plan_windows
+    from megatron_hesnr.evaluation.windows import plan_windows
 
     sigma = np.sqrt(2 * np.log(23 / 17))
     rng = np.random.default_rng(0)
@@ -93,8 +93,8 @@ def test_paper_like_set_meets_the_targets():
 
 
 def test_length_multiple_flag():
-    from megatron_hesnr.integration.args import add_hesnr_args, config_from_args
-    from megatron_hesnr.integration.config import HESNRConfigError
+    from megatron_hesnr.megatron_lm.args import add_hesnr_args, config_from_args
+    from megatron_hesnr.evaluation.config import HESNRConfigError
 
     p = add_hesnr_args(argparse.ArgumentParser())
     cfg = config_from_args(p.parse_args(["--hesnr-data-path", "/d/x", "--hesnr-length-multiple", "64",
@@ -112,7 +112,7 @@ def test_length_multiple_flag():
 def test_hook_logs_and_records_the_plan(tmp_path, caplog):
     import torch
 
-    from megatron_hesnr.integration.records import read_raw_records
+    from megatron_hesnr.evaluation.records import read_raw_records
     from test_integration_hook import Plain, _args, make_hook
 
     out = {}
@@ -120,7 +120,7 @@ def test_hook_logs_and_records_the_plan(tmp_path, caplog):
         d = tmp_path / str(pad)
         d.mkdir()
         hook = make_hook(d, _args(skip_train=True, iteration=3), length_multiple=2, pad_to_seq_length=pad)
-        with caplog.at_level(logging.INFO, logger="megatron_hesnr.integration.evaluator"):
+        with caplog.at_level(logging.INFO, logger="megatron_hesnr.evaluation.evaluator"):
             caplog.clear()
             with torch.no_grad():
                 hook.non_loss_data_func([Plain()])
@@ -141,9 +141,9 @@ def test_explicit_attention_mask_is_one_causal_mask_per_bucket(tmp_path):
     """``create_attention_mask_in_dataloader``: a ``[1, 1, L, L]`` causal mask per bucket, shared."""
     import torch
 
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-    from megatron_hesnr.integration.eval_pass import EvalTopology
-    from megatron_hesnr.integration.hook import MegatronHESNRHook
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.evaluation.topology import Topology
+    from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
     import hesnr_integration_helpers as H
     from test_integration_hook import Plain, _args, small_dataset
 
@@ -158,7 +158,7 @@ def test_explicit_attention_mask_is_one_causal_mask_per_bucket(tmp_path):
 
     args = _args(skip_train=True, iteration=1, create_attention_mask_in_dataloader=True)
     hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),), impl="torch", length_multiple=2),
-                             get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
+                             get_args=lambda: args, topology=Topology, forward_backward_func=H.forward_only,
                              open_dataset=lambda prefix: data, get_wandb_writer=lambda: None)
     with torch.no_grad():
         hook.non_loss_data_func([Recording()])
@@ -182,7 +182,7 @@ def test_start_up_log_has_the_plan_the_pass_uses(tmp_path, caplog):
                  tensor_model_parallel_size=1, context_parallel_size=1, sequence_parallel=False,
                  virtual_pipeline_model_parallel_size=None)
     hook = make_hook(tmp_path, args, length_multiple=2)
-    with caplog.at_level(logging.INFO, logger="megatron_hesnr.integration.evaluator"):
+    with caplog.at_level(logging.INFO, logger="megatron_hesnr.evaluation.evaluator"):
         hook.setup()
         at_setup = [r.getMessage() for r in caplog.records if "schedule calls" in r.getMessage()]
         plans = dict(hook._plans)

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 import megatron_hesnr as mh
 from megatron_hesnr.context_parallel import context_parallel_positions, split_for_context_parallel
-from megatron_hesnr.integration import reduce_metrics
+from megatron_hesnr.evaluation import reduce_metrics
 from megatron_hesnr.reduction import reduce_on_last_stage
 
 from distributed_harness import (
@@ -73,7 +73,7 @@ def test_cp_split_equals_megatron_get_batch_on_this_cp_rank(megatron_core, monke
     """Through ``compat.megatron_cp_split`` (core 0.19 adds a required ``is_hybrid_cp``).
     Without a process group, core <= 0.18 reads the CP place from ``parallel_state``
     and 0.19 from ``torch.distributed``: both are patched."""
-    from megatron_hesnr.integration.compat import megatron_cp_split
+    from megatron_hesnr.evaluation.topology import megatron_cp_split
 
     ps = megatron_core.parallel_state
     g = torch.Generator().manual_seed(0)
@@ -162,8 +162,9 @@ def _megatron_checks(rank: int, world: int):
 
     from megatron.core.process_groups_config import ProcessGroupCollection
 
-    from megatron_hesnr.integration import metric_groups_from_parallel_state, metric_groups_from_pg_collection
-    from megatron_hesnr.integration.compat import megatron_cp_split
+    from megatron_hesnr.evaluation import topology_from_pg_collection
+    from megatron_hesnr.megatron_lm import topology_from_parallel_state
+    from megatron_hesnr.evaluation.topology import megatron_cp_split
 
     ranks_of = dist.get_process_group_ranks
     out = {}
@@ -171,10 +172,10 @@ def _megatron_checks(rank: int, world: int):
     # Phase A: TP=2 x EP=2 (DP=2), built by megatron-core.
     ps.initialize_model_parallel(tensor_model_parallel_size=2, expert_model_parallel_size=2,
                                  create_gloo_process_groups=False)
-    groups = metric_groups_from_parallel_state()
-    out["a_pgc_same"] = metric_groups_from_pg_collection(ProcessGroupCollection.use_mpu_process_groups()) == groups
+    groups = topology_from_parallel_state()
+    out["a_pgc_same"] = topology_from_pg_collection(ProcessGroupCollection.use_mpu_process_groups()) == groups
     out["a_groups"] = {
-        "tp": ranks_of(groups.tp), "reduce": ranks_of(groups.reduce),
+        "tp": ranks_of(groups.tp_group), "reduce": ranks_of(groups.reduce_group),
         "dp_cp": ranks_of(ps.get_data_parallel_group(with_context_parallel=True)),
         "ep": ranks_of(ps.get_expert_model_parallel_group()),
         "expert_dp": ranks_of(ps.get_expert_data_parallel_group()),
@@ -194,10 +195,10 @@ def _megatron_checks(rank: int, world: int):
         except AssertionError:
             out["getters_raise"] = True
         logits, labels, mask = make_batch(21, BATCH, SEQ, VOCAB, PADDED)
-        dp_rank, dp_size = dist.get_rank(groups.reduce), dist.get_world_size(groups.reduce)
+        dp_rank, dp_size = dist.get_rank(groups.reduce_group), dist.get_world_size(groups.reduce_group)
         rows = slice(dp_rank * BATCH // dp_size, (dp_rank + 1) * BATCH // dp_size)
-        shard = tp_slice(logits[rows], dist.get_rank(groups.tp), dist.get_world_size(groups.tp))
-        stats = mh.token_stats(shard, labels[rows], vocab_size=VOCAB, tp_group=groups.tp, impl="torch")
+        shard = tp_slice(logits[rows], dist.get_rank(groups.tp_group), dist.get_world_size(groups.tp_group))
+        stats = mh.token_stats(shard, labels[rows], vocab_size=VOCAB, tp_group=groups.tp_group, impl="torch")
         acc = mh.HESNRAccumulator()
         acc.update(stats, mask[rows])
         out["a_metrics"] = reduce_metrics(acc, groups)
@@ -210,7 +211,7 @@ def _megatron_checks(rank: int, world: int):
     logits, labels, _ = make_batch(22, 2, 16, 1024)
     labels = labels.clamp_min(0)  # megatron's CE has no ignore index
     shard = tp_slice(logits, ps.get_tensor_model_parallel_rank(), 2)
-    ours = mh.token_stats(shard, labels, vocab_size=1024, tp_group=groups.tp, impl="torch").nll
+    ours = mh.token_stats(shard, labels, vocab_size=1024, tp_group=groups.tp_group, impl="torch").nll
     theirs = vocab_parallel_cross_entropy(shard.transpose(0, 1).contiguous(), labels.transpose(0, 1).contiguous())
     out["ce"] = (ours.clone(), theirs.transpose(0, 1).double().clone())
     ps.destroy_model_parallel()
@@ -218,9 +219,9 @@ def _megatron_checks(rank: int, world: int):
     # Phase B: CP=2 x PP=2; only the last stage has logits, the mask is split like the batch.
     ps.initialize_model_parallel(context_parallel_size=2, pipeline_model_parallel_size=2,
                                  create_gloo_process_groups=False)
-    groups = metric_groups_from_parallel_state()
-    out["b_pgc_same"] = metric_groups_from_pg_collection(ProcessGroupCollection.use_mpu_process_groups()) == groups
-    out["b_groups"] = {"tp": groups.tp, "reduce": ranks_of(groups.reduce) if groups.reduce else None,
+    groups = topology_from_parallel_state()
+    out["b_pgc_same"] = topology_from_pg_collection(ProcessGroupCollection.use_mpu_process_groups()) == groups
+    out["b_groups"] = {"tp": groups.tp_group, "reduce": ranks_of(groups.reduce_group) if groups.reduce_group else None,
                        "cp": (groups.cp_rank, groups.cp_size), "last": groups.is_last_stage}
     acc = mh.HESNRAccumulator()
     if groups.is_last_stage:
@@ -239,13 +240,13 @@ def _megatron_checks(rank: int, world: int):
     # Phase C: TP=2 x PP=2; the last stage's TP pair merges, no DP reduction.
     ps.initialize_model_parallel(tensor_model_parallel_size=2, pipeline_model_parallel_size=2,
                                  create_gloo_process_groups=False)
-    groups = metric_groups_from_parallel_state()
-    out["c_groups"] = {"tp": ranks_of(groups.tp), "reduce": groups.reduce, "last": groups.is_last_stage}
+    groups = topology_from_parallel_state()
+    out["c_groups"] = {"tp": ranks_of(groups.tp_group), "reduce": groups.reduce_group, "last": groups.is_last_stage}
     acc = mh.HESNRAccumulator()
     if groups.is_last_stage:
         logits, labels, mask = make_batch(24, BATCH, SEQ, VOCAB, PADDED)
-        shard = tp_slice(logits, dist.get_rank(groups.tp), 2)
-        acc.update(mh.token_stats(shard, labels, vocab_size=VOCAB, tp_group=groups.tp, impl="torch"), mask)
+        shard = tp_slice(logits, dist.get_rank(groups.tp_group), 2)
+        acc.update(mh.token_stats(shard, labels, vocab_size=VOCAB, tp_group=groups.tp_group, impl="torch"), mask)
     out["c_metrics"] = reduce_metrics(acc, groups)
     out["c_state"] = acc.state.clone()
     ps.destroy_model_parallel()

@@ -7,9 +7,9 @@ import math
 import pytest
 
 from megatron_hesnr.defaults import DEFAULT_THRESHOLD
-from megatron_hesnr.integration.args import (FLAGS, add_hesnr_args, chain_extra_args_providers, config_from_args,
+from megatron_hesnr.megatron_lm.args import (FLAGS, add_hesnr_args, chain_extra_args_providers, config_from_args,
                                              validate_hesnr_args)
-from megatron_hesnr.integration.config import HESNRConfigError
+from megatron_hesnr.evaluation.config import HESNRConfigError
 
 
 def _megatron_like_parser():
@@ -44,7 +44,7 @@ def test_defaults_and_names():
 def test_readme_flag_table_is_the_configs():
     """The README's table lists exactly the config's flags, row for row as :func:`flag_table` writes them."""
     from conftest import REPO
-    from megatron_hesnr.integration.config import flag_table
+    from megatron_hesnr.evaluation.config import flag_table
 
     readme = [line for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
               if line.startswith("| `--hesnr-")]
@@ -53,7 +53,7 @@ def test_readme_flag_table_is_the_configs():
 
 
 def test_flags_map_back_to_their_fields():
-    from megatron_hesnr.integration.config import HESNRConfig, field_for_flag, flag_fields
+    from megatron_hesnr.evaluation.config import HESNRConfig, field_for_flag, flag_fields
 
     assert field_for_flag("--hesnr-data-path") == "datasets" and field_for_flag("--hesnr-k") == "k"
     assert field_for_flag("--hesnr-keep-empty-windows") == "skip_empty_windows"

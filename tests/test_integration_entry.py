@@ -33,7 +33,7 @@ def _fake_training(monkeypatch, pretrain):
 
 
 def test_old_style_pretrain(checkout, monkeypatch):
-    from megatron_hesnr.integration.entry import run_megatron_entry
+    from megatron_hesnr.megatron_lm.entry import run_megatron_entry
 
     got = {}
 
@@ -59,7 +59,7 @@ def test_old_style_pretrain(checkout, monkeypatch):
 
 
 def test_container_style_pretrain(checkout, monkeypatch):
-    from megatron_hesnr.integration.entry import run_megatron_entry
+    from megatron_hesnr.megatron_lm.entry import run_megatron_entry
 
     got = {}
 
@@ -79,7 +79,7 @@ def test_container_style_pretrain(checkout, monkeypatch):
 
 
 def test_not_a_checkout(tmp_path, monkeypatch):
-    from megatron_hesnr.integration.entry import run_megatron_entry
+    from megatron_hesnr.megatron_lm.entry import run_megatron_entry
 
     monkeypatch.setenv("MEGATRON_LM_DIR", str(tmp_path))
     with pytest.raises(SystemExit, match="not a Megatron-LM checkout"):

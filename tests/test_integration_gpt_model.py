@@ -38,7 +38,7 @@ def _reference(model, wset, tp):
     from megatron.core import parallel_state as ps
 
     from megatron_hesnr import HESNRAccumulator, token_stats
-    from megatron_hesnr.integration.windows import window_sample
+    from megatron_hesnr.evaluation.windows import window_sample
 
     acc = HESNRAccumulator(num_bins=64)
     with torch.no_grad():
@@ -61,8 +61,8 @@ def _layout(rank, world, tp, ep, moe, capture):
     import warnings
 
     warnings.filterwarnings("ignore")
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-    from megatron_hesnr.integration.hook import MegatronHESNRHook
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
 
     data = H.make_dataset(5, n=4, max_len=60)
     data.items = [(t * 3 + 1, m) for t, m in data.items]  # spread ids over the 200-token vocabulary

@@ -15,14 +15,14 @@ import torch
 import hesnr_integration_helpers as H
 from megatron_hesnr import HESNRAccumulator
 from megatron_hesnr.data.dataset import PreparedDatasetError
-from megatron_hesnr.integration.capture import LogitsCapture, _fp32_output_kwargs, resolve_capture
-from megatron_hesnr.integration.compat import call_pretrain, pretrain_style
-from megatron_hesnr.integration.config import EvalDataset, HESNRConfig, HESNRConfigError
-from megatron_hesnr.integration.eval_pass import EvalTopology
-from megatron_hesnr.integration.guard import training_state_preserved
-from megatron_hesnr.integration.hook import MegatronHESNRHook
-from megatron_hesnr.integration.logging_sinks import _stdout_logger, format_validation_line
-from megatron_hesnr.integration.records import read_raw_records
+from megatron_hesnr.evaluation.capture import LogitsCapture, _fp32_output_kwargs, resolve_capture
+from megatron_hesnr.megatron_lm.compat import call_pretrain, pretrain_style
+from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig, HESNRConfigError
+from megatron_hesnr.evaluation.topology import Topology
+from megatron_hesnr.evaluation.guard import training_state_preserved
+from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
+from megatron_hesnr.evaluation.logging_sinks import _stdout_logger, format_validation_line
+from megatron_hesnr.evaluation.records import read_raw_records
 
 V, S = 24, 8
 
@@ -49,7 +49,7 @@ def make_hook(tmp_path, args, **cfg):
     sets = {"/d/a": small_dataset(), "/d/b": small_dataset(seed=1)}
     config = HESNRConfig(datasets=(EvalDataset("a", "/d/a"), EvalDataset("b", "/d/b")), impl="torch", num_bins=32,
                          jsonl=str(tmp_path / "r.jsonl"), **cfg)
-    return MegatronHESNRHook(config, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
+    return MegatronHESNRHook(config, get_args=lambda: args, topology=Topology, forward_backward_func=H.forward_only,
                              open_dataset=sets.__getitem__, get_wandb_writer=lambda: None)
 
 
@@ -98,8 +98,8 @@ def test_skip_train_always_runs_and_writes(tmp_path):
 
 def test_same_numbers_as_direct_accumulation(tmp_path):
     from megatron_hesnr import token_stats
-    from megatron_hesnr.integration.eval_pass import plan_set
-    from megatron_hesnr.integration.windows import window_sample
+    from megatron_hesnr.evaluation.eval_pass import plan_set
+    from megatron_hesnr.evaluation.windows import window_sample
 
     args = _args(curr_iteration=1)
     hook = make_hook(tmp_path, args, long_policy="window", window_stride=3)
@@ -121,8 +121,8 @@ def test_same_numbers_as_direct_accumulation(tmp_path):
 def _reference_with_trajectories(model, ds, stride):
     """Direct accumulation, window by window, with each window's trajectory index."""
     from megatron_hesnr import token_stats
-    from megatron_hesnr.integration.eval_pass import plan_set
-    from megatron_hesnr.integration.windows import window_sample
+    from megatron_hesnr.evaluation.eval_pass import plan_set
+    from megatron_hesnr.evaluation.windows import window_sample
 
     ref = HESNRAccumulator(num_bins=32, num_documents=len(ds))
     with torch.no_grad():
@@ -246,7 +246,7 @@ def test_setup_errors_name_the_flag(tmp_path):
 
 
 def test_dataset_provider_wrapper_validates_flags_at_startup():
-    from megatron_hesnr.integration.args import add_hesnr_args
+    from megatron_hesnr.megatron_lm.args import add_hesnr_args
     import argparse
 
     p = add_hesnr_args(argparse.ArgumentParser())
@@ -376,7 +376,7 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
     args = _args(iteration=2, skip_train=True, load=str(tmp_path))
     cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch", num_bins=32,
                       jsonl=str(tmp_path / "out.jsonl"))
-    hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=EvalTopology, forward_backward_func=H.forward_only,
+    hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=Topology, forward_backward_func=H.forward_only,
                              get_wandb_writer=lambda: None)
     got = hook.non_loss_data_func([Plain()])["sets"]["swe"]["metrics"]
     direct = make_hook(tmp_path / "direct", args)

@@ -37,9 +37,9 @@ def _layout(rank, world, li, tmpdir):
     import warnings
 
     warnings.filterwarnings("ignore")
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-    from megatron_hesnr.integration.eval_pass import plan_set
-    from megatron_hesnr.integration.hook import MegatronHESNRHook
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.evaluation.eval_pass import plan_set
+    from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
 
     sets = {"p1": H.make_dataset(1), "p2": H.make_dataset(2, n=4, max_len=70)}
     weights = H.full_weights()

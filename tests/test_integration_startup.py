@@ -10,8 +10,8 @@ from conftest import CHECKOUT_GPT_BASE
 
 pytest.importorskip("megatron.core")
 
-from megatron_hesnr.integration.args import add_hesnr_args, validate_hesnr_args  # noqa: E402
-from megatron_hesnr.integration.config import HESNRConfigError  # noqa: E402
+from megatron_hesnr.megatron_lm.args import add_hesnr_args, validate_hesnr_args  # noqa: E402
+from megatron_hesnr.evaluation.config import HESNRConfigError  # noqa: E402
 
 CHECKOUT_GPT = '''
 has_nvidia_modelopt = True
@@ -54,8 +54,8 @@ def test_microbatch_group_larger_than_pp_refused():
 
 def test_output_processor_checked_against_the_model_class(monkeypatch):
     """--hesnr-logits-capture output_processor with the hybrid entry fails at start-up, naming the class."""
-    from megatron_hesnr.integration import compat
-    from megatron_hesnr.integration.hook import MegatronHESNRHook
+    from megatron_hesnr.evaluation import capture
+    from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
 
     class WithProc:
         def forward(self, input_ids, position_ids, attention_mask, labels=None, *, output_processor=None):
@@ -66,7 +66,7 @@ def test_output_processor_checked_against_the_model_class(monkeypatch):
             pass
 
     classes = {"gpt": WithProc, "hybrid": WithoutProc}
-    monkeypatch.setattr(compat, "model_class", lambda family="gpt": classes[family])
+    monkeypatch.setattr(capture, "model_class", lambda family="gpt": classes[family])
     args = megatron_args(*ON, "--hesnr-logits-capture", "output_processor")
     assert MegatronHESNRHook(model_family="gpt").validate(args) is not None
     with pytest.raises(HESNRConfigError, match=r"^--hesnr-logits-capture: .*HybridModel\.forward takes no output_processor"):
@@ -78,7 +78,7 @@ def test_forward_step_takes_the_partial_checkpoint_argument():
     --num-microbatches-with-partial-activation-checkpoints."""
     import inspect
 
-    from megatron_hesnr.integration.eval_pass import HESNRPass
+    from megatron_hesnr.evaluation.eval_pass import HESNRPass
 
     params = inspect.signature(HESNRPass._forward_step).parameters
     assert "checkpoint_activations_microbatch" in params and len(params) == 4
@@ -87,7 +87,7 @@ def test_forward_step_takes_the_partial_checkpoint_argument():
 def test_mtp_heads_skipped_when_the_model_allows():
     import torch
 
-    from megatron_hesnr.integration.capture import LogitsCapture
+    from megatron_hesnr.evaluation.capture import LogitsCapture
 
     seen = {}
 
@@ -125,7 +125,7 @@ def _fake_training(monkeypatch, pretrain, parsed=None, validate_calls=None):
 
 def test_old_style_flags_checked_right_after_megatron_validate_args(checkout, monkeypatch):
     """core <= 0.17: a wrong flag stops the job in initialize_megatron, before any model or dataset."""
-    from megatron_hesnr.integration.entry import run_megatron_entry
+    from megatron_hesnr.megatron_lm.entry import run_megatron_entry
 
     events = []
 
@@ -146,7 +146,7 @@ def test_old_style_flags_checked_right_after_megatron_validate_args(checkout, mo
 
 def test_container_style_enables_modelopt_like_the_checkout(checkout, monkeypatch):
     """core >= 0.19: maybe_enable_modelopt(args) runs and ModelOptModelConfig is the model config class."""
-    from megatron_hesnr.integration.entry import run_megatron_entry
+    from megatron_hesnr.megatron_lm.entry import run_megatron_entry
 
     got = {}
 

@@ -73,8 +73,8 @@ def _world(rank, world):
     import warnings
 
     warnings.filterwarnings("ignore")
-    import megatron_hesnr.integration.hook as hook_mod
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
+    import megatron_hesnr.megatron_lm.hook as hook_mod
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
 
     sets = {"s": H.make_dataset(3, n=3)}
 
@@ -98,7 +98,7 @@ def _world(rank, world):
             with torch.no_grad():
                 yield None
 
-        import megatron_hesnr.integration.evaluator as evaluator_mod
+        import megatron_hesnr.evaluation.evaluator as evaluator_mod
 
         saved = evaluator_mod.training_state_preserved
         evaluator_mod.training_state_preserved = not_restoring

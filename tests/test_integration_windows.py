@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_hesnr.integration.windows import Window, plan_windows, scored_targets, window_sample
+from megatron_hesnr.evaluation.windows import Window, plan_windows, scored_targets, window_sample
 
 
 def _best_context(j, seq_length, stride, length):

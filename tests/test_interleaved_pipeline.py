@@ -25,8 +25,8 @@ def _world(rank, world):
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state as ps
 
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-    from megatron_hesnr.integration.eval_pass import plan_set
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.evaluation.eval_pass import plan_set
 
     ps.initialize_model_parallel(pipeline_model_parallel_size=world, virtual_pipeline_model_parallel_size=VP)
     weights = H.full_weights()
@@ -48,8 +48,8 @@ def _world(rank, world):
 
 @pytest.mark.parametrize("pp", [2, 3])
 def test_interleaved_counts_equal_single_process(pp, tmp_path):
-    from megatron_hesnr.integration.config import EvalDataset, HESNRConfig
-    from megatron_hesnr.integration.eval_pass import plan_set
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.evaluation.eval_pass import plan_set
 
     results = run_world(_world, pp, tmp_path)
     got, num_windows = results[-1]

@@ -240,7 +240,7 @@ sys.path.insert(0, os.path.join(os.environ["HESNR_REPO"], "tests"))
 import megatron_cpu_shim
 megatron_cpu_shim.install()
 from megatron.training.arguments import parse_args, validate_args
-from megatron_hesnr.integration.args import add_hesnr_args, validate_hesnr_args
+from megatron_hesnr.megatron_lm.args import add_hesnr_args, validate_hesnr_args
 for name, world, argv in json.loads(os.environ["HESNR_ARGVS"]):
     os.environ["WORLD_SIZE"] = str(world)
     sys.argv = ["pretrain_gpt.py", *argv]

@@ -2,9 +2,9 @@
 
 Nothing here evaluates anything itself.  At each Bridge evaluation the callback
 translates Bridge's ``GlobalState`` / ``ConfigContainer`` into the shared evaluator's
-:class:`~megatron_hesnr.integration.evaluator.EvalContext` (sequence length, padded
+:class:`~megatron_hesnr.evaluation.evaluator.EvalContext` (sequence length, padded
 vocabulary, MTP, attention mask, iteration, consumed samples, checkpoint paths) and runs
-:class:`~megatron_hesnr.integration.evaluator.HESNREvaluator` with the process groups and
+:class:`~megatron_hesnr.evaluation.evaluator.HESNREvaluator` with the process groups and
 forward-only schedule of Bridge's model.  So the pass, its all-reduce, the validation line,
 the JSONL records and the TensorBoard / W&B output are the ones the Megatron-LM hook
 produces, byte for byte in the records.
@@ -20,18 +20,18 @@ from typing import Callable
 
 import torch
 
-from ..integration.capture import unwrap
-from ..integration.evaluator import EvalContext, HESNREvaluator, checkpoint_path
-from ..integration.logging_sinks import scalars
+from ..evaluation.capture import unwrap
+from ..evaluation.evaluator import EvalContext, HESNREvaluator, checkpoint_path
+from ..evaluation.logging_sinks import scalars
 from .compat import (
     BridgeCompatError,
     bridge_symbol,
     container_get,
     eval_end_precedes_logging,
     forward_backward_func_for,
-    topology_from_pg_collection,
 )
-from ..integration.config import HESNRConfigError
+from ..evaluation.config import HESNRConfigError
+from ..evaluation.topology import topology_from_pg_collection
 from .config import HESNRBridgeConfig
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class HESNRBridgeAdapter:
     """The logic of :class:`HESNRCallback` (Bridge's ``Callback`` is mixed in lazily).
 
     ``HESNRCallback(config)`` or ``HESNRCallback(datasets=[...], jsonl=..., ...)``.
-    ``open_dataset``, ``topology`` (``model -> EvalTopology``) and
+    ``open_dataset``, ``topology`` (``() -> Topology``) and
     ``forward_backward_func`` replace what comes from the data layer and Bridge's
     model; tests inject them, users never need to.
     """

@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 
-from ..integration.eval_pass import EvalTopology
 
 log = logging.getLogger(__name__)
 
@@ -155,47 +154,6 @@ def container_get(container: Any, path: str):
 # ----------------------------------------------------------------- process groups
 def _group_size(group) -> int:
     return 1 if group is None else torch.distributed.get_world_size(group)
-
-
-def _group_rank(group) -> int:
-    return 0 if group is None else torch.distributed.get_rank(group)
-
-
-def topology_from_pg_collection(pgc, device: torch.device | None = None) -> EvalTopology:
-    """This rank's place from a megatron-core ``ProcessGroupCollection`` (what Bridge's model carries).
-
-    The metric's groups (TP, DP x CP, CP rank, last stage) come from the integration
-    layer's :func:`~megatron_hesnr.integration.groups.metric_groups_from_pg_collection`;
-    added here is what feeding the data needs (TP broadcast source, DP rank, first stage).
-    """
-    from ..integration.compat import megatron_cp_split
-    from ..integration.groups import metric_groups_from_pg_collection
-
-    groups = metric_groups_from_pg_collection(pgc)
-    if device is None:
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    tp, pp, cp, dp = pgc.tp, pgc.pp, pgc.cp, getattr(pgc, "dp", None)
-    if dp is None:
-        raise BridgeCompatError("the model's ProcessGroupCollection has no dp group "
-                                "(megatron.bridge.training.utils.pg_utils.get_pg_collection)")
-    tp_size = _group_size(tp)
-    return EvalTopology(
-        device=device,
-        tp_group=groups.tp,
-        tp_rank=_group_rank(tp),
-        tp_size=tp_size,
-        tp_src=torch.distributed.get_global_rank(tp, 0) if tp_size > 1 else torch.distributed.get_rank(),
-        reduce_group=groups.reduce,
-        dp_rank=_group_rank(dp),
-        dp_size=_group_size(dp),
-        cp_group=cp if groups.cp_size > 1 else None,
-        cp_rank=groups.cp_rank,
-        cp_size=groups.cp_size,
-        is_first_stage=_group_rank(pp) == 0,
-        is_last_stage=groups.is_last_stage,
-        pp_size=_group_size(pp),
-        cp_split=megatron_cp_split(cp) if groups.cp_size > 1 else None,
-    )
 
 
 def forward_backward_func_for(model: list, pgc, vp_size: int | None):

@@ -1,6 +1,6 @@
 """The HE-SNR settings of a Megatron-Bridge run, in Bridge's config style.
 
-:class:`HESNRBridgeConfig` *is* the Megatron-LM :class:`~megatron_hesnr.integration.config.HESNRConfig`
+:class:`HESNRBridgeConfig` *is* the Megatron-LM :class:`~megatron_hesnr.evaluation.config.HESNRConfig`
 (same fields, defaults and checks, so both front ends evaluate the same way and
 write the same records) plus the few fields only Bridge needs.  A wrong value is
 refused in ``__post_init__`` with a message that names the field (and the
@@ -14,9 +14,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..integration.config import (EvalDataset, HESNRConfig, HESNRConfigError, HostSettings, field_for_flag,
+from ..evaluation.config import (EvalDataset, HESNRConfig, HESNRConfigError, HostSettings, field_for_flag,
                                   parse_data_specs)
-from ..integration.logging_sinks import LINE_METRICS
+from ..evaluation.logging_sinks import LINE_METRICS
 from .compat import container_get
 
 def _datasets(value) -> tuple[EvalDataset, ...]:
@@ -88,7 +88,7 @@ class HESNRBridgeConfig(HESNRConfig):
         if not self.enabled:
             return
         if has_output_processor is None:
-            from ..integration.compat import core_has_output_processor
+            from ..evaluation.capture import core_has_output_processor
 
             has_output_processor = core_has_output_processor()
         self.check_against(host_settings(container, has_output_processor=has_output_processor))
@@ -115,7 +115,7 @@ def host_settings(container: Any, *, has_output_processor: bool) -> HostSettings
 
 def add_hesnr_bridge_args(parser):
     """The Megatron-LM ``--hesnr-*`` flags plus the Bridge-only ones (for Bridge launch scripts)."""
-    from ..integration.args import add_hesnr_args
+    from ..evaluation.flags import add_hesnr_args
 
     add_hesnr_args(parser)
     g = parser.add_argument_group(title="HE-SNR under Megatron-Bridge")
@@ -127,7 +127,7 @@ def add_hesnr_bridge_args(parser):
 
 def bridge_config_from_args(args) -> HESNRBridgeConfig | None:
     """:class:`HESNRBridgeConfig` of parsed ``--hesnr-*`` flags (``None``: no ``--hesnr-data-path``)."""
-    from ..integration.args import config_from_args
+    from ..evaluation.flags import config_from_args
 
     shared = config_from_args(args)
     if shared is None:

@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 from ..accumulator import AccumulatorConfig, HESNRAccumulator
-from ..integration.groups import MetricGroups, reduce_metrics
-from ..integration.records import append_records, make_record
+from ..evaluation.topology import Topology, reduce_metrics
+from ..evaluation.records import append_records, make_record
 from ..token_stats import token_stats
 from .training import load_checkpoint
 from .windows import EvalWindows
@@ -189,7 +189,7 @@ def evaluate_checkpoint(model, windows: EvalWindows, acc: HESNRAccumulator, *, v
 
 
 # --------------------------------------------------------------------------- drivers
-def _evaluate_all(job: EvalJob, rank: int, size: int, groups: MetricGroups, output_layer_factory,
+def _evaluate_all(job: EvalJob, rank: int, size: int, groups: Topology, output_layer_factory,
                   path_name: str) -> None:
     windows = EvalWindows(**torch.load(job.windows_path, weights_only=True))
     acc_cfg = AccumulatorConfig(**job.accumulator)
@@ -203,7 +203,7 @@ def _evaluate_all(job: EvalJob, rank: int, size: int, groups: MetricGroups, outp
         layer = output_layer_factory(model) if output_layer_factory else None
         acc = HESNRAccumulator(acc_cfg)
         top1, checks = evaluate_checkpoint(
-            model, windows, acc, vocab_size=job.vocab_size, batch_size=job.batch_size, tp_group=groups.tp,
+            model, windows, acc, vocab_size=job.vocab_size, batch_size=job.batch_size, tp_group=groups.tp_group,
             tp_rank=rank, tp_size=size, output_layer=layer, check=check, k=acc_cfg.k)
         # The integration's reduction: one all-reduce over DP x CP (size 1 here, so
         # None), then compute() on the last stage.
@@ -241,14 +241,14 @@ def _tp_worker(rank: int, job: EvalJob, port: int) -> None:
         except ImportError:
             ps = None
         if ps is not None:
-            from ..integration.groups import metric_groups_from_parallel_state
+            from ..megatron_lm.topology import topology_from_parallel_state
 
             ps.initialize_model_parallel(tensor_model_parallel_size=job.tp)
-            groups = metric_groups_from_parallel_state()
+            groups = topology_from_parallel_state()
             name = f"TP={job.tp} over gloo (megatron-core parallel_state + ColumnParallelLinear output layer)"
             factory = lambda model: _MegatronOutputLayer(model.output_weight, job.tp)  # noqa: E731
         else:
-            groups = MetricGroups(tp=dist.group.WORLD, reduce=None, cp_rank=0, cp_size=1, is_last_stage=True)
+            groups = Topology(tp_group=dist.group.WORLD, tp_rank=rank, tp_size=job.tp)
             name = f"TP={job.tp} over gloo (torch.distributed; megatron-core not installed)"
             factory = lambda model: _SlicedOutputLayer(model.output_weight, rank, job.tp)  # noqa: E731
         _evaluate_all(job, rank, job.tp, groups, factory, name)
@@ -277,7 +277,7 @@ def run_evaluation(job: EvalJob) -> dict:
             log.warning("TP=%d evaluation over gloo failed (%s); evaluating in one process instead",
                         job.tp, str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
             Path(job.records_path).unlink(missing_ok=True)
-    single = MetricGroups(tp=None, reduce=None, cp_rank=0, cp_size=1, is_last_stage=True)
+    single = Topology()
     _evaluate_all(job, 0, 1, single, None, "single process (TP=1, whole vocabulary)")
     with open(job.extras_path, encoding="utf-8") as f:
         return json.load(f)

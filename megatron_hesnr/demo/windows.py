@@ -49,7 +49,7 @@ class EvalWindows:
 
 def make_windows(docs: list[tuple[np.ndarray, np.ndarray]], seq_length: int, stride: int) -> EvalWindows:
     """Windows over ``docs`` = [(token ids, per-token mask categories), ...]."""
-    from ..integration.windows import plan_windows, window_sample
+    from ..evaluation.windows import plan_windows, window_sample
 
     rows = []
     for d, (tokens, mask) in enumerate(docs):

@@ -119,3 +119,31 @@ class LogitsCapture:
                 raise RuntimeError(f"{type(inner).__name__}.output_layer was not called in forward")
             return seen[0], "sb"
         raise ValueError(f"unknown logits capture {self.strategy!r}")
+
+
+#: model family -> (module, class) candidates, newest first (HybridModel was MambaModel before 0.18)
+MODEL_CLASSES = {
+    "gpt": (("megatron.core.models.gpt", "GPTModel"),),
+    "hybrid": (("megatron.core.models.hybrid", "HybridModel"), ("megatron.core.models.mamba", "MambaModel")),
+}
+
+
+def model_class(family: str = "gpt"):
+    """The installed megatron-core's model class of ``family`` (``None`` if absent)."""
+    import importlib
+
+    for module, name in MODEL_CLASSES[family]:
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def core_has_output_processor(family: str = "gpt") -> bool:
+    """Whether the installed model class's ``forward`` takes ``output_processor``.
+
+    ``GPTModel`` has it since megatron-core 0.18; ``HybridModel`` has none (0.19, main).
+    """
+    cls = model_class(family)
+    return cls is not None and "output_processor" in inspect.signature(cls.forward).parameters

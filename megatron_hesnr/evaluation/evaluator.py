@@ -4,7 +4,7 @@ It reads no Megatron-LM or Bridge globals.  A front end gives it, once, the sett
 (:class:`~.config.HESNRConfig`, already checked against the host's own), a topology
 function, a forward-only schedule and a way to open a set; and at each evaluation an
 :class:`EvalContext` with what the host knows about this evaluation.
-:class:`~.hook.MegatronHESNRHook` fills it from ``get_args()``,
+:class:`~megatron_hesnr.megatron_lm.hook.MegatronHESNRHook` fills it from ``get_args()``,
 :class:`~megatron_hesnr.bridge.HESNRCallback` from Bridge's ``GlobalState``.
 """
 from __future__ import annotations
@@ -146,7 +146,7 @@ class HESNREvaluator:
         return ctx.iteration % cfg.eval_interval == 0
 
     def run(self, model, ctx: EvalContext) -> dict:
-        """Evaluate every set now; reduced accumulators on the last stage (else empty dict)."""
+        """Evaluate every set now: ``{name: (reduced accumulator, metrics)}`` on the last stage, else ``{}``."""
         self.setup(ctx)
         cfg = self.config
         model = model if isinstance(model, (list, tuple)) else [model]
@@ -163,7 +163,7 @@ class HESNREvaluator:
                     log.info("HE-SNR set %s: %s", wset.name, p.plan.describe())
                 self.plans[wset.name] = p.plan
                 if topo.is_last_stage:
-                    out[wset.name] = acc
+                    out[wset.name] = (acc, p.metrics)
         return out
 
     def evaluate(self, model, ctx: EvalContext) -> dict | None:
@@ -181,8 +181,7 @@ class HESNREvaluator:
         run_name = cfg.run_name or (os.path.basename(os.path.normpath(ctx.run_dir)) if ctx.run_dir else None)
         records, data = [], {"iteration": iteration, "consumed_samples": ctx.consumed_samples, "sets": {}}
         for (wset, _vocab) in self.sets:
-            acc = accs[wset.name]
-            metrics = acc.compute()
+            acc, metrics = accs[wset.name]
             print_validation_line(format_validation_line(wset.name, iteration, metrics, cfg.report_categories))
             data["sets"][wset.name] = {"metrics": metrics, "hist": acc.histogram()}
             records.append(make_record(

@@ -14,9 +14,9 @@ def run_pass(model: list, wset, cfg, *, vocab: int, padded_vocab: int, seq_lengt
     (interleaved when ``model`` has several chunks); returns ``(accumulator, bucket plan)``."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from megatron_hesnr.integration.capture import LogitsCapture, resolve_capture
-    from megatron_hesnr.integration.eval_pass import HESNRPass
-    from megatron_hesnr.integration.hook import topology_from_parallel_state
+    from ..evaluation.capture import LogitsCapture, resolve_capture
+    from ..evaluation.eval_pass import HESNRPass
+    from .topology import topology_from_parallel_state
 
     p = HESNRPass(cfg, vocab_size=vocab, seq_length=seq_length, topology=topology_from_parallel_state(),
                   forward_backward_func=get_forward_backward_func(),

@@ -107,56 +107,6 @@ def call_pretrain(
     ))
 
 
-def megatron_cp_split(cp_group) -> Callable[[dict], dict]:
-    """Megatron-core's own ``get_batch_on_this_cp_rank`` bound to ``cp_group``.
-
-    Its signature differs between versions (``(batch)``, ``(batch, cp_group)``,
-    ``(batch, is_hybrid_cp, cp_group, ...)``); the split is always the 2 x CP
-    chunk layout the loss mask gets, which is what the scoring mask must get too.
-    """
-    from megatron.core.utils import get_batch_on_this_cp_rank as split
-
-    params = inspect.signature(split).parameters
-    kwargs = {}
-    if "cp_group" in params:
-        kwargs["cp_group"] = cp_group
-    if "is_hybrid_cp" in params:
-        kwargs["is_hybrid_cp"] = False
-
-    def cp_split(batch: dict) -> dict:
-        return split(dict(batch), **kwargs)
-
-    return cp_split
-
-
-#: model family -> (module, class) candidates, newest first (HybridModel was MambaModel before 0.18)
-MODEL_CLASSES = {
-    "gpt": (("megatron.core.models.gpt", "GPTModel"),),
-    "hybrid": (("megatron.core.models.hybrid", "HybridModel"), ("megatron.core.models.mamba", "MambaModel")),
-}
-
-
-def model_class(family: str = "gpt"):
-    """The installed megatron-core's model class of ``family`` (``None`` if absent)."""
-    import importlib
-
-    for module, name in MODEL_CLASSES[family]:
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-    return None
-
-
-def core_has_output_processor(family: str = "gpt") -> bool:
-    """Whether the installed model class's ``forward`` takes ``output_processor``.
-
-    ``GPTModel`` has it since megatron-core 0.18; ``HybridModel`` has none (0.19, main).
-    """
-    cls = model_class(family)
-    return cls is not None and "output_processor" in inspect.signature(cls.forward).parameters
-
-
 def check_after_megatron_validation(check: Callable) -> bool:
     """Run ``check(args)`` right after Megatron's own ``validate_args`` (core <= 0.17).
 

@@ -30,40 +30,18 @@ import numpy as np
 import torch
 
 from ..accumulator import AccumulatorConfig, HESNRAccumulator
+from ..reduction import reduce_on_last_stage
 from ..token_stats import token_stats
 from .buckets import BucketPlan, ScheduleShape, alignment, plan_buckets
 from .capture import LogitsCapture, unwrap
 from .config import HESNRConfig
+from .topology import Topology
 from .windows import Window, plan_windows, window_sample
 
 log = logging.getLogger(__name__)
 
 #: Rows of a micro-batch buffer: inputs, labels, scoring mask, trajectory index.
 _ROWS, _DOC = 4, 3
-
-
-@dataclass
-class EvalTopology:
-    """Where this rank sits; groups of size 1 may be ``None``."""
-
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    tp_group: Any = None
-    tp_rank: int = 0
-    tp_size: int = 1
-    tp_src: int = 0
-    """Global rank of tensor-parallel rank 0 (the broadcast source)."""
-    reduce_group: Any = None
-    """Data-parallel x context-parallel group: the one all-reduce of the accumulator."""
-    dp_rank: int = 0
-    dp_size: int = 1
-    cp_group: Any = None
-    cp_rank: int = 0
-    cp_size: int = 1
-    is_first_stage: bool = True
-    is_last_stage: bool = True
-    pp_size: int = 1
-    cp_split: Callable[[dict], dict] | None = None
-    """Splits a batch dict for this CP rank (Megatron's ``get_batch_on_this_cp_rank``)."""
 
 
 @dataclass
@@ -133,7 +111,7 @@ def plan_for_layout(config: HESNRConfig, wset: WindowedSet, seq_length: int, *, 
 class HESNRPass:
     """Runs HE-SNR over windowed sets with a given forward-backward function."""
 
-    def __init__(self, config: HESNRConfig, *, vocab_size: int, seq_length: int, topology: EvalTopology,
+    def __init__(self, config: HESNRConfig, *, vocab_size: int, seq_length: int, topology: Topology,
                  forward_backward_func: Callable, capture: LogitsCapture,
                  padded_vocab_size: int | None = None, make_attention_mask: bool = False):
         self.config = config
@@ -150,6 +128,8 @@ class HESNRPass:
         self._masks: dict[int, torch.Tensor] = {}
         self.plan: BucketPlan | None = None
         """The bucket plan of the last :meth:`run`."""
+        self.metrics: dict | None = None
+        """The metrics of the last :meth:`run` (last pipeline stage; ``None`` elsewhere)."""
 
     # ----------------------------------------------------------------- batches
     def accumulator_config(self, num_documents: int | None = None) -> AccumulatorConfig:
@@ -202,7 +182,7 @@ class HESNRPass:
 
     def _cp_split(self, batch: dict) -> dict:
         if self.topo.cp_split is None:
-            raise RuntimeError("context parallelism needs EvalTopology.cp_split")
+            raise RuntimeError("context parallelism needs Topology.cp_split")
         return self.topo.cp_split(batch)
 
     def _materialize(self, item) -> dict:
@@ -260,7 +240,8 @@ class HESNRPass:
         return int((mask != 0).sum())
 
     def run(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> HESNRAccumulator:
-        """Evaluate one set; returns its accumulator (reduced on the last stage)."""
+        """Evaluate one set; returns its accumulator, reduced over DP x CP on the last stage
+        (:func:`~megatron_hesnr.reduction.reduce_on_last_stage`; its metrics in :attr:`metrics`)."""
         model = list(model)
         # Per-trajectory sums for the standard errors and `hesnr compare` (none for an empty set).
         acc = HESNRAccumulator(self.accumulator_config(wset.num_trajectories or None), device=self.topo.device)
@@ -285,6 +266,5 @@ class HESNRPass:
                 )
         self._acc = None
         self._masks = {}
-        if self.topo.is_last_stage:
-            acc.all_reduce(self.topo.reduce_group)
+        self.metrics = reduce_on_last_stage(acc, self.topo.reduce_group, self.topo.is_last_stage)
         return acc

@@ -1,28 +1,16 @@
-"""The ``--hesnr-*`` command-line flags: an extra-args provider for Megatron's parser.
+"""The ``--hesnr-*`` flags under Megatron-LM's parser.
 
-``add_hesnr_args(parser)`` is what Megatron calls ``extra_args_provider``;
-``config_from_args(args)`` turns the parsed namespace into :class:`HESNRConfig`
-(``None`` when no ``--hesnr-data-path`` is given, i.e. the hook is off), and
-``validate_hesnr_args(args)`` also checks the combination with Megatron's own flags.
+``add_hesnr_args`` (from :mod:`megatron_hesnr.evaluation.flags`) is Megatron's
+``extra_args_provider``; :func:`chain_extra_args_providers` joins it to a script's own;
+:func:`validate_hesnr_args` builds the config and checks it against Megatron's own flags.
 """
 from __future__ import annotations
 
-import argparse
+from ..evaluation.config import HESNRConfig, HESNRConfigError, HostSettings
+from ..evaluation.flags import FLAGS, add_hesnr_args, config_from_args, dest_of
 
-from .config import HESNRConfig, HESNRConfigError, HostSettings, flag_fields, inverted, parse_data_specs
-
-#: Every flag this module adds, in the order of the config's fields.
-FLAGS = tuple(f.metadata["flag"] for f in flag_fields())
-
-
-def add_hesnr_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the HE-SNR flags (Megatron's ``extra_args_provider`` contract: returns the parser)."""
-    g = parser.add_argument_group(title="HE-SNR evaluation (megatron-hesnr)")
-    for f in flag_fields():
-        kw = {"default": list(f.default) if isinstance(f.default, tuple) else f.default, **f.metadata["argparse"]}
-        g.add_argument(f.metadata["flag"], help=f.metadata["help"], **kw)
-    return parser
-
+__all__ = ["FLAGS", "add_hesnr_args", "chain_extra_args_providers", "config_from_args", "dest_of",
+           "validate_hesnr_args"]
 
 def chain_extra_args_providers(*providers):
     """One provider calling each given provider (``None`` entries are skipped) in turn."""
@@ -34,31 +22,6 @@ def chain_extra_args_providers(*providers):
         return parser
 
     return provider
-
-
-def config_from_args(args) -> HESNRConfig | None:
-    """The config of a parsed namespace, or ``None`` when ``--hesnr-data-path`` is absent."""
-    paths = getattr(args, "hesnr_data_path", None)
-    if not paths:
-        if getattr(args, "hesnr_jsonl", None):
-            raise HESNRConfigError("--hesnr-jsonl", "given without --hesnr-data-path (nothing would be evaluated)")
-        return None
-    values = {}
-    for f in flag_fields():
-        value = getattr(args, dest_of(f.metadata["flag"]))
-        if f.name == "datasets":
-            value = parse_data_specs(value)
-        elif inverted(f):
-            value = not value
-        elif isinstance(f.default, tuple):
-            value = tuple(value)
-        values[f.name] = value
-    return HESNRConfig(**values)
-
-
-def dest_of(flag: str) -> str:
-    """argparse's attribute for ``flag`` (``--hesnr-k`` -> ``hesnr_k``)."""
-    return flag.lstrip("-").replace("-", "_")
 
 
 def validate_hesnr_args(args, *, has_output_processor: bool = False, model_name: str = "GPTModel") -> HESNRConfig | None:
