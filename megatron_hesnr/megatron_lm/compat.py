@@ -66,21 +66,15 @@ def call_pretrain(
     or right after Megatron's ``validate_args`` inside it (<= 0.17).
     """
     style = pretrain_style(pretrain)
-    hooks = {k: v for k, v in hooks.items() if v is not None}
+    common = dict(train_valid_test_dataset_provider=train_valid_test_dataset_provider, model_provider=model_provider,
+                  model_type=model_type, forward_step_func=forward_step_func,
+                  **{k: v for k, v in hooks.items() if v is not None})
     if style == "args":
         if after_args_parsed is not None and not check_after_megatron_validation(after_args_parsed):
             log.warning("megatron.training.initialize.validate_args not found: the --hesnr-* flags are "
                         "checked when the datasets are built")
-        return pretrain(**_kw(
-            pretrain,
-            train_valid_test_dataset_provider=train_valid_test_dataset_provider,
-            model_provider=model_provider,
-            model_type=model_type,
-            forward_step_func=forward_step_func,
-            extra_args_provider=extra_args_provider,
-            args_defaults=args_defaults or {},
-            **hooks,
-        ))
+        return pretrain(**_kw(pretrain, extra_args_provider=extra_args_provider, args_defaults=args_defaults or {},
+                              **common))
     if parse_and_validate_args is None:
         from megatron.training.arguments import parse_and_validate_args
     if pretrain_cfg_container_from_args is None:
@@ -96,15 +90,7 @@ def call_pretrain(
         model_cfg = model_config_from_args(args) if model_config_from_args is not None else None
         cfg = (pretrain_cfg_container_from_args(args, model_cfg) if model_cfg is not None
                else pretrain_cfg_container_from_args(args))
-    return pretrain(**_kw(
-        pretrain,
-        cfg_container=cfg,
-        train_valid_test_dataset_provider=train_valid_test_dataset_provider,
-        model_provider=model_provider,
-        model_type=model_type,
-        forward_step_func=forward_step_func,
-        **hooks,
-    ))
+    return pretrain(**_kw(pretrain, cfg_container=cfg, **common))
 
 
 def check_after_megatron_validation(check: Callable) -> bool:
