@@ -1,6 +1,6 @@
 """Cutting prepared trajectories into model-sized evaluation windows.
 
-The plan is the Megatron integration's own (``integration.windows``, policy
+The plan is the Megatron integration's own (``evaluation.windows``, policy
 ``window``): overlapping windows of ``seq_length`` tokens, ``stride`` apart, each
 target scored by exactly one window with at least ``seq_length - stride`` tokens of
 context.  This module only stacks the windows of a whole evaluation set and keeps,
