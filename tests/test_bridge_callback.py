@@ -59,7 +59,8 @@ def make_callback(tmp_path, **fields):
     from megatron_hesnr.bridge import HESNRCallback
 
     fields.setdefault("datasets", ["a=/d/a", "b=/d/b"])
-    config = HESNRBridgeConfig(impl="torch", metric=AccumulatorConfig(num_bins=32), jsonl=str(tmp_path / "r.jsonl"), **fields)
+    config = HESNRBridgeConfig(impl="torch", metric=AccumulatorConfig(num_bins=32), jsonl=str(tmp_path / "r.jsonl"),
+                               **fields)
     return HESNRCallback(config, open_dataset=SETS.__getitem__, topology=Topology, forward_backward_func=H.forward_only)
 
 
@@ -332,13 +333,15 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
 
     from megatron_hesnr.bridge import HESNRCallback
 
-    bridge_cfg = HESNRBridgeConfig(datasets=[f"swe={prefix}"], impl="torch", metric=AccumulatorConfig(num_bins=32), window_stride=3,
+    bridge_cfg = HESNRBridgeConfig(datasets=[f"swe={prefix}"], impl="torch", metric=AccumulatorConfig(num_bins=32),
+                                   window_stride=3,
                                    jsonl=str(tmp_path / "r.jsonl"))
     cb = HESNRCallback(bridge_cfg, topology=Topology, forward_backward_func=H.forward_only)
     state = B.global_state(B.container(seq_length=S, eval_interval=5, save="/ckpt/run9"), step=10, consumed=320)
     bridge.normalize_callbacks([cb]).fire("on_eval_end", bridge.CallbackContext(state=state, model=[model]))
 
-    shared = HESNRConfig(datasets=(EvalDataset("swe", prefix),), impl="torch", metric=AccumulatorConfig(num_bins=32), window_stride=3,
+    shared = HESNRConfig(datasets=(EvalDataset("swe", prefix),), impl="torch", metric=AccumulatorConfig(num_bins=32),
+                         window_stride=3,
                          jsonl=str(tmp_path / "r.jsonl"))
     # Megatron evaluates iteration 10 with curr_iteration 9 (set before the step it counts).
     args = SimpleNamespace(seq_length=S, padded_vocab_size=None, curr_iteration=9, skip_train=False,

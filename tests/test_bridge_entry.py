@@ -22,7 +22,8 @@ def test_flags_and_overrides_are_split():
     assert overrides == ["validation.eval_interval=500", "+logger.tensorboard_dir=/tb", "~peft", "checkpoint.save=/ckpt"]
     assert args.recipe == "llama3_8b_pretrain_config"
     assert bridge_config_from_args(args) == HESNRBridgeConfig(
-        datasets=["swe=/d/swe", "other=/d/other"], metric=AccumulatorConfig(k=8), loss_dict_metrics=("hesnr", "top1_acc"))
+        datasets=["swe=/d/swe", "other=/d/other"], metric=AccumulatorConfig(k=8),
+        loss_dict_metrics=("hesnr", "top1_acc"))
     args, _ = entry.parse_args(["--hesnr-data-path", "a=/x", "--hesnr-loss-dict-metrics"])
     assert bridge_config_from_args(args).loss_dict_metrics == ()
     assert bridge_config_from_args(entry.parse_args([])[0]) is None

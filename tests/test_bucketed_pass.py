@@ -89,7 +89,8 @@ def _world(rank, world):
                 vocab, padded = H.VOCAB, H.PADDED_VOCAB
             runs = {}
             for pad in (True, False):
-                cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), metric=AccumulatorConfig(num_bins=64), impl="torch", micro_batch_size=mbs,
+                cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), metric=AccumulatorConfig(num_bins=64),
+                                  impl="torch", micro_batch_size=mbs,
                                   length_multiple=4, pad_to_seq_length=pad)
                 data = wset if kind == "gpt" else tiny_set
                 acc, plan = H.run_pass(model, data, cfg, vocab=vocab, padded_vocab=padded,

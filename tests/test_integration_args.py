@@ -61,7 +61,8 @@ def test_flags_map_back_to_their_fields():
     assert field_for_flag("model.seq_length") is None and flag_of("metric.num_documents") is None
     cfg = config_from_args(parse("--seq-length 128 --hesnr-data-path /x --hesnr-keep-empty-windows --hesnr-k 7 "
                                  "--hesnr-threshold 1.5 --hesnr-category-names a b --hesnr-report-categories b"))
-    assert cfg.skip_empty_windows is False and cfg.metric == AccumulatorConfig(k=7, threshold=1.5, category_names=("a", "b"))
+    assert cfg.skip_empty_windows is False
+    assert cfg.metric == AccumulatorConfig(k=7, threshold=1.5, category_names=("a", "b"))
     assert cfg.report_categories == ("b",)
     # Every field has its flag, the metric's own fields (but the per-set num_documents) included.
     metric = {f"metric.{f}" for f in AccumulatorConfig.__dataclass_fields__} - {"metric.num_documents"}
@@ -70,8 +71,9 @@ def test_flags_map_back_to_their_fields():
     assert [flag_of(s.field) for s in flag_settings()] == list(FLAGS)
 
 
-@pytest.mark.parametrize("cmd, field", [("--hesnr-k 1", "k"), ("--hesnr-k 3 --hesnr-threshold 1.2", "threshold"),
-                                        ("--hesnr-num-bins 0", "num_bins"), ("--hesnr-category-names a all", "category_names")])
+@pytest.mark.parametrize("cmd, field", [
+    ("--hesnr-k 1", "k"), ("--hesnr-k 3 --hesnr-threshold 1.2", "threshold"), ("--hesnr-num-bins 0", "num_bins"),
+    ("--hesnr-category-names a all", "category_names")])
 def test_a_bad_metric_flag_is_refused_once_by_the_metric_config(cmd, field):
     """AccumulatorConfig alone checks the metric flags; the refusal names the flag and the field,
     carries AccumulatorConfig's own message and chains no second error."""

@@ -398,7 +398,8 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
         w.add(ids, mask)
     w.finalize({"tokenizer": {"vocab_size": V}})
     args = _args(iteration=2, skip_train=True, load=str(tmp_path))
-    cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch", metric=AccumulatorConfig(num_bins=32),
+    cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch",
+                      metric=AccumulatorConfig(num_bins=32),
                       jsonl=str(tmp_path / "out.jsonl"))
     hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=Topology, forward_backward_func=H.forward_only,
                              get_wandb_writer=lambda: None)

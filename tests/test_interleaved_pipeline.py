@@ -37,7 +37,8 @@ def _world(rank, world):
     wset = plan_set("p", H.make_dataset(1), H.SEQ, "window", H.SEQ // 2)
     out = {}
     for nmb in NUM_MICROBATCHES:
-        cfg = HESNRConfig(datasets=(EvalDataset("p", "p"),), metric=AccumulatorConfig(num_bins=64), impl="torch", num_microbatches=nmb,
+        cfg = HESNRConfig(datasets=(EvalDataset("p", "p"),), metric=AccumulatorConfig(num_bins=64), impl="torch",
+                          num_microbatches=nmb,
                           length_multiple=4)
         with H.schedules_on_cpu():
             acc, plan = H.run_pass(model, wset, cfg, vocab=H.VOCAB, padded_vocab=H.PADDED_VOCAB, seq_length=H.SEQ)

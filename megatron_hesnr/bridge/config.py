@@ -46,7 +46,9 @@ class HESNRBridgeConfig(HESNRConfig):
     Every field of :class:`HESNRConfig` keeps its meaning; ``eval_interval`` and
     ``eval_iters`` relate to Bridge's ``validation.eval_interval`` (``train.eval_interval``
     before Bridge 0.4) instead of Megatron's flags.  ``datasets`` also accepts
-    ``"NAME=PREFIX"`` strings or a ``{name: prefix}`` mapping.
+    ``"NAME=PREFIX"`` strings or a ``{name: prefix}`` mapping; ``metric`` (k, threshold, bins,
+    category names) an ``AccumulatorConfig`` or a mapping of its fields.  Errors name the
+    field as written here, ``HESNRBridgeConfig.metric.k (--hesnr-k)``.
     """
 
     loss_dict_metrics: tuple[str, ...] = ("hesnr", "he_ppl")

@@ -128,7 +128,8 @@ class HESNRConfig:
                             ("EPS", "(ln 3 + ln 4)/2", "high-entropy threshold on H_k"), type=float),
         num_bins=flag_spec("--hesnr-num-bins", "H_k histogram bins on [0, ln k].",
                            ("N", "512", "H_k histogram bins on [0, ln k]"), type=int),
-        category_names=flag_spec("--hesnr-category-names", "Names of scoring-mask categories 1, 2, ... of the prepared data.",
+        category_names=flag_spec("--hesnr-category-names",
+                                 "Names of scoring-mask categories 1, 2, ... of the prepared data.",
                                  ("...", "action thought observation", "names of mask categories 1, 2, ..."),
                                  nargs="+", after="impl"),
     )
@@ -299,24 +300,24 @@ def checked_metric(metric) -> AccumulatorConfig:
     """``metric`` (an :class:`AccumulatorConfig` or a mapping of its fields) checked by
     :class:`AccumulatorConfig` itself, again for an object (a field may have been set since it was
     built: Bridge overrides, then ``finalize()``); a refusal names the flag and the field."""
+    if not isinstance(metric, (Mapping, AccumulatorConfig)):
+        raise HESNRConfigError(None, f"must be an AccumulatorConfig or a mapping of its fields, got {metric!r}",
+                               field="metric")
+    values = dict(metric) if isinstance(metric, Mapping) else vars(metric)
+    known = [f.name for f in fields(AccumulatorConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise HESNRConfigError(None, f"unknown {unknown}; known: {known}", field="metric")
+    if values.get("num_documents") is not None:
+        raise HESNRConfigError(None, f"is set for each set by the evaluation pass; leave it None, got "
+                                     f"{values['num_documents']!r}", field="metric.num_documents")
     try:
         if isinstance(metric, Mapping):
-            known = {f.name for f in fields(AccumulatorConfig)}
-            unknown = sorted(set(metric) - known)
-            if unknown:
-                raise HESNRConfigError(None, f"unknown {unknown}; known: {sorted(known)}", field="metric")
-            metric = AccumulatorConfig(**metric)
-        elif isinstance(metric, AccumulatorConfig):
-            metric.__post_init__()
-        else:
-            raise HESNRConfigError(None, f"must be an AccumulatorConfig or a mapping of its fields, got {metric!r}",
-                                   field="metric")
+            return AccumulatorConfig(**values)
+        metric.__post_init__()
+        return metric
     except AccumulatorConfigError as exc:
         raise HESNRConfigError(flag_of(f"metric.{exc.field}"), exc.message, field=f"metric.{exc.field}") from None
-    if metric.num_documents is not None:
-        raise HESNRConfigError(None, f"is set for each set by the evaluation pass; leave it None, got "
-                                     f"{metric.num_documents!r}", field="metric.num_documents")
-    return metric
 
 
 @dataclass(frozen=True)
@@ -370,12 +371,12 @@ def _setting(path: tuple[str, ...], spec: Mapping, default) -> Setting:
 
 
 def flag_of(field_path: str) -> str | None:
-    """The ``--hesnr-*`` flag of a :class:`HESNRConfig` field (``metric.k`` -> ``--hesnr-k``); ``None`` if it has none."""
+    """The ``--hesnr-*`` flag of a :class:`HESNRConfig` field (``metric.k`` -> ``--hesnr-k``); ``None``: it has none."""
     return next((s.flag for s in flag_settings() if s.field == field_path), None)
 
 
 def field_for_flag(flag: str | None) -> str | None:
-    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``metric.k``); ``None`` for others."""
+    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``metric.k``); ``None``: not ours."""
     return next((s.field for s in flag_settings() if s.flag == flag), None)
 
 
