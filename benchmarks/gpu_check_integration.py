@@ -196,15 +196,14 @@ def plain_eval(model, wset, args, fb, device):
 
 def reference(model, wset, args, cfg, device):
     S = args.seq_length
-    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins,
-                           num_documents=len(wset.dataset))
+    acc = HESNRAccumulator(dataclasses.replace(cfg.metric, num_documents=len(wset.dataset)))
     pos = torch.arange(S, device=device)[None]
     kw = {"fp32_output": False} if not args.cpu else {}
     with torch.no_grad():
         for idx, w in wset.windows:
             x, y, m = (torch.from_numpy(a)[None].to(device) for a in window_sample(*wset.dataset[idx], w, S))
             logits = model(x, pos, None, labels=None, **kw)
-            acc.update(token_stats(logits, y, k=cfg.k, vocab_size=args.vocab, impl="torch"), m,
+            acc.update(token_stats(logits, y, k=cfg.metric.k, vocab_size=args.vocab, impl="torch"), m,
                        torch.full_like(m, idx))
     return acc
 

@@ -14,6 +14,8 @@ Megatron-LM entry points and Bridge's section.field=value overrides:
         logger.tensorboard_dir=/runs/qwen3-mid/tb
 
 (Bridge 0.3.x keeps the validation settings in ``train.``: ``train.eval_interval=500``.)
+The metric flags (``--hesnr-k 20 --hesnr-threshold 1.5``) fill ``HESNRBridgeConfig.metric``,
+the ``AccumulatorConfig`` every set is measured with; a wrong one stops the script naming the flag.
 A checkpoint sweep: ``validation.skip_train=true checkpoint.load=/runs/qwen3-mid/ckpt
 checkpoint.ckpt_step=3000`` for each step; every run appends its record to the JSONL.
 """

@@ -22,6 +22,7 @@ sys.path.insert(0, str(HERE))
 
 import hesnr_bridge_helpers as B  # noqa: E402
 import hesnr_integration_helpers as H  # noqa: E402
+from megatron_hesnr.accumulator import AccumulatorConfig  # noqa: E402
 
 GOLDEN = HERE / "golden"
 V, S = 24, 8
@@ -44,8 +45,8 @@ def _sets():
     return {"/d/a": H.uniform_dataset(V, n=5, seed=0, max_len=21), "/d/b": H.uniform_dataset(V, n=3, seed=1, max_len=21)}
 
 
-_SETTINGS = dict(impl="torch", num_bins=32, window_stride=3, micro_batch_size=2, num_microbatches=3,
-                 report_categories=("action", "thought"))
+_SETTINGS = dict(impl="torch", metric=AccumulatorConfig(num_bins=32), window_stride=3, micro_batch_size=2,
+                 num_microbatches=3, report_categories=("action", "thought"))
 
 
 def _capture(run, jsonl: Path, writer, wandb) -> str:

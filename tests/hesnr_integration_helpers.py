@@ -11,6 +11,7 @@ megatron-core's ``GPTModel.forward`` that the hook uses (``labels``,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 
 import numpy as np
@@ -183,12 +184,11 @@ def reference_accumulator(wset, weights, cfg):
     from megatron_hesnr import HESNRAccumulator, token_stats
     from megatron_hesnr.evaluation.windows import window_sample
 
-    acc = HESNRAccumulator(k=cfg.k, threshold=cfg.threshold, num_bins=cfg.num_bins, category_names=cfg.category_names,
-                           num_documents=len(wset.dataset))
+    acc = HESNRAccumulator(dataclasses.replace(cfg.metric, num_documents=len(wset.dataset)))
     for idx, w in wset.windows:
         x, y, m = (torch.from_numpy(a)[None] for a in window_sample(*wset.dataset[idx], w, SEQ))
         logits = reference_logits(weights, x, torch.arange(SEQ)[None])
-        acc.update(token_stats(logits, y, k=cfg.k, vocab_size=VOCAB, impl="torch"), m, torch.full_like(m, idx))
+        acc.update(token_stats(logits, y, k=cfg.metric.k, vocab_size=VOCAB, impl="torch"), m, torch.full_like(m, idx))
     return acc
 
 

@@ -194,5 +194,6 @@ def test_config_errors_name_their_field_and_the_flag(kw, field):
         AccumulatorConfig(**kw)
     assert acc_err.value.field == field and str(acc_err.value) == f"{field} {acc_err.value.message}"
     with pytest.raises(HESNRConfigError) as cfg_err:
-        HESNRConfig(**kw)
-    assert (cfg_err.value.flag, cfg_err.value.message) == (flag_of(field), acc_err.value.message)
+        HESNRConfig(metric=kw)
+    assert (cfg_err.value.flag, cfg_err.value.field, cfg_err.value.message) == (
+        flag_of(f"metric.{field}"), f"metric.{field}", acc_err.value.message)

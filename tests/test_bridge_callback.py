@@ -17,7 +17,7 @@ import torch
 
 import hesnr_bridge_helpers as B
 import hesnr_integration_helpers as H
-from megatron_hesnr import HESNRAccumulator, token_stats
+from megatron_hesnr import AccumulatorConfig, HESNRAccumulator, token_stats
 from megatron_hesnr.bridge import BridgeCompatError, HESNRBridgeConfig
 from megatron_hesnr.bridge import compat
 from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig, HESNRConfigError
@@ -59,7 +59,8 @@ def make_callback(tmp_path, **fields):
     from megatron_hesnr.bridge import HESNRCallback
 
     fields.setdefault("datasets", ["a=/d/a", "b=/d/b"])
-    config = HESNRBridgeConfig(impl="torch", num_bins=32, jsonl=str(tmp_path / "r.jsonl"), **fields)
+    config = HESNRBridgeConfig(impl="torch", metric=AccumulatorConfig(num_bins=32), jsonl=str(tmp_path / "r.jsonl"),
+                               **fields)
     return HESNRCallback(config, open_dataset=SETS.__getitem__, topology=Topology, forward_backward_func=H.forward_only)
 
 
@@ -214,23 +215,47 @@ def test_startup_refuses_bad_combinations(bridge, tmp_path):
 
 
 def test_config_is_the_shared_config_with_named_errors():
-    cfg = HESNRBridgeConfig(datasets={"swe": "/d/swe"}, k=8, threshold=1.0, jsonl="/r.jsonl")
-    shared = HESNRConfig(datasets=(EvalDataset("swe", "/d/swe"),), k=8, threshold=1.0, jsonl="/r.jsonl")
+    metric = AccumulatorConfig(k=8, threshold=1.0)
+    cfg = HESNRBridgeConfig(datasets={"swe": "/d/swe"}, metric=metric, jsonl="/r.jsonl")
+    shared = HESNRConfig(datasets=(EvalDataset("swe", "/d/swe"),), metric=AccumulatorConfig(k=8, threshold=1.0),
+                         jsonl="/r.jsonl")
     assert isinstance(cfg, HESNRConfig) and cfg.hesnr_config() == shared
+    assert cfg.metric is metric and cfg.hesnr_config().metric is metric  # one metric object, not copies
     assert HESNRBridgeConfig(datasets=[EvalDataset("swe", "/d/swe")]).datasets == shared.datasets
-    with pytest.raises(HESNRConfigError, match=r"^HESNRBridgeConfig\.threshold \(--hesnr-threshold\): must lie in"):
-        HESNRBridgeConfig(datasets=["a=/x"], threshold=5.0)
+    with pytest.raises(HESNRConfigError, match=r"^HESNRBridgeConfig\.metric\.threshold \(--hesnr-threshold\): must lie in"):
+        HESNRBridgeConfig(datasets=["a=/x"], metric={"threshold": 5.0})
     with pytest.raises(HESNRConfigError, match=r"^HESNRBridgeConfig\.datasets \(--hesnr-data-path\): set names must be distinct"):
         HESNRBridgeConfig(datasets=["a=/x", "a=/y"])
     with pytest.raises(HESNRConfigError, match=r"^HESNRBridgeConfig\.loss_dict_metrics: unknown \['lm loss'\]"):
         HESNRBridgeConfig(datasets=["a=/x"], loss_dict_metrics=("hesnr", "lm loss"))
-    cfg.k = 1
-    with pytest.raises(HESNRConfigError, match=r"^HESNRBridgeConfig\.k \(--hesnr-k\)"):
+    with pytest.raises(HESNRConfigError, match=r"^HESNRBridgeConfig\.metric\.num_documents: is set for each set"):
+        HESNRBridgeConfig(metric={"num_documents": 3})
+
+
+@pytest.mark.parametrize("field, bad", [("k", 1), ("threshold", 5.0), ("num_bins", 0), ("category_names", ("all",))])
+def test_a_bad_metric_field_is_refused_once_naming_the_bridge_field(field, bad):
+    """A metric field set after construction (Bridge overrides, then ``finalize()``) is refused by
+    AccumulatorConfig's own check, named ``HESNRBridgeConfig.metric.<field> (--hesnr-<flag>)``,
+    with the flag and the field as attributes and no second error chained."""
+    from megatron_hesnr.accumulator import AccumulatorConfigError
+
+    with pytest.raises(AccumulatorConfigError) as direct:
+        AccumulatorConfig(**{field: bad})
+    cfg = HESNRBridgeConfig(datasets=["a=/x"])
+    setattr(cfg.metric, field, bad)
+    with pytest.raises(HESNRConfigError) as e:
         cfg.finalize()
+    flag = "--hesnr-" + field.replace("_", "-")
+    assert (e.value.flag, e.value.field, e.value.message) == (flag, f"metric.{field}", direct.value.message)
+    assert str(e.value) == f"HESNRBridgeConfig.metric.{field} ({flag}): {direct.value.message}"
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_bridge_adapter_takes_a_config_or_its_fields():
     from megatron_hesnr.bridge.callback import HESNRBridgeAdapter
 
     with pytest.raises(TypeError, match="either a HESNRBridgeConfig or its fields"):
-        HESNRBridgeAdapter(HESNRBridgeConfig(), k=3)
+        HESNRBridgeAdapter(HESNRBridgeConfig(), metric={"k": 3})
     assert not HESNRBridgeAdapter(HESNRBridgeConfig()).hesnr.enabled
 
 
@@ -308,13 +333,15 @@ def test_same_record_as_the_megatron_lm_hook(bridge, tmp_path):
 
     from megatron_hesnr.bridge import HESNRCallback
 
-    bridge_cfg = HESNRBridgeConfig(datasets=[f"swe={prefix}"], impl="torch", num_bins=32, window_stride=3,
+    bridge_cfg = HESNRBridgeConfig(datasets=[f"swe={prefix}"], impl="torch", metric=AccumulatorConfig(num_bins=32),
+                                   window_stride=3,
                                    jsonl=str(tmp_path / "r.jsonl"))
     cb = HESNRCallback(bridge_cfg, topology=Topology, forward_backward_func=H.forward_only)
     state = B.global_state(B.container(seq_length=S, eval_interval=5, save="/ckpt/run9"), step=10, consumed=320)
     bridge.normalize_callbacks([cb]).fire("on_eval_end", bridge.CallbackContext(state=state, model=[model]))
 
-    shared = HESNRConfig(datasets=(EvalDataset("swe", prefix),), impl="torch", num_bins=32, window_stride=3,
+    shared = HESNRConfig(datasets=(EvalDataset("swe", prefix),), impl="torch", metric=AccumulatorConfig(num_bins=32),
+                         window_stride=3,
                          jsonl=str(tmp_path / "r.jsonl"))
     # Megatron evaluates iteration 10 with curr_iteration 9 (set before the step it counts).
     args = SimpleNamespace(seq_length=S, padded_vocab_size=None, curr_iteration=9, skip_train=False,

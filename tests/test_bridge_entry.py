@@ -7,6 +7,7 @@ import types
 import pytest
 
 import hesnr_bridge_helpers as B
+from megatron_hesnr.accumulator import AccumulatorConfig
 from megatron_hesnr.bridge import BridgeCompatError, HESNRBridgeConfig
 from megatron_hesnr.bridge import entry
 from megatron_hesnr.bridge.config import bridge_config_from_args
@@ -21,12 +22,16 @@ def test_flags_and_overrides_are_split():
     assert overrides == ["validation.eval_interval=500", "+logger.tensorboard_dir=/tb", "~peft", "checkpoint.save=/ckpt"]
     assert args.recipe == "llama3_8b_pretrain_config"
     assert bridge_config_from_args(args) == HESNRBridgeConfig(
-        datasets=["swe=/d/swe", "other=/d/other"], k=8, loss_dict_metrics=("hesnr", "top1_acc"))
+        datasets=["swe=/d/swe", "other=/d/other"], metric=AccumulatorConfig(k=8),
+        loss_dict_metrics=("hesnr", "top1_acc"))
     args, _ = entry.parse_args(["--hesnr-data-path", "a=/x", "--hesnr-loss-dict-metrics"])
     assert bridge_config_from_args(args).loss_dict_metrics == ()
     assert bridge_config_from_args(entry.parse_args([])[0]) is None
     with pytest.raises(HESNRConfigError, match=r"^--hesnr-loss-dict-metrics: unknown \['ppl_of_x'\]"):
         bridge_config_from_args(entry.parse_args(["--hesnr-data-path", "a=/x", "--hesnr-loss-dict-metrics", "ppl_of_x"])[0])
+    with pytest.raises(HESNRConfigError, match=r"^--hesnr-k: must be an integer >= 2") as e:  # flags: named by the flag
+        bridge_config_from_args(entry.parse_args(["--hesnr-data-path", "a=/x", "--hesnr-k", "1"])[0])
+    assert (e.value.flag, e.value.field) == ("--hesnr-k", "metric.k")
     with pytest.raises(SystemExit):
         entry.parse_args(["--no-such-flag"])
 

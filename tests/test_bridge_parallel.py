@@ -32,6 +32,7 @@ def _layout(rank, world, li, tmpdir):
     callbacks, _pg_utils, _ = B.import_bridge()
     from megatron.core.process_groups_config import ProcessGroupCollection
 
+    from megatron_hesnr.accumulator import AccumulatorConfig
     from megatron_hesnr.bridge import HESNRBridgeConfig, HESNRCallback
     from megatron_hesnr.evaluation.eval_pass import plan_set
 
@@ -46,7 +47,8 @@ def _layout(rank, world, li, tmpdir):
         if own_pgc:
             model.pg_collection = ProcessGroupCollection.use_mpu_process_groups()
         jsonl = f"{tmpdir}/layout{li}.jsonl"
-        config = HESNRBridgeConfig(datasets=["p1=p1", "p2=p2"], num_bins=64, window_stride=5, num_microbatches=2,
+        config = HESNRBridgeConfig(datasets=["p1=p1", "p2=p2"], metric=AccumulatorConfig(num_bins=64),
+                                   window_stride=5, num_microbatches=2,
                                    jsonl=jsonl, impl="torch", bridge_logs_loss_dict=True)
         cfg = B.container(seq_length=H.SEQ, eval_interval=10, save=f"{tmpdir}/ckpt")
         state = B.global_state(cfg, step=20 + li, consumed=999)

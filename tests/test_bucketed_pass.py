@@ -70,6 +70,7 @@ def _world(rank, world):
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state as ps
 
+    from megatron_hesnr.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.eval_pass import plan_set
 
@@ -88,7 +89,8 @@ def _world(rank, world):
                 vocab, padded = H.VOCAB, H.PADDED_VOCAB
             runs = {}
             for pad in (True, False):
-                cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), num_bins=64, impl="torch", micro_batch_size=mbs,
+                cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), metric=AccumulatorConfig(num_bins=64),
+                                  impl="torch", micro_batch_size=mbs,
                                   length_multiple=4, pad_to_seq_length=pad)
                 data = wset if kind == "gpt" else tiny_set
                 acc, plan = H.run_pass(model, data, cfg, vocab=vocab, padded_vocab=padded,

@@ -36,7 +36,7 @@ def test_off_by_default():
 def test_defaults_and_names():
     cfg = validate_hesnr_args(parse("--seq-length 128 --hesnr-data-path swe=/d/swe /d/other_set"))
     assert [(d.name, d.prefix) for d in cfg.datasets] == [("swe", "/d/swe"), ("other_set", "/d/other_set")]
-    assert cfg.k == 10 and cfg.threshold == DEFAULT_THRESHOLD and cfg.long_policy == "window"
+    assert cfg.metric.k == 10 and cfg.metric.threshold == DEFAULT_THRESHOLD and cfg.long_policy == "window"
     assert cfg.eval_interval is None and cfg.eval_iters is None and cfg.stride_for(128) == 64
     assert cfg.report_categories == ("action",)
 
@@ -53,17 +53,57 @@ def test_readme_flag_table_is_the_configs():
 
 
 def test_flags_map_back_to_their_fields():
-    from megatron_hesnr.evaluation.config import HESNRConfig, field_for_flag, flag_fields
+    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.evaluation.config import HESNRConfig, field_for_flag, flag_of, flag_settings
 
-    assert field_for_flag("--hesnr-data-path") == "datasets" and field_for_flag("--hesnr-k") == "k"
+    assert field_for_flag("--hesnr-data-path") == "datasets" and field_for_flag("--hesnr-k") == "metric.k"
     assert field_for_flag("--hesnr-keep-empty-windows") == "skip_empty_windows"
-    assert field_for_flag("model.seq_length") == "model.seq_length"
+    assert field_for_flag("model.seq_length") is None and flag_of("metric.num_documents") is None
     cfg = config_from_args(parse("--seq-length 128 --hesnr-data-path /x --hesnr-keep-empty-windows --hesnr-k 7 "
                                  "--hesnr-threshold 1.5 --hesnr-category-names a b --hesnr-report-categories b"))
-    assert cfg.skip_empty_windows is False and cfg.k == 7 and cfg.category_names == ("a", "b")
+    assert cfg.skip_empty_windows is False
+    assert cfg.metric == AccumulatorConfig(k=7, threshold=1.5, category_names=("a", "b"))
     assert cfg.report_categories == ("b",)
-    assert len(flag_fields()) == len(FLAGS) and {f.name for f in flag_fields()} == {
-        f for f in HESNRConfig.__dataclass_fields__}
+    # Every field has its flag, the metric's own fields (but the per-set num_documents) included.
+    metric = {f"metric.{f}" for f in AccumulatorConfig.__dataclass_fields__} - {"metric.num_documents"}
+    assert len(flag_settings()) == len(FLAGS) and {s.field for s in flag_settings()} == (
+        set(HESNRConfig.__dataclass_fields__) - {"metric"} | metric)
+    assert [flag_of(s.field) for s in flag_settings()] == list(FLAGS)
+
+
+@pytest.mark.parametrize("cmd, field", [
+    ("--hesnr-k 1", "k"), ("--hesnr-k 3 --hesnr-threshold 1.2", "threshold"), ("--hesnr-num-bins 0", "num_bins"),
+    ("--hesnr-category-names a all", "category_names")])
+def test_a_bad_metric_flag_is_refused_once_by_the_metric_config(cmd, field):
+    """AccumulatorConfig alone checks the metric flags; the refusal names the flag and the field,
+    carries AccumulatorConfig's own message and chains no second error."""
+    from megatron_hesnr.accumulator import AccumulatorConfig, AccumulatorConfigError
+
+    args = parse("--seq-length 128 --hesnr-data-path /x " + cmd)
+    with pytest.raises(AccumulatorConfigError) as direct:
+        AccumulatorConfig(**{f: getattr(args, f"hesnr_{f}") for f in ("k", "threshold", "num_bins", "category_names")})
+    with pytest.raises(HESNRConfigError) as e:
+        config_from_args(args)
+    flag = "--hesnr-" + field.replace("_", "-")
+    assert (e.value.flag, e.value.field, e.value.message) == (flag, f"metric.{field}", direct.value.message)
+    assert str(e.value) == f"{flag}: {direct.value.message}"
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_metric_mapping_is_checked_like_the_object():
+    """``metric`` also takes a mapping of AccumulatorConfig's fields; unknown keys and a preset
+    ``num_documents`` (each pass sets its own) are refused by name."""
+    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.evaluation.config import HESNRConfig
+
+    assert HESNRConfig(metric={"k": 8, "threshold": 1.0}).metric == AccumulatorConfig(k=8, threshold=1.0)
+    with pytest.raises(HESNRConfigError, match=r"^metric: unknown \['kk'\]") as e:
+        HESNRConfig(metric={"kk": 8})
+    assert e.value.flag is None and e.value.field == "metric"
+    with pytest.raises(HESNRConfigError, match=r"^metric\.num_documents: is set for each set by the evaluation pass"):
+        HESNRConfig(metric=AccumulatorConfig(num_documents=3))
+    with pytest.raises(HESNRConfigError, match=r"^metric: must be an AccumulatorConfig"):
+        HESNRConfig(metric=10)
 
 
 def test_every_flag_is_registered():
@@ -118,7 +158,7 @@ def test_valid_combinations():
     ]
     for cmd in ok:
         cfg = validate_hesnr_args(parse("--seq-length 128 --hesnr-data-path /x " + cmd))
-        assert cfg is not None and 0 < cfg.threshold < math.log(cfg.k)
+        assert cfg is not None and 0 < cfg.metric.threshold < math.log(cfg.metric.k)
 
 
 def test_argparse_rejects_unknown_choices():

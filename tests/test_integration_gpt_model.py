@@ -61,6 +61,7 @@ def _layout(rank, world, tp, ep, moe, capture):
     import warnings
 
     warnings.filterwarnings("ignore")
+    from megatron_hesnr.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
 
@@ -70,7 +71,8 @@ def _layout(rank, world, tp, ep, moe, capture):
     with H.model_parallel(tensor_model_parallel_size=tp, expert_model_parallel_size=ep):
         with H.schedules_on_cpu():
             model = _gpt(tp, moe)
-            cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), num_bins=64, impl="torch", window_stride=16,
+            cfg = HESNRConfig(datasets=(EvalDataset("d", "d"),), metric=AccumulatorConfig(num_bins=64), impl="torch",
+                              window_stride=16,
                               logits_capture=capture)
             args = SimpleNamespace(seq_length=S, padded_vocab_size=V_PAD, iteration=1, skip_train=True, load=None)
             hook = MegatronHESNRHook(cfg, get_args=lambda: args, open_dataset=lambda p: data,

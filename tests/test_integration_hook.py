@@ -1,6 +1,7 @@
 """The hook's own logic in one process: when it runs, records, sinks, set-up errors, shims, guard."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import hesnr_integration_helpers as H
-from megatron_hesnr import HESNRAccumulator
+from megatron_hesnr import AccumulatorConfig, HESNRAccumulator
 from megatron_hesnr.data.dataset import PreparedDatasetError
 from megatron_hesnr.evaluation.capture import LogitsCapture, _fp32_output_kwargs, resolve_capture
 from megatron_hesnr.megatron_lm.compat import call_pretrain, pretrain_style
@@ -45,10 +46,10 @@ class Plain(torch.nn.Module):
         return self.output_layer(self.emb[input_ids])  # [b, s, V]
 
 
-def make_hook(tmp_path, args, **cfg):
+def make_hook(tmp_path, args, metric=None, **cfg):
     sets = {"/d/a": small_dataset(), "/d/b": small_dataset(seed=1)}
-    config = HESNRConfig(datasets=(EvalDataset("a", "/d/a"), EvalDataset("b", "/d/b")), impl="torch", num_bins=32,
-                         jsonl=str(tmp_path / "r.jsonl"), **cfg)
+    config = HESNRConfig(datasets=(EvalDataset("a", "/d/a"), EvalDataset("b", "/d/b")), impl="torch",
+                         metric=metric or AccumulatorConfig(num_bins=32), jsonl=str(tmp_path / "r.jsonl"), **cfg)
     return MegatronHESNRHook(config, get_args=lambda: args, topology=Topology, forward_backward_func=H.forward_only,
                              open_dataset=sets.__getitem__, get_wandb_writer=lambda: None)
 
@@ -84,6 +85,29 @@ def test_runs_at_its_interval_once_per_iteration(tmp_path):
             assert math.isnan(got[key])
         else:
             assert got[key] == v
+
+
+def test_each_sets_accumulator_is_the_configs_metric(tmp_path, monkeypatch):
+    """``config.metric`` is the one metric object: a pass accumulates under it, with the set's
+    ``num_documents`` set on a copy (the config's own stays ``None``)."""
+    from megatron_hesnr.evaluation import eval_pass
+
+    built = []
+
+    class Recording(HESNRAccumulator):
+        def __init__(self, config=None, **kw):
+            built.append(config)
+            super().__init__(config, **kw)
+
+    monkeypatch.setattr(eval_pass, "HESNRAccumulator", Recording)
+    metric = AccumulatorConfig(k=8, threshold=1.0, num_bins=16, category_names=("action", "thought", "observation"))
+    hook = make_hook(tmp_path, _args(curr_iteration=1), metric=metric)
+    assert hook.config.metric is metric
+    assert hook.non_loss_data_func([Plain()]) is not None
+    assert built == [dataclasses.replace(metric, num_documents=4)] * 2 and metric.num_documents is None
+    rec = read_raw_records(str(tmp_path / "r.jsonl"))[0]
+    assert HESNRAccumulator.from_state_dict(rec["state"]).config == built[0]
+    assert [rec["config"][key] for key in ("k", "threshold", "num_bins")] == [8, 1.0, 16]
 
 
 def test_skip_train_always_runs_and_writes(tmp_path):
@@ -374,7 +398,8 @@ def test_end_to_end_with_a_prepared_dataset(tmp_path):
         w.add(ids, mask)
     w.finalize({"tokenizer": {"vocab_size": V}})
     args = _args(iteration=2, skip_train=True, load=str(tmp_path))
-    cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch", num_bins=32,
+    cfg = HESNRConfig(datasets=(EvalDataset("swe", str(tmp_path / "swe")),), impl="torch",
+                      metric=AccumulatorConfig(num_bins=32),
                       jsonl=str(tmp_path / "out.jsonl"))
     hook = MegatronHESNRHook(cfg, get_args=lambda: args, topology=Topology, forward_backward_func=H.forward_only,
                              get_wandb_writer=lambda: None)

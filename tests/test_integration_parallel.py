@@ -37,6 +37,7 @@ def _layout(rank, world, li, tmpdir):
     import warnings
 
     warnings.filterwarnings("ignore")
+    from megatron_hesnr.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.eval_pass import plan_set
     from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
@@ -51,7 +52,8 @@ def _layout(rank, world, li, tmpdir):
         model = H.TinyLM(config, weights, pre_process=ps.is_pipeline_first_stage(),
                          post_process=ps.is_pipeline_last_stage())
         jsonl = f"{tmpdir}/layout{li}.jsonl"
-        cfg = HESNRConfig(datasets=(EvalDataset("p1", "p1"), EvalDataset("p2", "p2")), num_bins=64,
+        cfg = HESNRConfig(datasets=(EvalDataset("p1", "p1"), EvalDataset("p2", "p2")),
+                          metric=AccumulatorConfig(num_bins=64),
                           window_stride=5 if li % 2 else None, long_policy="window", logits_capture=capture,
                           num_microbatches=2, jsonl=jsonl, impl="torch", report_categories=("action", "thought"))
         args = SimpleNamespace(seq_length=H.SEQ, padded_vocab_size=H.PADDED_VOCAB, iteration=100 + li,

@@ -74,12 +74,14 @@ def _world(rank, world):
 
     warnings.filterwarnings("ignore")
     import megatron_hesnr.megatron_lm.hook as hook_mod
+    from megatron_hesnr.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
 
     sets = {"s": H.make_dataset(3, n=3)}
 
     def make_hook():
-        cfg = HESNRConfig(datasets=(EvalDataset("s", "s"),), eval_interval=2, impl="torch", num_bins=16)
+        cfg = HESNRConfig(datasets=(EvalDataset("s", "s"),), eval_interval=2, impl="torch",
+                          metric=AccumulatorConfig(num_bins=16))
         return hook_mod.MegatronHESNRHook(cfg, get_args=lambda: hook_args, open_dataset=sets.__getitem__,
                                           get_wandb_writer=lambda: None)
 

@@ -25,6 +25,7 @@ def _world(rank, world):
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state as ps
 
+    from megatron_hesnr.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.eval_pass import plan_set
 
@@ -36,7 +37,8 @@ def _world(rank, world):
     wset = plan_set("p", H.make_dataset(1), H.SEQ, "window", H.SEQ // 2)
     out = {}
     for nmb in NUM_MICROBATCHES:
-        cfg = HESNRConfig(datasets=(EvalDataset("p", "p"),), num_bins=64, impl="torch", num_microbatches=nmb,
+        cfg = HESNRConfig(datasets=(EvalDataset("p", "p"),), metric=AccumulatorConfig(num_bins=64), impl="torch",
+                          num_microbatches=nmb,
                           length_multiple=4)
         with H.schedules_on_cpu():
             acc, plan = H.run_pass(model, wset, cfg, vocab=H.VOCAB, padded_vocab=H.PADDED_VOCAB, seq_length=H.SEQ)
@@ -48,12 +50,13 @@ def _world(rank, world):
 
 @pytest.mark.parametrize("pp", [2, 3])
 def test_interleaved_counts_equal_single_process(pp, tmp_path):
+    from megatron_hesnr.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.eval_pass import plan_set
 
     results = run_world(_world, pp, tmp_path)
     got, num_windows = results[-1]
-    cfg = HESNRConfig(datasets=(EvalDataset("p", "p"),), num_bins=64, impl="torch")
+    cfg = HESNRConfig(datasets=(EvalDataset("p", "p"),), metric=AccumulatorConfig(num_bins=64), impl="torch")
     ref = H.reference_accumulator(plan_set("p", H.make_dataset(1), H.SEQ, "window", H.SEQ // 2), H.full_weights(), cfg)
     want = ref.compute()["num_tokens"]
     assert ref.compute()["num_high_entropy"] > 0 and ref.compute()["top1_acc"] > 0  # the state compared is not trivial

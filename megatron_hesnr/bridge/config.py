@@ -14,8 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..evaluation.config import (EvalDataset, HESNRConfig, HESNRConfigError, HostSettings, field_for_flag,
-                                  parse_data_specs)
+from ..evaluation.config import EvalDataset, HESNRConfig, HESNRConfigError, HostSettings, parse_data_specs
 from ..evaluation.logging_sinks import LINE_METRICS
 from .compat import container_get
 
@@ -47,7 +46,9 @@ class HESNRBridgeConfig(HESNRConfig):
     Every field of :class:`HESNRConfig` keeps its meaning; ``eval_interval`` and
     ``eval_iters`` relate to Bridge's ``validation.eval_interval`` (``train.eval_interval``
     before Bridge 0.4) instead of Megatron's flags.  ``datasets`` also accepts
-    ``"NAME=PREFIX"`` strings or a ``{name: prefix}`` mapping.
+    ``"NAME=PREFIX"`` strings or a ``{name: prefix}`` mapping; ``metric`` (k, threshold, bins,
+    category names) an ``AccumulatorConfig`` or a mapping of its fields.  Errors name the
+    field as written here, ``HESNRBridgeConfig.metric.k (--hesnr-k)``.
     """
 
     loss_dict_metrics: tuple[str, ...] = ("hesnr", "he_ppl")
@@ -69,11 +70,16 @@ class HESNRBridgeConfig(HESNRConfig):
         self.loss_dict_metrics = tuple(self.loss_dict_metrics)
         unknown = [m for m in self.loss_dict_metrics if m not in LINE_METRICS]
         if unknown:
-            raise HESNRConfigError("HESNRBridgeConfig.loss_dict_metrics", f"unknown {unknown}; known: {list(LINE_METRICS)}")
+            raise HESNRConfigError("--hesnr-loss-dict-metrics", f"unknown {unknown}; known: {list(LINE_METRICS)}",
+                                   field="loss_dict_metrics", name="HESNRBridgeConfig.loss_dict_metrics")
 
     @staticmethod
     def _named(exc: HESNRConfigError) -> HESNRConfigError:
-        return HESNRConfigError(f"HESNRBridgeConfig.{field_for_flag(exc.flag)} ({exc.flag})", exc.message)
+        """``exc`` named by our field, as a Bridge user writes it: ``HESNRBridgeConfig.metric.k (--hesnr-k)``."""
+        if exc.field is None:
+            return exc
+        name = f"HESNRBridgeConfig.{exc.field}" + (f" ({exc.flag})" if exc.flag else "")
+        return HESNRConfigError(exc.flag, exc.message, field=exc.field, name=name)
 
     def finalize(self) -> None:
         """Re-run the checks after fields were overridden (Bridge configs' ``finalize`` contract)."""
@@ -135,7 +141,5 @@ def bridge_config_from_args(args) -> HESNRBridgeConfig | None:
     fields = {f.name: getattr(shared, f.name) for f in dataclasses.fields(HESNRConfig) if f.init}
     try:
         return HESNRBridgeConfig(loss_dict_metrics=tuple(args.hesnr_loss_dict_metrics or ()), **fields)
-    except HESNRConfigError as exc:
-        if exc.flag.endswith(".loss_dict_metrics"):
-            raise HESNRConfigError("--hesnr-loss-dict-metrics", exc.message) from None
-        raise
+    except HESNRConfigError as exc:  # named by its flag: this config came from the command line
+        raise HESNRConfigError(exc.flag, exc.message, field=exc.field) from None

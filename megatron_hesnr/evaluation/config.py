@@ -7,12 +7,13 @@ command line the user wrote.
 """
 from __future__ import annotations
 
+import functools
 import re
-from dataclasses import Field, dataclass, field, fields
-from typing import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 
 from ..accumulator import AccumulatorConfig, AccumulatorConfigError
-from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
 from ..token_stats import IMPLS
 from .buckets import DEFAULT_LENGTH_MULTIPLE, MAX_BUCKETS
 
@@ -22,12 +23,20 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 class HESNRConfigError(ValueError):
-    """A wrong setting: ``flag`` names it (a ``--hesnr-*`` flag, a host flag or a config field),
-    ``message`` says what is wrong; ``str()`` is ``"<flag>: <message>"``."""
+    """A wrong setting, its detail as fields.
 
-    def __init__(self, flag: str, message: str):
+    ``flag``: the command-line flag or host setting it is about (``--hesnr-k``, ``--eval-interval``,
+    ``validation.eval_iters``; ``None`` for a setting without a flag); ``field``: the dotted path of
+    our config field (``metric.k``), ``None`` for the host's settings; ``message``: what is wrong;
+    ``name``: how ``str()`` names the setting, ``"<name>: <message>"`` (the flag by default; Bridge
+    names its field, ``HESNRBridgeConfig.metric.k (--hesnr-k)``).
+    """
+
+    def __init__(self, flag: str | None, message: str, *, field: str | None = None, name: str | None = None):
         self.flag, self.message = flag, message
-        super().__init__(f"{flag}: {message}")
+        self.field = field if field is not None else field_for_flag(flag)
+        self.name = name or flag or self.field
+        super().__init__(f"{self.name}: {message}")
 
 
 @dataclass(frozen=True)
@@ -67,19 +76,30 @@ def parse_data_specs(values) -> tuple[EvalDataset, ...]:
     return tuple(out)
 
 
-def setting(value, flag: str, help: str, table: tuple[str, str, str], **argparse_kw):
-    """A config field that carries its command-line flag (the one place a setting is defined).
+def flag_spec(flag: str, help: str, table: tuple[str, str, str], *, after: str | None = None, **argparse_kw) -> dict:
+    """One command-line flag: ``help`` is its ``--help`` text; ``table`` the README row's (flag usage,
+    default, meaning); ``argparse_kw`` what ``add_argument`` needs besides them (``type``, ``nargs``,
+    ``choices``, ``action``, ``metavar``; ``default`` when the parser's differs from the field's)."""
+    return {"flag": flag, "help": help, "table": table, "argparse": argparse_kw, "after": after}
 
-    ``help`` is the ``--help`` text; ``table`` the README row's (flag usage, default, meaning);
-    ``value`` is the field's default; ``argparse_kw`` what ``add_argument`` needs besides them (``type``, ``nargs``, ``choices``,
-    ``action``, ``metavar``; ``default`` when the parser's differs from the field's).
-    """
-    return field(default=value, metadata={"flag": flag, "help": help, "table": table, "argparse": argparse_kw})
+
+def setting(value, flag: str, help: str, table: tuple[str, str, str], **argparse_kw):
+    """A config field that carries its command-line flag (see :func:`flag_spec`); ``value`` is its default."""
+    return field(default=value, metadata=flag_spec(flag, help, table, **argparse_kw))
+
+
+def nested_settings(cls, **specs):
+    """A config field holding a ``cls`` object (built from its defaults) whose fields carry flags:
+    ``specs`` maps each of those fields to its :func:`flag_spec` (its default is ``cls``'s).
+    A spec with ``after="<field>"`` is listed after that later field of the outer config instead
+    of in place (the flag table, ``--help`` and the records keep that order)."""
+    return field(default_factory=cls, metadata={"settings": specs})
 
 
 @dataclass(kw_only=True)
 class HESNRConfig:
-    """Settings of the HE-SNR evaluation (all ``--hesnr-*`` flags, see :func:`setting`)."""
+    """Settings of the HE-SNR evaluation (all ``--hesnr-*`` flags, see :func:`setting` and
+    :func:`nested_settings`; :func:`flag_settings` lists them)."""
 
     datasets: tuple[EvalDataset, ...] = setting(
         (), "--hesnr-data-path",
@@ -101,21 +121,25 @@ class HESNRConfig:
         "Micro-batches per data-parallel rank and step (default: max(4, pipeline size); more per step means "
         "fewer schedule calls and a smaller pipeline bubble).",
         ("N", "max(4, PP size)", "micro-batches per DP rank and step"), type=int)
-    k: int = setting(DEFAULT_K, "--hesnr-k", "Top-k candidate set size.", ("K", "10", "top-k candidate set"), type=int)
-    threshold: float = setting(
-        DEFAULT_THRESHOLD, "--hesnr-threshold", "High-entropy threshold on H_k (default (ln 3 + ln 4) / 2).",
-        ("EPS", "(ln 3 + ln 4)/2", "high-entropy threshold on H_k"), type=float)
-    num_bins: int = setting(
-        DEFAULT_NUM_BINS, "--hesnr-num-bins", "H_k histogram bins on [0, ln k].",
-        ("N", "512", "H_k histogram bins on [0, ln k]"), type=int)
+    metric: AccumulatorConfig = nested_settings(
+        AccumulatorConfig,
+        k=flag_spec("--hesnr-k", "Top-k candidate set size.", ("K", "10", "top-k candidate set"), type=int),
+        threshold=flag_spec("--hesnr-threshold", "High-entropy threshold on H_k (default (ln 3 + ln 4) / 2).",
+                            ("EPS", "(ln 3 + ln 4)/2", "high-entropy threshold on H_k"), type=float),
+        num_bins=flag_spec("--hesnr-num-bins", "H_k histogram bins on [0, ln k].",
+                           ("N", "512", "H_k histogram bins on [0, ln k]"), type=int),
+        category_names=flag_spec("--hesnr-category-names",
+                                 "Names of scoring-mask categories 1, 2, ... of the prepared data.",
+                                 ("...", "action thought observation", "names of mask categories 1, 2, ..."),
+                                 nargs="+", after="impl"),
+    )
+    """What is measured (k, threshold, bins, category names): the one object the accumulators of
+    every pass are built from (``dataclasses.replace(metric, num_documents=...)``), checked by
+    :class:`AccumulatorConfig` itself; a mapping of its fields is accepted too."""
     impl: str = setting(
         "auto", "--hesnr-impl",
         "Statistics implementation: fused Triton kernel on CUDA (auto) or the PyTorch reference.",
         ("{auto,torch,triton}", "auto", "fused kernel on CUDA when available"), choices=IMPLS)
-    category_names: tuple[str, ...] = setting(
-        DEFAULT_CATEGORY_NAMES, "--hesnr-category-names",
-        "Names of scoring-mask categories 1, 2, ... of the prepared data.",
-        ("...", "action thought observation", "names of mask categories 1, 2, ..."), nargs="+")
     report_categories: tuple[str, ...] = setting(
         ("action",), "--hesnr-report-categories", "Categories logged besides the overall result ('all').",
         ("...", "action", "categories logged besides the overall result"), nargs="+")
@@ -162,7 +186,7 @@ class HESNRConfig:
 
     def __post_init__(self):
         self.datasets = tuple(self.datasets)
-        self.category_names = tuple(self.category_names)
+        self.metric = checked_metric(self.metric)
         self.report_categories = tuple(self.report_categories)
         if self.eval_interval is not None and self.eval_interval < 1:
             raise HESNRConfigError("--hesnr-eval-interval", f"must be >= 1, got {self.eval_interval}")
@@ -172,17 +196,13 @@ class HESNRConfig:
             raise HESNRConfigError("--hesnr-micro-batch-size", f"must be >= 1, got {self.micro_batch_size}")
         if self.num_microbatches is not None and self.num_microbatches < 1:
             raise HESNRConfigError("--hesnr-num-microbatches", f"must be >= 1, got {self.num_microbatches}")
-        try:
-            self.accumulator_config()  # k, threshold, bins and category names: checked there only
-        except AccumulatorConfigError as exc:
-            raise HESNRConfigError(flag_of(exc.field), exc.message) from None
         if self.impl not in IMPLS:
             raise HESNRConfigError("--hesnr-impl", f"must be one of {IMPLS}, got {self.impl!r}")
-        unknown = [c for c in self.report_categories if c != "all" and c not in self.category_names]
+        unknown = [c for c in self.report_categories if c != "all" and c not in self.metric.category_names]
         if unknown:
             raise HESNRConfigError(
                 "--hesnr-report-categories",
-                f"unknown {unknown}; known: {['all', *self.category_names]}",
+                f"unknown {unknown}; known: {['all', *self.metric.category_names]}",
             )
         if self.long_policy not in LONG_POLICIES:
             raise HESNRConfigError("--hesnr-long-policy", f"must be one of {LONG_POLICIES}, got {self.long_policy!r}")
@@ -200,11 +220,6 @@ class HESNRConfig:
         if self.enabled:
             parse_data_specs([f"{d.name}={d.prefix}" for d in self.datasets])  # names valid and distinct
 
-    def accumulator_config(self, num_documents: int | None = None) -> AccumulatorConfig:
-        """What the accumulators measure; ``num_documents``: keep per-trajectory sums for that many."""
-        return AccumulatorConfig(k=self.k, threshold=self.threshold, num_bins=self.num_bins,
-                                 category_names=self.category_names, num_documents=num_documents)
-
     @property
     def enabled(self) -> bool:
         return bool(self.datasets)
@@ -217,13 +232,17 @@ class HESNRConfig:
         """Refuse combinations with the host's own settings (called once at start-up, by every front end)."""
         if not self.enabled:
             return
-        name, own = host.names.__getitem__, host.field_name
+        name = host.names.__getitem__
+
+        def own(field_name: str, message: str) -> HESNRConfigError:  # about one of our fields, in the host's naming
+            return HESNRConfigError(flag_of(field_name), message, field=field_name, name=host.field_name(field_name))
+
         seq = host.seq_length
         if not isinstance(seq, int) or seq < 2:
             raise HESNRConfigError(name("seq_length"), f"HE-SNR windows need a sequence length >= 2, got {seq!r}")
         if self.window_stride is not None and self.window_stride > seq:
-            raise HESNRConfigError(own("window_stride"),
-                                   f"{self.window_stride} exceeds {name('seq_length')} {seq}: tokens would be skipped")
+            raise own("window_stride",
+                      f"{self.window_stride} exceeds {name('seq_length')} {seq}: tokens would be skipped")
         # HE-SNR runs inside the host's evaluation: without validation it never runs.
         if not host.eval_iters:
             raise HESNRConfigError(name("eval_iters"), f"HE-SNR runs inside {host.host}'s evaluation, which is off: "
@@ -233,22 +252,21 @@ class HESNRConfig:
                 raise HESNRConfigError(name("eval_interval"),
                                        f"HE-SNR needs {host.host}'s evaluation during training (>= 1)")
             if self.eval_interval is not None and self.eval_interval % host.eval_interval:
-                raise HESNRConfigError(
-                    own("eval_interval"), f"{self.eval_interval} must be a multiple of {name('eval_interval')} "
-                                          f"{host.eval_interval} (HE-SNR runs only when {host.host} evaluates)")
+                raise own("eval_interval", f"{self.eval_interval} must be a multiple of {name('eval_interval')} "
+                                           f"{host.eval_interval} (HE-SNR runs only when {host.host} evaluates)")
         cp = host.context_parallel_size or 1
         if cp > 1 and seq % (2 * cp):
             raise HESNRConfigError(name("seq_length"),
                                    f"{seq} must be divisible by 2 x {name('context_parallel_size')} = {2 * cp}")
         if self.logits_capture == "output_processor" and not host.has_output_processor:
-            raise HESNRConfigError(
-                own("logits_capture"),
+            raise own(
+                "logits_capture",
                 f"output_processor: this megatron-core's {host.model_name}.forward takes no output_processor "
                 "(GPTModel has it from core 0.18, HybridModel not yet); use auto",
             )
         if host.mtp and self.logits_capture == "labels_none" and not host.has_output_processor:
-            raise HESNRConfigError(own("logits_capture"), f"labels_none with {name('mtp')} fails before "
-                                                          "megatron-core 0.19; use auto or output_layer_hook")
+            raise own("logits_capture", f"labels_none with {name('mtp')} fails before "
+                                        "megatron-core 0.19; use auto or output_layer_hook")
 
 
 #: How Megatron-LM spells the host settings :meth:`HESNRConfig.check_against` reads.
@@ -278,30 +296,94 @@ class HostSettings:
     field_name: Callable[[str], str] = field(default=lambda name: flag_of(name))
 
 
-def flag_fields() -> tuple[Field, ...]:
-    """The :class:`HESNRConfig` fields that have a ``--hesnr-*`` flag, in flag order."""
-    return tuple(f for f in fields(HESNRConfig) if "flag" in f.metadata)
+def checked_metric(metric) -> AccumulatorConfig:
+    """``metric`` (an :class:`AccumulatorConfig` or a mapping of its fields) checked by
+    :class:`AccumulatorConfig` itself, again for an object (a field may have been set since it was
+    built: Bridge overrides, then ``finalize()``); a refusal names the flag and the field."""
+    if not isinstance(metric, (Mapping, AccumulatorConfig)):
+        raise HESNRConfigError(None, f"must be an AccumulatorConfig or a mapping of its fields, got {metric!r}",
+                               field="metric")
+    values = dict(metric) if isinstance(metric, Mapping) else vars(metric)
+    known = [f.name for f in fields(AccumulatorConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise HESNRConfigError(None, f"unknown {unknown}; known: {known}", field="metric")
+    if values.get("num_documents") is not None:
+        raise HESNRConfigError(None, f"is set for each set by the evaluation pass; leave it None, got "
+                                     f"{values['num_documents']!r}", field="metric.num_documents")
+    try:
+        if isinstance(metric, Mapping):
+            return AccumulatorConfig(**values)
+        metric.__post_init__()
+        return metric
+    except AccumulatorConfigError as exc:
+        raise HESNRConfigError(flag_of(f"metric.{exc.field}"), exc.message, field=f"metric.{exc.field}") from None
 
 
-def inverted(f: Field) -> bool:
-    """Whether the field's on/off flag means the opposite of the field (``--hesnr-keep-empty-windows``)."""
-    return f.metadata["argparse"].get("action") == "store_true" and f.default is True
+@dataclass(frozen=True)
+class Setting:
+    """One ``--hesnr-*`` flag and the config value it sets, at ``path`` (``("impl",)``, ``("metric", "k")``)."""
+
+    path: tuple[str, ...]
+    flag: str
+    help: str
+    table: tuple[str, str, str]
+    argparse: dict
+    default: Any
+
+    @property
+    def field(self) -> str:
+        """The dotted path of the field (``metric.k``): Bridge's name for it."""
+        return ".".join(self.path)
+
+    @property
+    def key(self) -> str:
+        """The name of the value in the records' ``config`` (``k``)."""
+        return self.path[-1]
+
+    @property
+    def inverted(self) -> bool:
+        """Whether the on/off flag means the opposite of the field (``--hesnr-keep-empty-windows``)."""
+        return self.argparse.get("action") == "store_true" and self.default is True
+
+    def get(self, config) -> Any:
+        return functools.reduce(getattr, self.path, config)
 
 
-def flag_of(name: str) -> str:
-    """The ``--hesnr-*`` flag of a :class:`HESNRConfig` field (``k`` -> ``--hesnr-k``)."""
-    return HESNRConfig.__dataclass_fields__[name].metadata["flag"]
+@functools.cache
+def flag_settings() -> tuple[Setting, ...]:
+    """Every flag of :class:`HESNRConfig`, its nested fields' included, in flag order."""
+    out, later = [], {}
+    for f in fields(HESNRConfig):
+        if "flag" in f.metadata:
+            out.append(_setting((f.name,), f.metadata, f.default))
+        for name, spec in f.metadata.get("settings", {}).items():
+            default = f.default_factory.__dataclass_fields__[name].default
+            entry = _setting((f.name, name), spec, default)
+            (later.setdefault(spec["after"], []) if spec["after"] else out).append(entry)
+        out.extend(later.pop(f.name, ()))
+    assert not later, f"flags listed after no earlier field: {later}"
+    return tuple(out)
 
 
-def field_for_flag(flag: str) -> str:
-    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``k``); other names unchanged."""
-    return next((f.name for f in flag_fields() if f.metadata["flag"] == flag), flag)
+def _setting(path: tuple[str, ...], spec: Mapping, default) -> Setting:
+    return Setting(path, spec["flag"], spec["help"], spec["table"], spec["argparse"], default)
+
+
+def flag_of(field_path: str) -> str | None:
+    """The ``--hesnr-*`` flag of a :class:`HESNRConfig` field (``metric.k`` -> ``--hesnr-k``); ``None``: it has none."""
+    return next((s.flag for s in flag_settings() if s.field == field_path), None)
+
+
+def field_for_flag(flag: str | None) -> str | None:
+    """The :class:`HESNRConfig` field behind a ``--hesnr-*`` flag (``--hesnr-k`` -> ``metric.k``); ``None``: not ours."""
+    return next((s.field for s in flag_settings() if s.flag == flag), None)
 
 
 def flag_table() -> list[str]:
     """The README's flag table, one Markdown row per flag, from the fields."""
     rows = []
-    for f in flag_fields():
-        usage, default, meaning = f.metadata["table"]
-        rows.append(f"| `{f.metadata['flag']}{' ' + usage if usage else ''}` | {default} | {meaning} |")
+    for s in flag_settings():
+        usage, default, meaning = s.table
+        rows.append(f"| `{s.flag}{' ' + usage if usage else ''}` | {default} | {meaning} |")
     return rows

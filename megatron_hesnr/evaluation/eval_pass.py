@@ -21,6 +21,7 @@ whichever ranks they ran, add up in its row.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..accumulator import AccumulatorConfig, HESNRAccumulator
+from ..accumulator import HESNRAccumulator
 from ..reduction import reduce_on_last_stage
 from ..token_stats import token_stats
 from .buckets import BucketPlan, ScheduleShape, alignment, plan_buckets
@@ -132,10 +133,6 @@ class HESNRPass:
         """The metrics of the last :meth:`run` (last pipeline stage; ``None`` elsewhere)."""
 
     # ----------------------------------------------------------------- batches
-    def accumulator_config(self, num_documents: int | None = None) -> AccumulatorConfig:
-        """The metric configuration; ``num_documents``: keep per-trajectory sums for that many."""
-        return self.config.accumulator_config(num_documents)
-
     def plan_for(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> BucketPlan:
         """The bucket plan of ``wset`` for this layout and ``model`` (a list longer than 1: interleaved)."""
         cfg = getattr(unwrap(model[0]), "config", None)
@@ -233,7 +230,7 @@ class HESNRPass:
         if tuple(logits.shape[:-1]) != tuple(labels.shape):
             raise RuntimeError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)} "
                                f"(layout {layout!r}, capture {self.capture.strategy!r})")
-        stats = token_stats(logits, labels, k=self.config.k, vocab_size=self.vocab_size,
+        stats = token_stats(logits, labels, k=self.config.metric.k, vocab_size=self.vocab_size,
                             tp_group=self._tp_group_for(logits), impl=self.config.impl)
         tracked = self._acc.config.num_documents is not None
         self._acc.update(stats, mask.to(stats.valid.device), doc if tracked else None)
@@ -244,7 +241,8 @@ class HESNRPass:
         (:func:`~megatron_hesnr.reduction.reduce_on_last_stage`; its metrics in :attr:`metrics`)."""
         model = list(model)
         # Per-trajectory sums for the standard errors and `hesnr compare` (none for an empty set).
-        acc = HESNRAccumulator(self.accumulator_config(wset.num_trajectories or None), device=self.topo.device)
+        acc = HESNRAccumulator(dataclasses.replace(self.config.metric, num_documents=wset.num_trajectories or None),
+                               device=self.topo.device)
         self._acc = acc
         plan = self.plan = self.plan_for(model, wset)
         for bucket in plan.buckets:

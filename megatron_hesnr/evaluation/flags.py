@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import argparse
 
-from .config import HESNRConfig, HESNRConfigError, flag_fields, inverted, parse_data_specs
+from .config import HESNRConfig, HESNRConfigError, flag_settings, parse_data_specs
 
 #: Every flag this module adds, in the order of the config's fields.
-FLAGS = tuple(f.metadata["flag"] for f in flag_fields())
+FLAGS = tuple(s.flag for s in flag_settings())
 
 
 def add_hesnr_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the HE-SNR flags (Megatron's ``extra_args_provider`` contract: returns the parser)."""
     g = parser.add_argument_group(title="HE-SNR evaluation (megatron-hesnr)")
-    for f in flag_fields():
-        kw = {"default": list(f.default) if isinstance(f.default, tuple) else f.default, **f.metadata["argparse"]}
-        g.add_argument(f.metadata["flag"], help=f.metadata["help"], **kw)
+    for s in flag_settings():
+        kw = {"default": list(s.default) if isinstance(s.default, tuple) else s.default, **s.argparse}
+        g.add_argument(s.flag, help=s.help, **kw)
     return parser
 
 
@@ -31,16 +31,20 @@ def config_from_args(args) -> HESNRConfig | None:
         if getattr(args, "hesnr_jsonl", None):
             raise HESNRConfigError("--hesnr-jsonl", "given without --hesnr-data-path (nothing would be evaluated)")
         return None
-    values = {}
-    for f in flag_fields():
-        value = getattr(args, dest_of(f.metadata["flag"]))
-        if f.name == "datasets":
+    values: dict = {}
+    for s in flag_settings():
+        value = getattr(args, dest_of(s.flag))
+        if s.path == ("datasets",):
             value = parse_data_specs(value)
-        elif inverted(f):
+        elif s.inverted:
             value = not value
-        elif isinstance(f.default, tuple):
+        elif isinstance(s.default, tuple):
             value = tuple(value)
-        values[f.name] = value
+        *outer, name = s.path  # a nested field's flags fill a mapping, which HESNRConfig checks and builds
+        target = values
+        for part in outer:
+            target = target.setdefault(part, {})
+        target[name] = value
     return HESNRConfig(**values)
 
 

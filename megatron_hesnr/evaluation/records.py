@@ -17,14 +17,17 @@ import json
 import os
 
 from ..accumulator import HESNRAccumulator
-from .config import HESNRConfig
+from .config import HESNRConfig, flag_settings
 
 
 def config_dict(config: HESNRConfig, **extra) -> dict:
-    d = dataclasses.asdict(config)
-    d["datasets"] = [{"name": s.name, "prefix": s.prefix} for s in config.datasets]
-    for key in ("category_names", "report_categories"):
-        d[key] = list(d[key])
+    """The records' ``config``: every setting, flat (``metric.k`` is ``k``), in flag order, then ``extra``."""
+    d = {}
+    for s in flag_settings():
+        value = s.get(config)
+        if s.path == ("datasets",):
+            value = [dataclasses.asdict(ds) for ds in value]
+        d[s.key] = list(value) if isinstance(value, tuple) else value
     d.update(extra)
     return d
 
