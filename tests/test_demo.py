@@ -12,10 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import torch
+
 from megatron_hesnr.accumulator import HESNRAccumulator
+from megatron_hesnr.data.memory import MemoryDataset
+from megatron_hesnr.demo import evaluation as demo_evaluation
 from megatron_hesnr.demo import sources
-from megatron_hesnr.demo.proxy_score import action_groups, greedy_prefix, top1_by_document
-from megatron_hesnr.demo.windows import make_windows
+from megatron_hesnr.demo.eval_model import MegatronStyleGPT
+from megatron_hesnr.demo.evaluation import EvalJob, TokenRecorder, run_evaluation
+from megatron_hesnr.demo.gpt import GPTConfig, TinyGPT
+from megatron_hesnr.demo.pipeline import DemoConfig, evaluator_config
+from megatron_hesnr.demo.proxy_score import action_groups, greedy_prefix
+from megatron_hesnr.demo.schedule import demo_forward_only
+from megatron_hesnr.evaluation import EvalContext, EvalDataset, HESNRConfig, HESNREvaluator, Topology
 from conftest import REPO
 
 HAVE_MCORE = importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.core") is not None
@@ -114,6 +123,133 @@ def test_quick_demo_report_and_scores(quick_run):
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
 
 
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("megatron", [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_MCORE,
+                                                                                       reason="needs megatron-core"))])
+def test_demo_evaluation_is_the_shared_evaluator(quick_run, tmp_path, monkeypatch, megatron):
+    """The demo's evaluation is HESNREvaluator.evaluate, once per checkpoint: re-evaluating the quick
+    run's checkpoints in one process (megatron-core's schedule over a 1-process group, or the demo's
+    stand-in schedule) calls it with each checkpoint's context and writes the records the TP=2 run wrote."""
+    _, out, _ = quick_run
+    demo = _records(out / "records.jsonl")
+    seen = []
+    evaluate = HESNREvaluator.evaluate
+
+    def spy(self, model, ctx):
+        seen.append((type(model).__name__, ctx.iteration, ctx.checkpoint, ctx.skip_train))
+        return evaluate(self, model, ctx)
+
+    monkeypatch.setattr(HESNREvaluator, "evaluate", spy)
+    monkeypatch.setattr(demo_evaluation, "has_megatron_core", lambda: megatron)
+    cfg = DemoConfig.quick(out)
+    ckpts = [{"iteration": r["iteration"], "consumed_samples": r["consumed_samples"], "name": r["checkpoint"],
+              "path": str(Path(r["checkpoint"]) / "model.pt")} for r in demo]
+    padded = torch.load(ckpts[0]["path"], weights_only=True)["gpt_config"]["padded_vocab_size"]
+    job = EvalJob(checkpoints=ckpts, config=evaluator_config(cfg, out / "work" / "data" / "heldout",
+                                                             tmp_path / "records.jsonl"),
+                  extras_path=str(tmp_path / "extras.json"), seq_length=cfg.seq_length, padded_vocab_size=padded,
+                  tp=1, check_all=True, work_dir=str(tmp_path))
+    extras = run_evaluation(job)
+    assert seen == [("MegatronStyleGPT", r["iteration"], r["checkpoint"], True) for r in demo]
+    assert extras["tp"] == 1 and ("megatron-core" in extras["path"]) == megatron
+    again = _records(tmp_path / "records.jsonl")
+    assert len(again) == len(demo)
+    for a, b in zip(again, demo):
+        assert {k: a[k] for k in ("iteration", "consumed_samples", "checkpoint", "run", "dataset")} == \
+               {k: b[k] for k in ("iteration", "consumed_samples", "checkpoint", "run", "dataset")}
+        # The evaluator's record config (every setting, the window plan, the buckets); only the time
+        # and where this test's records go differ.
+        assert set(a["config"]) == set(b["config"]) >= {"buckets", "data", "window_stride", "micro_batch_size"}
+        assert {k: v for k, v in a["config"].items() if k not in ("eval_seconds", "jsonl")} == \
+               {k: v for k, v in b["config"].items() if k not in ("eval_seconds", "jsonl")}
+        for key in ("num_tokens", "num_high_entropy", "num_documents"):
+            assert a["metrics"][key] == b["metrics"][key], key
+        for key in ("hesnr", "he_ppl", "ppl", "top1_acc", "hesnr_stderr"):
+            assert a["metrics"][key] == pytest.approx(b["metrics"][key], rel=1e-6), key
+    # The checks ran against the one-process reference; the top-1 flags are the TP=2 run's.
+    tp2 = json.loads((out / "work" / "eval_extras.json").read_text())
+    for c, d in zip(extras["checkpoints"], tp2["checkpoints"]):
+        assert c["checked"] and c["max_rel_diff_vs_single"] < 1e-9
+        ce = c["max_abs_diff_nll_vs_megatron_ce"]
+        assert ce < 1e-4 if megatron else math.isnan(ce)   # Megatron's CE needs megatron-core
+        flags, ref = np.concatenate(c["top1"]).astype(bool), np.concatenate(d["top1"]).astype(bool)
+        assert flags.shape == ref.shape and (flags != ref).sum() <= max(1, flags.size // 1000)
+
+
+def test_open_leading_keeps_the_first_trajectories(quick_run):
+    """The CPU budget evaluates the first N held-out trajectories: the same items and manifest (the
+    evaluator reads the vocabulary from it), checked against the files first."""
+    _, out, _ = quick_run
+    from megatron_hesnr.data import PreparedDataset
+    from megatron_hesnr.data.dataset import PreparedDatasetError
+    from megatron_hesnr.demo.evaluation import open_leading
+
+    prefix = str(out / "work" / "data" / "heldout")
+    full = PreparedDataset(prefix)
+    assert open_leading(prefix, None).__class__ is PreparedDataset and len(open_leading(prefix, 99)) == len(full)
+    part = open_leading(prefix, 3)
+    assert len(part) == 3 and part.manifest == full.manifest
+    for i in range(3):
+        assert all(np.array_equal(a, b) for a, b in zip(part[i], full[i]))
+    with pytest.raises(PreparedDatasetError, match="manifest not found"):
+        open_leading(str(out / "work" / "data" / "nothing"), 3)
+
+
+def test_token_observer_sees_every_scored_target_once():
+    """The evaluator's token observer (what the proxy score reads) gets each scored target once, at its
+    trajectory and position, with its NLL, through bucketed windows and the demo's stand-in schedule."""
+    vocab, seq = 50, 16
+    torch.manual_seed(0)
+    gpt = TinyGPT(GPTConfig(vocab_size=vocab, padded_vocab_size=64, seq_length=seq, hidden_size=16, num_layers=1,
+                            num_heads=2)).eval()
+    rng = np.random.default_rng(3)
+    items = [(rng.integers(0, vocab, n).astype(np.int64), rng.integers(0, 3, n).astype(np.uint8))
+             for n in (5, 17, 40, 9, 2, 33)]
+    recorder = TokenRecorder()
+    cfg = HESNRConfig(datasets=(EvalDataset("mem", "mem"),), micro_batch_size=3, window_stride=5, length_multiple=4,
+                      logits_capture="labels_none")
+    ev = HESNREvaluator(cfg, topology=Topology, forward_backward_func=demo_forward_only,
+                        open_dataset=lambda _: MemoryDataset(items, vocab), token_observer=recorder)
+    model = MegatronStyleGPT.for_rank(gpt, tp_rank=0, tp_size=1, megatron=False)
+    data = ev.evaluate(model, EvalContext(iteration=1, consumed_samples=None, seq_length=seq, padded_vocab_size=64,
+                                          run_dir=None, checkpoint=None))
+    top1, nll = recorder.take([len(t) for t, _ in items])
+    scored = 0
+    for (tokens, mask), flags, loss in zip(items, top1, nll):
+        want = np.flatnonzero(mask != 0)
+        want = want[want >= 1]
+        assert np.flatnonzero(np.isfinite(loss)).tolist() == want.tolist()
+        scored += len(want)
+        if len(tokens) <= seq + 1:  # one window: compare with the whole trajectory's logits
+            with torch.no_grad():
+                logp = torch.log_softmax(gpt(torch.from_numpy(tokens[None, :-1]))[0, :, :vocab].double(), -1)
+            ref = -logp[torch.arange(len(tokens) - 1), torch.from_numpy(tokens[1:])].numpy()
+            np.testing.assert_allclose(loss[want], ref[want - 1], rtol=1e-5)
+            top = logp.argmax(-1).numpy() == tokens[1:]
+            assert (flags[want] == top[want - 1]).all()
+    assert scored == data["sets"]["mem"]["metrics"]["num_tokens"]
+    assert recorder.take([len(t) for t, _ in items])[1][2].size == 40   # take() resets: nothing left
+    assert np.isnan(recorder.take([len(t) for t, _ in items])[1][2]).all()
+
+
+def test_demo_model_and_schedule_refuse_what_they_do_not_do():
+    gpt = TinyGPT(GPTConfig(vocab_size=50, padded_vocab_size=64, seq_length=8, hidden_size=8, num_layers=1,
+                            num_heads=2))
+    model = MegatronStyleGPT.for_rank(gpt, tp_rank=1, tp_size=2, megatron=False)
+    x = torch.zeros(2, 8, dtype=torch.long)
+    assert model(x, torch.arange(8).expand(2, 8), None).shape == (2, 8, 32)  # this rank's half of the vocabulary
+    with pytest.raises(NotImplementedError, match="labels=None"):
+        model(x, torch.arange(8).expand(2, 8), None, labels=x)
+    with pytest.raises(ValueError, match="forward passes only"):
+        demo_forward_only(forward_step_func=None, data_iterator=[], model=[model], num_microbatches=1,
+                          forward_only=False)
+    with pytest.raises(ValueError, match="one model chunk"):
+        demo_forward_only(forward_step_func=None, data_iterator=[], model=[model, model], num_microbatches=1)
+
+
 def test_bundled_trajectories_have_scored_actions(quick_run):
     """Every bundled trajectory is read by `hesnr prepare` and every action yields scored tokens."""
     _, out, _ = quick_run
@@ -129,27 +265,6 @@ def test_bundled_trajectories_have_scored_actions(quick_run):
 
 
 # ----------------------------------------------------------------------------- pieces
-@pytest.mark.parametrize("n,seq,stride", [(2, 8, 4), (9, 8, 4), (10, 8, 8), (57, 8, 3), (100, 16, 16)])
-def test_windows_score_every_target_once(n, seq, stride):
-    rng = np.random.default_rng(n)
-    tokens = rng.integers(0, 50, n)
-    mask = rng.integers(0, 2, n)
-    w = make_windows([(tokens, mask)], seq, stride)
-    pos = w.position.numpy()
-    scored = pos[pos >= 0]
-    assert sorted(scored.tolist()) == list(range(1, n))          # each target once
-    lab = w.labels.numpy()
-    for i in range(w.num_windows):
-        sel = pos[i] >= 0
-        assert (lab[i][sel] == tokens[pos[i][sel]]).all()            # labels are the targets
-        assert (w.mask.numpy()[i][sel] == mask[pos[i][sel]]).all()  # mask aligned to the targets
-        assert (w.mask.numpy()[i][~sel] == 0).all()
-    # Context of every scored target: all of it, or at least seq - stride tokens.
-    for i in range(w.num_windows):
-        for j in np.flatnonzero(pos[i] >= 0):
-            assert j + 1 >= min(pos[i][j], seq - stride)
-
-
 def test_action_groups_and_greedy_prefix():
     #          0  1  2  3  4  5  6  7  8  9 10 11
     mask = np.array([0, 3, 1, 1, 0, 1, 2, 1, 1, 3, 0, 1])
@@ -166,15 +281,6 @@ def test_action_groups_and_greedy_prefix():
     only = np.zeros(100, dtype=int)
     only[[1, 2, 3, 80, 81]] = 1
     assert [g.tolist() for g in action_groups(only)] == [[1, 2, 3], [80, 81]]
-
-
-def test_top1_by_document_scatters_windows():
-    tokens = np.arange(30)
-    w = make_windows([(tokens, np.ones(30, int)), (tokens[:7], np.ones(7, int))], 8, 4)
-    flags = w.position.numpy() % 2 == 0
-    docs = top1_by_document(flags, w.doc.numpy(), w.position.numpy(), [30, 7])
-    assert docs[0][1:].tolist() == [p % 2 == 0 for p in range(1, 30)]
-    assert docs[1][1:].tolist() == [p % 2 == 0 for p in range(1, 7)]
 
 
 def test_split_trajectories(tmp_path):

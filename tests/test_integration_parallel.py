@@ -110,3 +110,51 @@ def _layout(rank, world, li, tmpdir):
 @pytest.mark.parametrize("li", range(len(LAYOUTS)), ids=[f"tp{t}-cp{c}-pp{p}-ep{e}-{cap}" for t, c, p, e, cap in LAYOUTS])
 def test_hook_matches_reference_under_parallel_layouts(li, tmp_path):
     run_world(_layout, 4, tmp_path, li, str(tmp_path))
+
+
+def _observed_tokens(rank, world, tmpdir):
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_hesnr.evaluation.capture import LogitsCapture
+    from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
+    from megatron_hesnr.evaluation.eval_pass import HESNRPass, plan_set
+    from megatron_hesnr.megatron_lm.topology import topology_from_parallel_state
+
+    seen = []
+
+    def observer(name, stats, mask, doc, target):
+        sel = doc >= 0
+        seen.append((name, doc[sel].tolist(), target[sel].tolist(), mask[sel].tolist(), bool(stats.valid[sel].all())))
+
+    with H.model_parallel(context_parallel_size=2):
+        model = H.TinyLM(H.transformer_config(1, 1, 2), H.full_weights()).eval()
+        cfg = HESNRConfig(datasets=(EvalDataset("p", "p"),), window_stride=5, num_microbatches=2, impl="torch")
+        wset = plan_set("p", H.make_dataset(2, n=4, max_len=70), H.SEQ, "window", 5)
+        topo = topology_from_parallel_state(torch.device("cpu"))
+        p = HESNRPass(cfg, vocab_size=H.VOCAB, seq_length=H.SEQ, topology=topo,
+                      forward_backward_func=get_forward_backward_func(), capture=LogitsCapture("labels_none"),
+                      padded_vocab_size=H.PADDED_VOCAB, token_observer=observer)
+        with H.schedules_on_cpu(), torch.no_grad():
+            p.run([model], wset)
+    return seen
+
+
+def test_token_observer_places_every_token_under_cp_and_dp(tmp_path):
+    """The token observer's trajectory and target position of every token survive the CP split and
+    the DP sharding: over the DP x CP ranks each scored target is seen exactly once, with its category."""
+    ds = H.make_dataset(2, n=4, max_len=70)
+    seen = {}
+    for rank_seen in run_world(_observed_tokens, 4, tmp_path, str(tmp_path)):
+        for name, docs, targets, masks, valid in rank_seen:
+            assert name == "p" and valid
+            for d, t, m in zip(docs, targets, masks):
+                tokens, mask = ds[d]
+                assert 1 <= t < len(tokens), (d, t)
+                if m:
+                    assert m == mask[t], (d, t)
+                    seen[(d, t)] = seen.get((d, t), 0) + 1
+    want = {(d, t) for d in range(len(ds)) for t in range(1, len(ds[d][0])) if ds[d][1][t]}
+    assert set(seen) == want and set(seen.values()) == {1}

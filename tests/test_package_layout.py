@@ -21,6 +21,16 @@ def test_bridge_adapter_uses_the_shared_evaluator_not_the_megatron_lm_hook():
     assert "HESNREvaluator" in (REPO / "megatron_hesnr" / "bridge" / "callback.py").read_text(encoding="utf-8")
 
 
+def test_demo_drives_the_shared_evaluator():
+    """demo/ evaluates through HESNREvaluator: records, the reduction and the pass are the evaluator's,
+    not a loop of its own (its cross-check scores windows by hand, but reduces and writes nothing)."""
+    demo = {m.name: m.read_text(encoding="utf-8") for m in (REPO / "megatron_hesnr" / "demo").glob("*.py")}
+    assert "HESNREvaluator(" in demo["evaluation.py"] and ".evaluate(model, ctx)" in demo["evaluation.py"]
+    for name, text in demo.items():
+        for banned in ("make_record", "append_records", "reduce_metrics", "reduce_on_last_stage", "HESNRPass"):
+            assert banned not in text, f"demo/{name} uses {banned}"
+
+
 def _imports(module: Path) -> list[str]:
     """Every module ``module`` imports, relative imports resolved against the package."""
     package = module.relative_to(REPO).with_suffix("").parts[:-1]

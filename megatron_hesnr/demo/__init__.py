@@ -3,13 +3,15 @@
 Bundled bug-fix trajectories and Python's own standard-library sources ->
 a byte-level BPE tokenizer -> ``hesnr prepare`` -> a small GPT trained on CPU with
 several checkpoints -> HE-SNR, HE-PPL, PPL and the H_k histogram of every
-checkpoint through ``token_stats`` + ``HESNRAccumulator`` (tensor parallel over two
-gloo processes when megatron-core is installed) -> ``hesnr report``.
+checkpoint through the ``HESNREvaluator`` a Megatron run uses (tensor parallel over two
+gloo processes, megatron-core's schedule when it is installed) -> ``hesnr report``.
 
 Modules: ``sources`` (inputs), ``bpe`` (tokenizer), ``gpt`` (model), ``training``
-(loop and checkpoints), ``windows`` (evaluation windows), ``evaluation`` (metric pass
-and records), ``proxy_score`` (the labelled stand-in for a downstream score),
-``pipeline`` (the stages and the terminal output).
+(loop and checkpoints), ``eval_model`` (the model behind ``GPTModel``'s forward, its
+output layer split over TP), ``schedule`` (megatron-core's forward-only schedule or the
+demo's stand-in), ``evaluation`` (the evaluator run and its cross-checks),
+``proxy_score`` (the labelled stand-in for a downstream score), ``pipeline`` (the
+stages and the terminal output).
 """
 from __future__ import annotations
 

@@ -1,22 +1,27 @@
-"""Evaluating the demo checkpoints with the metric code that runs inside Megatron.
+"""Evaluating the demo checkpoints with the evaluator a Megatron run uses.
 
-Per checkpoint and batch of windows: the model's final hidden states, then logits of
-the output layer, then ``token_stats`` and ``HESNRAccumulator.update``; one record per
-checkpoint with the accumulator's ``compute()`` and ``state_dict()``.
+One :class:`~megatron_hesnr.evaluation.HESNREvaluator` per evaluation run opens the
+prepared held-out set (``hesnr prepare``'s prefix), cuts it into windows and length
+buckets, and at each checkpoint (``evaluate(model, EvalContext(...))``) runs the pass
+through a forward-only schedule, reduces, prints the validation line and appends the
+JSONL record -- the code path of ``MegatronHESNRHook`` and ``HESNRCallback``.  The model
+is the demo GPT behind ``GPTModel``'s forward signature (:mod:`.eval_model`); a token
+observer keeps each scored token's top-1 flag and NLL for the proxy score and the checks.
 
-Two paths:
+Paths:
 
-* ``tp=2`` (default): two gloo processes on the CPU.  Megatron-core's
-  ``parallel_state`` builds the tensor-parallel group and each rank holds half of
-  the output layer in megatron-core's ``ColumnParallelLinear`` (the vocab-parallel
-  layer of ``GPTModel``), so it only ever has logits for its half of the padded
-  vocabulary; ``token_stats(tp_group=...)`` merges the per-rank statistics.  The
-  transformer trunk is replicated (it is not what is being shown).  On rank 0 the
-  same batch is also scored in one process with the whole vocabulary, and the
-  per-token NLL is checked against Megatron's ``vocab_parallel_cross_entropy``;
-  the largest differences are reported.  Without megatron-core the group is the
-  plain gloo world and the output layer is sliced by hand.
-* ``tp=1``: one process, whole-vocabulary logits.
+* ``tp=2`` (default): two gloo processes on the CPU.  With megatron-core installed its
+  ``parallel_state`` builds the tensor-parallel group, each rank holds half of the
+  output layer in ``ColumnParallelLinear`` and megatron-core's forward-only schedule
+  runs the pass; without it the group is the plain gloo world, the output layer is
+  sliced by hand and the demo's stand-in schedule (:mod:`.schedule`) runs it.
+* ``tp=1``: one process, the whole vocabulary (megatron-core's schedule over a
+  one-process gloo group when it is installed).
+
+Cross-checks (the last checkpoint, or all with ``check_all``): the same windows scored in
+one process with the whole vocabulary by ``token_stats`` + ``HESNRAccumulator`` directly
+(no evaluator, no buckets, no TP) against the evaluator's metrics, and the evaluator's
+per-token NLL against Megatron's ``vocab_parallel_cross_entropy`` on the TP logits.
 """
 from __future__ import annotations
 
@@ -26,17 +31,21 @@ import math
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ..accumulator import AccumulatorConfig, HESNRAccumulator
-from ..evaluation.topology import Topology, reduce_metrics
-from ..evaluation.records import append_records, make_record
+from ..accumulator import HESNRAccumulator
+from ..evaluation import EvalContext, HESNRConfig, HESNREvaluator, Topology
+from ..evaluation.evaluator import open_prepared_dataset
+from ..evaluation.windows import window_sample
 from ..token_stats import token_stats
+from .eval_model import MegatronStyleGPT, has_megatron_core
+from .schedule import schedule
 from .training import load_checkpoint
-from .windows import EvalWindows
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +58,21 @@ class EvalJob:
 
     checkpoints: list[dict]
     """[{"iteration", "consumed_samples", "path", "name"}], in order; ``name`` (Megatron's
-    ``.../iter_0000100`` directory) is what records and the scores CSV call the checkpoint."""
-    windows_path: str
-    """``torch.save``d :meth:`EvalWindows.to_dict`."""
-    records_path: str
-    """JSONL file the records are appended to (rank 0)."""
+    ``<run_dir>/iter_0000100`` directory) is what records and the scores CSV call the checkpoint."""
+    config: HESNRConfig
+    """The evaluator's settings: the held-out set, the JSONL path, windows, micro-batches, metric."""
     extras_path: str
-    """JSON file for the path taken, the cross-checks and per-token top-1 flags."""
-    vocab_size: int
-    dataset: str
-    accumulator: dict = field(default_factory=dict)
-    """``AccumulatorConfig`` fields."""
-    batch_size: int = 16
+    """JSON file for the path taken, the cross-checks and the per-token top-1 flags."""
+    seq_length: int
+    padded_vocab_size: int
+    num_documents: int | None = None
+    """Evaluate only the first N trajectories of the set (the CPU budget); ``None``: all."""
     tp: int = 2
-    run: str = RECORD_RUN
-    config: dict = field(default_factory=dict)
-    """Extra configuration stored in every record."""
     log_level: int = logging.INFO
     check_all: bool = False
-    """Cross-check TP against one process at every checkpoint (default: the last only)."""
+    """Cross-check at every checkpoint (default: the last only)."""
+    work_dir: str = "."
+    """Where the one-process gloo group keeps its rendezvous file."""
 
 
 def free_port() -> int:
@@ -76,48 +81,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-# --------------------------------------------------------------------------- output layer
-class _SlicedOutputLayer:
-    """This rank's rows of the output weight, used without megatron-core."""
+def open_leading(prefix: str, num_documents: int | None = None):
+    """The prepared set at ``prefix`` (checked against its manifest), or its first ``num_documents``."""
+    from ..data.memory import MemoryDataset
 
-    def __init__(self, weight: torch.Tensor, rank: int, size: int):
-        rows = weight.shape[0] // size
-        self.weight = weight[rank * rows:(rank + 1) * rows].detach()
-
-    def __call__(self, hidden_sbh: torch.Tensor) -> torch.Tensor:
-        return hidden_sbh @ self.weight.t()
-
-
-class _MegatronOutputLayer:
-    """megatron-core's ``ColumnParallelLinear``, as ``GPTModel.output_layer`` (no gather)."""
-
-    def __init__(self, weight: torch.Tensor, tp: int):
-        from megatron.core import parallel_state as ps
-        from megatron.core.model_parallel_config import ModelParallelConfig
-        from megatron.core.tensor_parallel import ColumnParallelLinear
-
-        cfg = ModelParallelConfig(tensor_model_parallel_size=tp, use_cpu_initialization=True,
-                                  params_dtype=weight.dtype)
-        self.layer = ColumnParallelLinear(weight.shape[1], weight.shape[0], config=cfg,
-                                          init_method=torch.nn.init.zeros_, bias=False,
-                                          gather_output=False, skip_bias_add=False)
-        rank = ps.get_tensor_model_parallel_rank()
-        rows = self.layer.weight.shape[0]
-        with torch.no_grad():
-            self.layer.weight.copy_(weight[rank * rows:(rank + 1) * rows])
-
-    def __call__(self, hidden_sbh: torch.Tensor) -> torch.Tensor:
-        out, _ = self.layer(hidden_sbh)
-        return out
+    ds = open_prepared_dataset(prefix)
+    if num_documents is None or num_documents >= len(ds):
+        return ds
+    # Copies: the arrays are views into megatron-core's memory map, closed with the dataset.
+    items = [tuple(np.array(a) for a in ds[i]) for i in range(num_documents)]
+    return MemoryDataset(items, 0, manifest=ds.manifest)
 
 
-# --------------------------------------------------------------------------- one checkpoint
+def _is_writer() -> bool:
+    """The last rank of the world: where the evaluator prints and writes (Megatron's logging rank)."""
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == dist.get_world_size() - 1
+
+
+# --------------------------------------------------------------------------- per-token results
+class TokenRecorder:
+    """Token observer: the top-1 flag and NLL of every token the evaluator scored, by trajectory."""
+
+    def __init__(self):
+        self._parts: list[tuple[torch.Tensor, ...]] = []
+
+    def __call__(self, set_name, stats, mask, doc, target) -> None:
+        sel = (mask != 0) & (doc >= 0)
+        self._parts.append(tuple(t[sel].cpu() for t in (doc, target, stats.top1 & stats.valid, stats.logp)))
+
+    def take(self, lengths: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per trajectory of ``lengths`` tokens: (top-1 flags, NLL with NaN where not scored); resets."""
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        top1, nll = np.zeros(offsets[-1], dtype=bool), np.full(offsets[-1], np.nan)
+        for doc, target, flags, logp in self._parts:
+            at = offsets[doc.numpy()] + target.numpy()
+            top1[at], nll[at] = flags.numpy(), -logp.double().numpy()
+        self._parts = []
+        return np.split(top1, offsets[1:-1]), np.split(nll, offsets[1:-1])
+
+
+# --------------------------------------------------------------------------- cross-checks
 @dataclass
-class _Checks:
+class Checks:
     max_rel_diff_vs_single: float = 0.0
-    """Largest |TP metric - single-process metric| / max(1, |single|) over the headline metrics."""
-    max_abs_diff_nll_vs_megatron_ce: float = 0.0
-    """Largest per-token |NLL - Megatron vocab-parallel CE| (padding columns masked)."""
+    """Largest |evaluator metric - one-process reference| / max(1, |reference|) over the headline metrics."""
+    max_abs_diff_nll_vs_megatron_ce: float = float("nan")
+    """Largest per-token |evaluator NLL - Megatron vocab-parallel CE| (padding columns masked; NaN: not run)."""
 
 
 def _compare(a: dict, b: dict) -> float:
@@ -132,96 +143,114 @@ def _compare(a: dict, b: dict) -> float:
     return worst
 
 
-def evaluate_checkpoint(model, windows: EvalWindows, acc: HESNRAccumulator, *, vocab_size: int,
-                        batch_size: int, tp_group=None, tp_rank: int = 0, tp_size: int = 1,
-                        output_layer=None, check: bool = False, k: int = 10):
-    """Run the windows through the model; returns (top1 flags [W, T], checks).
+def cross_check(evaluator: HESNREvaluator, model: MegatronStyleGPT, topo: Topology, metrics: dict | None,
+                nll: list[np.ndarray] | None, *, seq_length: int, batch_size: int, megatron: bool) -> Checks | None:
+    """Every rank (Megatron's CE is a TP collective); the result on the writing rank, else ``None``.
 
-    ``output_layer(hidden [s, b, h]) -> logits [s, b, V_local]``; None means the
-    model's whole output layer (one process).
+    ``metrics`` / ``nll``: the evaluator's metrics and per-token NLL (writing rank).
     """
-    top1 = torch.zeros(windows.labels.shape, dtype=torch.bool)
-    # The single-process reference runs on the rank asked to check; Megatron's CE is
-    # a collective over the TP group, so with ``check`` every rank must pass True.
-    single = HESNRAccumulator(acc.config) if check and tp_rank == 0 else None
-    checks = _Checks()
+    (wset, vocab), = evaluator.sets
+    writer = _is_writer()
+    metric = evaluator.config.metric
+    ref = HESNRAccumulator(replace(metric, num_documents=wset.num_trajectories)) if writer else None
     ce_fn = None
-    if check and tp_size > 1:
-        try:
-            from megatron.core.tensor_parallel import vocab_parallel_cross_entropy as ce_fn
-        except ImportError:
-            ce_fn = None
-    row = 0
+    if megatron:
+        from megatron.core.tensor_parallel import vocab_parallel_cross_entropy as ce_fn
+    worst_ce = 0.0
     with torch.no_grad():
-        for inputs, labels, mask, doc_ids in windows.batches(batch_size):
-            hidden = model.hidden(inputs)                      # [b, s, h]
-            labels_sb = labels.t().contiguous()                 # Megatron's [s, b] layout
-            mask_sb = mask.t().contiguous()
-            # Trajectory of every token: per-trajectory sums give the stderrs.
-            doc_sb = doc_ids.t().contiguous() if acc.config.num_documents is not None else None
-            if output_layer is None:
-                logits = hidden.transpose(0, 1) @ model.output_weight.t()
-            else:
-                logits = output_layer(hidden.transpose(0, 1).contiguous())   # [s, b, V/tp]
-            stats = token_stats(logits, labels_sb, k=k, vocab_size=vocab_size, tp_group=tp_group)
-            acc.update(stats, mask_sb, doc_sb)
-            top1[row:row + inputs.shape[0]] = (stats.top1 & stats.valid).t()
-            if single is not None:
-                full = hidden.transpose(0, 1) @ model.output_weight.t()
-                ref = token_stats(full, labels_sb, k=k, vocab_size=vocab_size)
-                single.update(ref, mask_sb, doc_sb)
-            if check and ce_fn is not None:
-                # Megatron's CE covers the padded vocabulary; push the padding columns
-                # to a huge negative logit (finite, so a shard of only padding stays
-                # NaN-free) so that both compute the same quantity.
-                local = logits.clone()
-                pad_from = max(0, vocab_size - tp_rank * local.shape[-1])
-                local[..., pad_from:] = -1e30
-                ce = ce_fn(local, labels_sb.clamp(min=0))
-                sel = (mask_sb > 0) & stats.valid
-                if bool(sel.any()):
-                    diff = (ce[sel].double() + stats.logp[sel]).abs().max().item()
-                    checks.max_abs_diff_nll_vs_megatron_ce = max(checks.max_abs_diff_nll_vs_megatron_ce, diff)
-            row += inputs.shape[0]
-    if single is not None:
-        checks.max_rel_diff_vs_single = _compare(acc.compute(), single.compute())
-    return top1, checks
+        for lo in range(0, len(wset.windows), batch_size):
+            part = wset.windows[lo:lo + batch_size]
+            rows = [window_sample(*(np.asarray(a) for a in wset.dataset[i]), w, seq_length) for i, w in part]
+            x, y, m = (torch.from_numpy(np.stack(r)) for r in zip(*rows))
+            docs = torch.tensor([i for i, _ in part])[:, None].expand_as(m)
+            hidden = model.gpt.hidden(x)                                                  # [b, s, h], padded to seq
+            if ref is not None:
+                full = hidden @ model.gpt.output_weight.t()                               # one process, all columns
+                ref.update(token_stats(full, y, k=metric.k, vocab_size=vocab, impl="torch"), m, docs)
+            if ce_fn is None:
+                continue
+            # Megatron's CE covers the padded vocabulary: the padding columns get a huge negative
+            # logit (finite, so a shard of only padding stays NaN-free) to compute the same quantity.
+            local = model.output_layer(hidden.transpose(0, 1).contiguous())               # [s, b, V / TP]
+            local[..., max(0, vocab - topo.tp_rank * local.shape[-1]):] = -1e30
+            ce = ce_fn(local, y.t().contiguous()).t().double()                            # [b, s]
+            if writer:
+                for b, (i, w) in enumerate(part):
+                    sel = np.flatnonzero(m[b].numpy())
+                    diff = np.abs(ce[b, sel].numpy() - nll[i][w.start + 1 + sel])
+                    # A token the reference scores and the evaluator did not is a failure, not a skip.
+                    worst_ce = max(worst_ce, float(np.nan_to_num(diff, nan=np.inf).max(initial=0.0)))
+    if not writer:
+        return None
+    return Checks(max_rel_diff_vs_single=_compare(metrics, ref.compute()),
+                  max_abs_diff_nll_vs_megatron_ce=worst_ce if ce_fn is not None else float("nan"))
 
 
 # --------------------------------------------------------------------------- drivers
-def _evaluate_all(job: EvalJob, rank: int, size: int, groups: Topology, output_layer_factory,
-                  path_name: str) -> None:
-    windows = EvalWindows(**torch.load(job.windows_path, weights_only=True))
-    acc_cfg = AccumulatorConfig(**job.accumulator)
-    extras = {"path": path_name, "tp": size, "checkpoints": []}
-    for n, info in enumerate(job.checkpoints):
-        t0 = time.perf_counter()
-        # The cross-checks (a second, whole-vocabulary pass and Megatron's CE) cost as
-        # much as the evaluation itself; one checkpoint shows the agreement.
-        check = size > 1 and (job.check_all or n == len(job.checkpoints) - 1)
-        model, _ = load_checkpoint(Path(info["path"]))
-        layer = output_layer_factory(model) if output_layer_factory else None
-        acc = HESNRAccumulator(acc_cfg)
-        top1, checks = evaluate_checkpoint(
-            model, windows, acc, vocab_size=job.vocab_size, batch_size=job.batch_size, tp_group=groups.tp_group,
-            tp_rank=rank, tp_size=size, output_layer=layer, check=check, k=acc_cfg.k)
-        # The integration's reduction: one all-reduce over DP x CP (size 1 here, so
-        # None), then compute() on the last stage.
-        metrics = reduce_metrics(acc, groups)
-        if rank == 0:
-            record = make_record(iteration=info["iteration"], consumed_samples=info["consumed_samples"],
-                                 checkpoint=info.get("name", str(info["path"])), run=job.run, dataset=job.dataset,
-                                 config={**job.config, "tp": size, "eval_path": path_name}, acc=acc)
-            append_records(job.records_path, [record])
-            extras["checkpoints"].append({"iteration": info["iteration"], "seconds": time.perf_counter() - t0,
-                                          "checked": check, **asdict(checks), "top1": top1.tolist()})
-            log.info("eval: iter %6d  HE-SNR %.4f ± %.4f  HE-PPL %.2f  PPL %.2f  |HE|/|M| %d/%d  (%.1fs)",
-                     info["iteration"], metrics["hesnr"], metrics.get("hesnr_stderr", float("nan")),
-                     metrics["he_ppl"], metrics["ppl"],
-                     metrics["num_high_entropy"], metrics["num_tokens"], time.perf_counter() - t0)
-    if rank == 0:
+def _evaluate_all(job: EvalJob, topo: Topology, megatron: bool) -> None:
+    forward_backward, schedule_context = schedule(megatron)
+    recorder = TokenRecorder()
+    evaluator = HESNREvaluator(job.config, topology=lambda: topo, forward_backward_func=forward_backward,
+                               open_dataset=partial(open_leading, num_documents=job.num_documents),
+                               token_observer=recorder)
+    writer = _is_writer()
+    extras = {"path": path_name(topo.tp_size, megatron), "tp": topo.tp_size, "checkpoints": []}
+    with schedule_context:
+        for n, info in enumerate(job.checkpoints):
+            t0 = time.perf_counter()
+            gpt, _ = load_checkpoint(Path(info["path"]))
+            model = MegatronStyleGPT.for_rank(gpt, tp_rank=topo.tp_rank, tp_size=topo.tp_size, megatron=megatron)
+            ctx = EvalContext(iteration=info["iteration"], consumed_samples=info["consumed_samples"],
+                              seq_length=job.seq_length, padded_vocab_size=job.padded_vocab_size,
+                              run_dir=str(Path(info["name"]).parent), checkpoint=info["name"], skip_train=True)
+            data = evaluator.evaluate(model, ctx)
+            (wset, _), = evaluator.sets
+            top1, nll = recorder.take([len(wset.dataset[i][0]) for i in range(wset.num_trajectories)])
+            # The checks (a second, whole-vocabulary pass and Megatron's CE) cost as much as the
+            # evaluation itself; one checkpoint shows the agreement.
+            check = job.check_all or n == len(job.checkpoints) - 1
+            metrics = data["sets"][wset.name]["metrics"] if writer else None
+            checks = cross_check(evaluator, model, topo, metrics, nll, seq_length=job.seq_length,
+                                 batch_size=job.config.micro_batch_size, megatron=megatron) if check else None
+            if writer:
+                extras["checkpoints"].append({"iteration": info["iteration"], "seconds": time.perf_counter() - t0,
+                                              "checked": check, **asdict(checks or Checks()),
+                                              "top1": [t.tolist() for t in top1]})
+    if writer:
         with open(job.extras_path, "w", encoding="utf-8") as f:
             json.dump(extras, f)
+
+
+def path_name(size: int, megatron: bool) -> str:
+    """The evaluation path taken, as the demo prints it."""
+    if size == 1:
+        return ("single process (TP=1, whole vocabulary; megatron-core parallel_state over a 1-process gloo group, "
+                "megatron-core's forward-only schedule)" if megatron else
+                "single process (TP=1, whole vocabulary; the demo's forward-only schedule)")
+    return (f"TP={size} over gloo (megatron-core parallel_state + ColumnParallelLinear output layer, "
+            "megatron-core's forward-only schedule)" if megatron else
+            f"TP={size} over gloo (torch.distributed, output layer sliced by hand, the demo's forward-only "
+            "schedule; megatron-core not installed)")
+
+
+def _evaluate_in_group(job: EvalJob, rank: int, size: int) -> None:
+    """In an initialised gloo group of ``size`` processes (megatron-core's ``parallel_state`` when installed)."""
+    import torch.distributed as dist
+
+    cpu = torch.device("cpu")
+    if not has_megatron_core():
+        topo = Topology(tp_group=dist.group.WORLD if size > 1 else None, tp_rank=rank, tp_size=size, device=cpu)
+        _evaluate_all(job, topo, False)
+        return
+    from megatron.core import parallel_state as ps
+
+    from ..megatron_lm.topology import topology_from_parallel_state
+
+    ps.initialize_model_parallel(tensor_model_parallel_size=size)
+    try:
+        _evaluate_all(job, topology_from_parallel_state(device=cpu), True)
+    finally:
+        ps.destroy_model_parallel()
 
 
 def _tp_worker(rank: int, job: EvalJob, port: int) -> None:
@@ -229,33 +258,40 @@ def _tp_worker(rank: int, job: EvalJob, port: int) -> None:
 
     import torch.distributed as dist
 
-    logging.basicConfig(level=job.log_level if rank == 0 else logging.WARNING,
+    logging.basicConfig(level=job.log_level if rank == job.tp - 1 else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("megatron").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
     warnings.filterwarnings("ignore", message=".*Apex.*")
+    warnings.filterwarnings("ignore", message=".*CUDA_DEVICE_MAX_CONNECTIONS.*")
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // job.tp))
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=job.tp)
     try:
-        try:
-            from megatron.core import parallel_state as ps
-        except ImportError:
-            ps = None
-        if ps is not None:
-            from ..megatron_lm.topology import topology_from_parallel_state
-
-            ps.initialize_model_parallel(tensor_model_parallel_size=job.tp)
-            groups = topology_from_parallel_state()
-            name = f"TP={job.tp} over gloo (megatron-core parallel_state + ColumnParallelLinear output layer)"
-            factory = lambda model: _MegatronOutputLayer(model.output_weight, job.tp)  # noqa: E731
-        else:
-            groups = Topology(tp_group=dist.group.WORLD, tp_rank=rank, tp_size=job.tp)
-            name = f"TP={job.tp} over gloo (torch.distributed; megatron-core not installed)"
-            factory = lambda model: _SlicedOutputLayer(model.output_weight, rank, job.tp)  # noqa: E731
-        _evaluate_all(job, rank, job.tp, groups, factory, name)
-        if ps is not None:
-            ps.destroy_model_parallel()
+        _evaluate_in_group(job, rank, job.tp)
     finally:
         dist.destroy_process_group()
+
+
+def _single_process(job: EvalJob) -> None:
+    """One process: through megatron-core's schedule over a 1-process gloo group when it is
+    installed (and a group can be made here), else the demo's stand-in schedule."""
+    import torch.distributed as dist
+
+    if has_megatron_core() and not dist.is_initialized():
+        store = Path(job.work_dir) / "gloo_rendezvous"
+        store.unlink(missing_ok=True)
+        try:
+            dist.init_process_group("gloo", init_method=f"file://{store.resolve()}", rank=0, world_size=1)
+        except Exception as exc:  # announced, never silent
+            log.warning("no 1-process gloo group (%s); evaluating without megatron-core's schedule", exc)
+        else:
+            try:
+                _evaluate_in_group(job, 0, 1)
+            finally:
+                dist.destroy_process_group()
+                store.unlink(missing_ok=True)
+            return
+    _evaluate_all(job, Topology(), False)
 
 
 def run_evaluation(job: EvalJob) -> dict:
@@ -265,7 +301,8 @@ def run_evaluation(job: EvalJob) -> dict:
     networking, a sandbox that forbids it) the single-process path is taken and the
     reason is logged.
     """
-    Path(job.records_path).unlink(missing_ok=True)
+    records = Path(job.config.jsonl)
+    records.unlink(missing_ok=True)
     if job.tp > 1:
         import torch.multiprocessing as mp
 
@@ -276,8 +313,7 @@ def run_evaluation(job: EvalJob) -> dict:
         except Exception as exc:  # the fallback is announced, never silent
             log.warning("TP=%d evaluation over gloo failed (%s); evaluating in one process instead",
                         job.tp, str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__)
-            Path(job.records_path).unlink(missing_ok=True)
-    single = Topology()
-    _evaluate_all(job, 0, 1, single, None, "single process (TP=1, whole vocabulary)")
+            records.unlink(missing_ok=True)
+    _single_process(job)
     with open(job.extras_path, encoding="utf-8") as f:
         return json.load(f)

@@ -7,7 +7,8 @@ parameters (they only ever see negative gradients), which is why HE-SNR excludes
 >= the tokenizer's vocabulary size.
 
 The output layer is kept apart from the trunk (:meth:`TinyGPT.hidden`) so that the
-evaluation can give each tensor-parallel rank only its slice of the vocabulary.
+evaluation can give each tensor-parallel rank only its slice of the vocabulary
+(:mod:`.eval_model`).
 """
 from __future__ import annotations
 
@@ -86,12 +87,14 @@ class TinyGPT(nn.Module):
             nn.init.normal_(blk.proj.weight, std=0.02 / math.sqrt(2 * self.cfg.num_layers))
             nn.init.normal_(blk.fc2.weight, std=0.02 / math.sqrt(2 * self.cfg.num_layers))
 
-    def hidden(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Final hidden states ``[b, t, hidden]`` (after the last LayerNorm)."""
+    def hidden(self, tokens: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states ``[b, t, hidden]`` (after the last LayerNorm); positions ``0 .. t-1``
+        unless ``position_ids`` ``[b, t]`` are given."""
         t = tokens.shape[1]
         if t > self.cfg.seq_length:
             raise ValueError(f"sequence of {t} tokens is longer than seq_length={self.cfg.seq_length}")
-        x = self.tok_emb(tokens) + self.pos_emb(torch.arange(t, device=tokens.device))
+        pos = torch.arange(t, device=tokens.device) if position_ids is None else position_ids
+        x = self.tok_emb(tokens) + self.pos_emb(pos)
         for blk in self.blocks:
             x = blk(x)
         return self.ln_f(x)

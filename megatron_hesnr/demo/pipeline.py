@@ -1,9 +1,9 @@
 """The demo, end to end: inputs -> tokenizer -> prepare -> train -> evaluate -> report.
 
 Every stage uses the project's real code path: ``hesnr prepare`` and ``hesnr report``
-are run through their own argument parsers (in this process), the metric through
-``token_stats`` and ``HESNRAccumulator`` exactly as the Megatron integration calls
-them.  Only the model and its training loop are demo-sized.
+are run through their own argument parsers (in this process), the evaluation through
+the ``HESNREvaluator`` the Megatron-LM hook and the Bridge callback drive
+(:mod:`.evaluation`).  Only the model and its training loop are demo-sized.
 """
 from __future__ import annotations
 
@@ -12,21 +12,22 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..accumulator import AccumulatorConfig
+from ..data.memory import MemoryDataset
 from ..data.pipeline import load_tokenizer
+from ..evaluation import EvalDataset, HESNRConfig
+from ..evaluation.eval_pass import plan_set
 from ..vocab import padded_vocab_size
 from . import bpe, sources
-from .evaluation import EvalJob, run_evaluation
+from .evaluation import RECORD_RUN, EvalJob, run_evaluation
 from .gpt import GPTConfig, TinyGPT
-from .proxy_score import PROXY_DESCRIPTION, PROXY_NAME, greedy_prefix, top1_by_document, write_scores_csv
+from .proxy_score import PROXY_DESCRIPTION, PROXY_NAME, greedy_prefix, write_scores_csv
 from .training import TrainConfig, train
-from .windows import make_windows
 
 log = logging.getLogger("megatron_hesnr.demo")
 
@@ -171,6 +172,15 @@ def _stream(docs: list[np.ndarray], eod: int) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([np.append(np.asarray(d, dtype=np.int64), eod) for d in docs]))
 
 
+def evaluator_config(cfg: DemoConfig, prefix: Path, records: Path) -> HESNRConfig:
+    """The evaluator's settings, as ``--hesnr-*`` flags would give them: the prepared held-out set
+    (``heldout=<prefix>``), sliding windows ``eval_stride`` apart, micro-batches of ``eval_batch_size``
+    windows, the records appended to ``records``; the metric's defaults."""
+    return HESNRConfig(datasets=(EvalDataset("heldout", str(prefix)),), jsonl=str(records),
+                       micro_batch_size=cfg.eval_batch_size, window_stride=cfg.eval_stride, run_name=RECORD_RUN,
+                       logits_capture="labels_none")
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -231,39 +241,37 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     # 5. Evaluate every checkpoint.
     stages.start("evaluate", f"evaluate: HE-SNR, HE-PPL, PPL and the H_k histogram at {len(checkpoints)} checkpoints")
-    windows = make_windows(eval_docs, cfg.seq_length, cfg.eval_stride)
+    records_path = out / "records.jsonl"
+    hcfg = evaluator_config(cfg, work / "data" / "heldout", records_path)
+    # The evaluator's own window plan, to keep the CPU budget.
+    windows = plan_set("heldout", MemoryDataset(eval_docs, vocab), cfg.seq_length, hcfg.long_policy, cfg.eval_stride,
+                       skip_empty=hcfg.skip_empty_windows).windows
     budget_windows = max(1, int(cfg.max_eval_logits // (cfg.seq_length * gcfg.padded_vocab_size)))
-    if windows.num_windows > budget_windows:
+    keep = None
+    if len(windows) > budget_windows:
         # A large vocabulary (e.g. a user's 128K tokenizer) makes every evaluated token
         # cost that many logits on the CPU: keep whole documents up to the budget.
-        keep = max(1, int(np.searchsorted(np.cumsum(np.bincount(windows.doc.numpy())), budget_windows, side="right")))
+        per_doc = np.bincount([i for i, _ in windows], minlength=len(eval_docs))
+        keep = max(1, int(np.searchsorted(np.cumsum(per_doc), budget_windows, side="right")))
         log.warning("      %d windows x %d tokens x %d vocabulary exceed the CPU budget of %.1e logits: "
-                    "evaluating the first %d of %d held-out trajectories", windows.num_windows, cfg.seq_length,
+                    "evaluating the first %d of %d held-out trajectories", len(windows), cfg.seq_length,
                     gcfg.padded_vocab_size, cfg.max_eval_logits, keep, len(eval_docs))
         eval_docs = eval_docs[:keep]
-        windows = make_windows(eval_docs, cfg.seq_length, cfg.eval_stride)
-    torch.save(windows.to_dict(), work / "eval_windows.pt")
-    # One table row per held-out trajectory: the stderrs and `hesnr compare` resample them.
-    acc_cfg = AccumulatorConfig(num_documents=len(eval_docs))
-    records_path = out / "records.jsonl"
     job = EvalJob(
         checkpoints=[{"iteration": c.iteration, "consumed_samples": c.consumed_samples, "path": str(c.path),
                       "name": str(c.path.parent)} for c in checkpoints],
-        windows_path=str(work / "eval_windows.pt"), records_path=str(records_path),
-        extras_path=str(work / "eval_extras.json"), vocab_size=vocab, dataset="heldout",
-        accumulator=asdict(acc_cfg) | {"category_names": list(acc_cfg.category_names)},
-        batch_size=cfg.eval_batch_size, tp=cfg.tp, log_level=log.getEffectiveLevel(), check_all=cfg.check_all,
-        config={"seq_length": cfg.seq_length, "eval_stride": cfg.eval_stride, "tokenizer": str(tok_path),
-                "template": cfg.template or "default", "k": acc_cfg.k, "threshold": acc_cfg.threshold,
-                "num_bins": acc_cfg.num_bins},
+        config=hcfg, extras_path=str(work / "eval_extras.json"), seq_length=cfg.seq_length,
+        padded_vocab_size=gcfg.padded_vocab_size, num_documents=keep, tp=cfg.tp,
+        log_level=log.getEffectiveLevel(), check_all=cfg.check_all, work_dir=str(work),
     )
     extras = run_evaluation(job)
     log.info("      path taken: %s", extras["path"])
     for c in extras["checkpoints"]:
-        if extras["tp"] > 1 and c["checked"]:
-            log.info("      iter %d: TP=%d vs one process: metrics differ by <= %.1e (relative); "
-                     "per-token NLL vs Megatron's vocab_parallel_cross_entropy: <= %.1e",
-                     c["iteration"], extras["tp"], c["max_rel_diff_vs_single"], c["max_abs_diff_nll_vs_megatron_ce"])
+        if c["checked"]:
+            ce = c["max_abs_diff_nll_vs_megatron_ce"]
+            log.info("      iter %d: evaluator (TP=%d) vs one process without it: metrics differ by <= %.1e "
+                     "(relative)%s", c["iteration"], extras["tp"], c["max_rel_diff_vs_single"],
+                     "" if math.isnan(ce) else f"; per-token NLL vs Megatron's vocab_parallel_cross_entropy: <= {ce:.1e}")
     records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
 
     # 6. Proxy score.
@@ -271,9 +279,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     doc_masks = action_boundaries(eval_docs, split.eval, tok_path, work / "data" / "heldout_categories", cfg.template)
     proxy_rows = []
     for rec, c in zip(records, extras["checkpoints"]):
-        flags = top1_by_document(np.asarray(c["top1"], dtype=bool), windows.doc.numpy(), windows.position.numpy(),
-                                 [len(m) for m in doc_masks])
-        proxy = greedy_prefix(doc_masks, flags)
+        proxy = greedy_prefix(doc_masks, [np.asarray(f, dtype=bool) for f in c["top1"]])
         proxy_rows.append((rec["checkpoint"], proxy["score"]))
         rec["_proxy"] = proxy
     scores_csv = write_scores_csv(out / "proxy_scores.csv", proxy_rows)

@@ -74,16 +74,6 @@ def greedy_prefix(doc_masks: list[np.ndarray], top1_by_doc: list[np.ndarray]) ->
     return {"score": float(f.mean()), "exact_match": float((f == 1.0).mean()), "actions": len(f)}
 
 
-def top1_by_document(top1: np.ndarray, doc: np.ndarray, position: np.ndarray, doc_lengths: list[int]) -> list[np.ndarray]:
-    """Scatter per-window top-1 flags ``[W, T]`` back to per-document arrays."""
-    out = [np.zeros(n, dtype=bool) for n in doc_lengths]
-    for w in range(top1.shape[0]):
-        pos = position[w]
-        sel = pos >= 0
-        out[int(doc[w])][pos[sel]] = top1[w][sel]
-    return out
-
-
 def write_scores_csv(path: Path, rows: list[tuple[str, float]]) -> Path:
     """``checkpoint,score`` rows (the format ``hesnr report --scores`` reads)."""
     with open(path, "w", newline="", encoding="utf-8") as f:

@@ -18,6 +18,11 @@ pipeline stage go to :func:`token_stats` (merged over TP) and into one accumulat
 per set that keeps per-trajectory sums (``num_documents`` = the set's trajectories),
 reduced once over data x context parallel: the windows of one trajectory, on
 whichever ranks they ran, add up in its row.
+
+A ``token_observer`` sees every micro-batch's per-token statistics on the last stage,
+with where each token comes from (trajectory and target position): what a per-token
+analysis needs (the demo's greedy-action proxy score, its check against Megatron's
+cross entropy) without a second forward pass.
 """
 from __future__ import annotations
 
@@ -43,6 +48,11 @@ log = logging.getLogger(__name__)
 
 #: Rows of a micro-batch buffer: inputs, labels, scoring mask, trajectory index.
 _ROWS, _DOC = 4, 3
+
+#: ``observer(set_name, stats, mask, doc, target)``: a micro-batch's :class:`~megatron_hesnr.token_stats.TokenStats`
+#: and, in the same layout, each token's scoring category, trajectory index (``-1``: padding or an empty
+#: sample) and target position in its trajectory (the index of the label's token).
+TokenObserver = Callable[[str, Any, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
 @dataclass
@@ -114,7 +124,8 @@ class HESNRPass:
 
     def __init__(self, config: HESNRConfig, *, vocab_size: int, seq_length: int, topology: Topology,
                  forward_backward_func: Callable, capture: LogitsCapture,
-                 padded_vocab_size: int | None = None, make_attention_mask: bool = False):
+                 padded_vocab_size: int | None = None, make_attention_mask: bool = False,
+                 token_observer: TokenObserver | None = None):
         self.config = config
         self.vocab_size = int(vocab_size)
         self.padded_vocab_size = padded_vocab_size
@@ -123,6 +134,8 @@ class HESNRPass:
         self.forward_backward_func = forward_backward_func
         self.capture = capture
         self.make_attention_mask = make_attention_mask
+        self.token_observer = token_observer
+        self._set_name: str | None = None
         if topology.cp_size > 1 and seq_length % (2 * topology.cp_size):
             raise ValueError(f"seq_length {seq_length} must be divisible by 2 x CP = {2 * topology.cp_size}")
         self._acc: HESNRAccumulator | None = None
@@ -144,27 +157,32 @@ class HESNRPass:
 
     def _local_microbatches(self, wset: WindowedSet, ids: Sequence[int], nmb: int, length: int,
                             shape: ScheduleShape) -> list:
-        """This DP rank's micro-batches of one call: ``(length, int64 [4, mbs, length] or None off TP rank 0)``.
+        """This DP rank's micro-batches of one call: ``(length, int64 [4, mbs, length] or None off TP rank 0,
+        first target position of each sample's window or None without a token observer)``.
 
         Rows: inputs, labels, scoring mask, trajectory index (``-1`` on padding and empty samples).
         """
         mbs = shape.micro_batch_size
         out = []
         for j in range(nmb):
+            slots = [shape.slot(j, self.topo.dp_rank, b) for b in range(mbs)]
+            windows = [wset.windows[ids[g]] if g < len(ids) else None for g in slots]  # None: empty sample
+            first = None
+            if self.token_observer is not None:  # every rank knows the windows; no broadcast needed
+                first = np.array([-1 if iw is None else iw[1].start + 1 for iw in windows], dtype=np.int64)
             if self.topo.tp_rank != 0:
-                out.append((length, None))
+                out.append((length, None, first))
                 continue
             arr = np.zeros((_ROWS, mbs, length), dtype=np.int64)
             arr[_DOC] = -1
-            for b in range(mbs):
-                g = shape.slot(j, self.topo.dp_rank, b)
-                if g >= len(ids):
+            for b, iw in enumerate(windows):
+                if iw is None:
                     continue  # empty sample: all-zero mask, scores nothing
-                idx, w = wset.windows[ids[g]]
+                idx, w = iw
                 tokens, mask = wset.dataset[idx]
                 arr[0, b], arr[1, b], arr[2, b] = window_sample(np.asarray(tokens), np.asarray(mask), w, length)
                 arr[_DOC, b, :w.num_inputs] = idx
-            out.append((length, arr))
+            out.append((length, arr, first))
         return out
 
     def _attention_mask(self, length: int):
@@ -184,7 +202,7 @@ class HESNRPass:
 
     def _materialize(self, item) -> dict:
         """TP broadcast of one micro-batch (one call), positions (and attention mask), then the CP split."""
-        S, raw = item
+        S, raw, first = item
         mbs, topo = self.config.micro_batch_size, self.topo
         if topo.tp_rank == 0:
             buf = torch.from_numpy(raw).to(topo.device)
@@ -202,6 +220,10 @@ class HESNRPass:
         }
         if topo.cp_size > 1:
             batch = self._cp_split(batch)
+        if first is not None:
+            # Target of label i of a window starting at token s: token s + 1 + i (positions travel with CP).
+            starts = torch.from_numpy(first).to(topo.device).unsqueeze(1)
+            batch["hesnr_target"] = torch.where(batch["hesnr_doc_ids"] >= 0, starts + batch["position_ids"], -1)
         if self.make_attention_mask:
             batch["attention_mask"] = self._attention_mask(S)
         return batch
@@ -234,6 +256,9 @@ class HESNRPass:
                             tp_group=self._tp_group_for(logits), impl=self.config.impl)
         tracked = self._acc.config.num_documents is not None
         self._acc.update(stats, mask.to(stats.valid.device), doc if tracked else None)
+        if self.token_observer is not None:
+            target = batch["hesnr_target"]
+            self.token_observer(self._set_name, stats, mask, doc, target.t() if layout == "sb" else target)
         return int((mask != 0).sum())
 
     def run(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> HESNRAccumulator:
@@ -243,7 +268,7 @@ class HESNRPass:
         # Per-trajectory sums for the standard errors and `hesnr compare` (none for an empty set).
         acc = HESNRAccumulator(dataclasses.replace(self.config.metric, num_documents=wset.num_trajectories or None),
                                device=self.topo.device)
-        self._acc = acc
+        self._acc, self._set_name = acc, wset.name
         plan = self.plan = self.plan_for(model, wset)
         for bucket in plan.buckets:
             for first, count, nmb in plan.shape.calls(len(bucket.windows)):

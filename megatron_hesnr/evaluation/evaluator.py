@@ -19,7 +19,7 @@ import torch
 
 from .capture import LogitsCapture, resolve_capture
 from .config import HESNRConfig, HESNRConfigError
-from .eval_pass import HESNRPass, WindowedSet, plan_for_layout, plan_set
+from .eval_pass import HESNRPass, TokenObserver, WindowedSet, plan_for_layout, plan_set
 from .guard import training_state_preserved
 from .logging_sinks import format_validation_line, print_validation_line, write_tensorboard, write_wandb
 from .records import append_records, config_dict, make_record
@@ -95,11 +95,13 @@ class HESNREvaluator:
     """Opens and plans the sets once, then evaluates them when the host evaluates."""
 
     def __init__(self, config: HESNRConfig, *, topology: Callable, forward_backward_func: Callable,
-                 open_dataset: Callable | None = None):
+                 open_dataset: Callable | None = None, token_observer: TokenObserver | None = None):
+        """``token_observer``: given to every pass (see :data:`~.eval_pass.TokenObserver`)."""
         self.config = config
         self._topology = topology
         self._fb = forward_backward_func
         self._open_dataset = open_dataset or open_prepared_dataset
+        self._token_observer = token_observer
         self.sets: list[tuple[WindowedSet, int]] | None = None
         self.last_iteration: int | None = None
         self.plans: dict = {}
@@ -157,7 +159,8 @@ class HESNREvaluator:
             for wset, vocab in self.sets:
                 p = HESNRPass(cfg, vocab_size=vocab, seq_length=ctx.seq_length, topology=topo,
                               forward_backward_func=self._fb, capture=LogitsCapture(strategy),
-                              padded_vocab_size=ctx.padded_vocab_size, make_attention_mask=ctx.make_attention_mask)
+                              padded_vocab_size=ctx.padded_vocab_size, make_attention_mask=ctx.make_attention_mask,
+                              token_observer=self._token_observer)
                 acc = p.run(model, wset)
                 if self.plans.get(wset.name) is not p.plan:
                     log.info("HE-SNR set %s: %s", wset.name, p.plan.describe())
