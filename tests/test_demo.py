@@ -127,6 +127,18 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _rerun_job(out: Path, records: list[dict], tmp_path: Path, **kw) -> EvalJob:
+    """The quick run's evaluation of the checkpoints of ``records`` again, its records going to ``tmp_path``."""
+    cfg = DemoConfig.quick(out)
+    ckpts = [{"iteration": r["iteration"], "consumed_samples": r["consumed_samples"], "name": r["checkpoint"],
+              "path": str(Path(r["checkpoint"]) / "model.pt")} for r in records]
+    padded = torch.load(ckpts[0]["path"], weights_only=True)["gpt_config"]["padded_vocab_size"]
+    return EvalJob(checkpoints=ckpts, config=evaluator_config(cfg, out / "work" / "data" / "heldout",
+                                                              tmp_path / "records.jsonl"),
+                   extras_path=str(tmp_path / "extras.json"), seq_length=cfg.seq_length, padded_vocab_size=padded,
+                   work_dir=str(tmp_path), **kw)
+
+
 @pytest.mark.parametrize("megatron", [False, pytest.param(True, marks=pytest.mark.skipif(not HAVE_MCORE,
                                                                                        reason="needs megatron-core"))])
 def test_demo_evaluation_is_the_shared_evaluator(quick_run, tmp_path, monkeypatch, megatron):
@@ -144,14 +156,7 @@ def test_demo_evaluation_is_the_shared_evaluator(quick_run, tmp_path, monkeypatc
 
     monkeypatch.setattr(HESNREvaluator, "evaluate", spy)
     monkeypatch.setattr(demo_evaluation, "has_megatron_core", lambda: megatron)
-    cfg = DemoConfig.quick(out)
-    ckpts = [{"iteration": r["iteration"], "consumed_samples": r["consumed_samples"], "name": r["checkpoint"],
-              "path": str(Path(r["checkpoint"]) / "model.pt")} for r in demo]
-    padded = torch.load(ckpts[0]["path"], weights_only=True)["gpt_config"]["padded_vocab_size"]
-    job = EvalJob(checkpoints=ckpts, config=evaluator_config(cfg, out / "work" / "data" / "heldout",
-                                                             tmp_path / "records.jsonl"),
-                  extras_path=str(tmp_path / "extras.json"), seq_length=cfg.seq_length, padded_vocab_size=padded,
-                  tp=1, check_all=True, work_dir=str(tmp_path))
+    job = _rerun_job(out, demo, tmp_path, tp=1, check_all=True)
     extras = run_evaluation(job)
     assert seen == [("MegatronStyleGPT", r["iteration"], r["checkpoint"], True) for r in demo]
     assert extras["tp"] == 1 and ("megatron-core" in extras["path"]) == megatron
@@ -177,6 +182,33 @@ def test_demo_evaluation_is_the_shared_evaluator(quick_run, tmp_path, monkeypatc
         assert ce < 1e-4 if megatron else math.isnan(ce)   # Megatron's CE needs megatron-core
         flags, ref = np.concatenate(c["top1"]).astype(bool), np.concatenate(d["top1"]).astype(bool)
         assert flags.shape == ref.shape and (flags != ref).sum() <= max(1, flags.size // 1000)
+
+
+def test_demo_evaluation_falls_back_to_one_process_and_says_so(quick_run, tmp_path, monkeypatch, caplog):
+    """No gloo processes (spawn fails) and no 1-process group either: the evaluation still runs, in
+    one process through the demo's stand-in schedule, and each fallback is logged as a warning."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    _, out, _ = quick_run
+    demo = _records(out / "records.jsonl")[-1:]
+
+    def refuse(*_a, **_k):
+        raise RuntimeError("sandbox: no sockets")
+
+    monkeypatch.setattr(mp, "spawn", refuse)
+    monkeypatch.setattr(dist, "init_process_group", refuse)
+    job = _rerun_job(out, demo, tmp_path, tp=2)
+    with caplog.at_level("WARNING", logger="megatron_hesnr.demo.evaluation"):
+        extras = run_evaluation(job)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("TP=2 evaluation over gloo failed (sandbox: no sockets)" in w for w in warned), warned
+    if HAVE_MCORE:
+        assert any("no 1-process gloo group" in w for w in warned), warned
+    assert extras["tp"] == 1 and "the demo's forward-only schedule" in extras["path"]
+    (again,) = _records(tmp_path / "records.jsonl")
+    assert again["metrics"]["num_tokens"] == demo[0]["metrics"]["num_tokens"]
+    assert again["metrics"]["hesnr"] == pytest.approx(demo[0]["metrics"]["hesnr"], rel=1e-6)
 
 
 def test_open_leading_keeps_the_first_trajectories(quick_run):
