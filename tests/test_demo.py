@@ -26,6 +26,7 @@ from megatron_hesnr.demo.proxy_score import action_groups, greedy_prefix
 from megatron_hesnr.demo.schedule import demo_forward_only
 from megatron_hesnr.evaluation import EvalContext, EvalDataset, HESNRConfig, HESNREvaluator, Topology
 from conftest import REPO
+from distributed_harness import run_world
 
 HAVE_MCORE = importlib.util.find_spec("megatron") is not None and importlib.util.find_spec("megatron.core") is not None
 
@@ -182,6 +183,22 @@ def test_demo_evaluation_is_the_shared_evaluator(quick_run, tmp_path, monkeypatc
         assert ce < 1e-4 if megatron else math.isnan(ce)   # Megatron's CE needs megatron-core
         flags, ref = np.concatenate(c["top1"]).astype(bool), np.concatenate(d["top1"]).astype(bool)
         assert flags.shape == ref.shape and (flags != ref).sum() <= max(1, flags.size // 1000)
+    if megatron:
+        # The evaluation ran in this process: it must leave megatron-core's parallel_state as it found
+        # it, or the next world forked from here (the distributed tests) hangs in initialize_model_parallel.
+        assert run_world(_initialize_tp2, 2, tmp_path / "world", timeout=60) == [2, 2]
+
+
+def _initialize_tp2(rank: int, world: int) -> int:
+    from megatron.core import parallel_state as ps
+
+    from megatron_hesnr.megatron_lm.compat import destroy_model_parallel
+
+    ps.initialize_model_parallel(tensor_model_parallel_size=2)
+    try:
+        return ps.get_tensor_model_parallel_world_size()
+    finally:
+        destroy_model_parallel()
 
 
 def test_demo_evaluation_falls_back_to_one_process_and_says_so(quick_run, tmp_path, monkeypatch, caplog):

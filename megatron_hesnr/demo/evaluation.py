@@ -244,13 +244,14 @@ def _evaluate_in_group(job: EvalJob, rank: int, size: int) -> None:
         return
     from megatron.core import parallel_state as ps
 
+    from ..megatron_lm.compat import destroy_model_parallel
     from ..megatron_lm.topology import topology_from_parallel_state
 
     ps.initialize_model_parallel(tensor_model_parallel_size=size)
     try:
         _evaluate_all(job, topology_from_parallel_state(device=cpu), True)
     finally:
-        ps.destroy_model_parallel()
+        destroy_model_parallel()  # this process may go on (--tp 1, tests): leave parallel_state clean
 
 
 def _tp_worker(rank: int, job: EvalJob, port: int) -> None:

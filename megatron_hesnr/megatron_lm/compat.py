@@ -118,3 +118,23 @@ def check_after_megatron_validation(check: Callable) -> bool:
 
     init.validate_args = validate_args
     return True
+
+
+#: ``parallel_state`` globals that megatron-core's ``destroy_model_parallel`` leaves set (0.16 - 0.19).
+_LEFT_BY_DESTROY = ("_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP", "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP_GLOO")
+
+
+def destroy_model_parallel() -> None:
+    """megatron-core's ``destroy_model_parallel``, then the groups it forgets to clear.
+
+    Left set, they point at a destroyed process group: the next ``initialize_model_parallel``
+    in this process, or in a process forked from it, fails inside megatron-core.  Call this
+    when a process that goes on living (a test run, a notebook, ``hesnr demo --tp 1``) is done
+    with ``parallel_state``.
+    """
+    from megatron.core import parallel_state as ps
+
+    ps.destroy_model_parallel()
+    for name in _LEFT_BY_DESTROY:
+        if hasattr(ps, name):
+            setattr(ps, name, None)
