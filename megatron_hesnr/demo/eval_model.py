@@ -24,13 +24,18 @@ def has_megatron_core() -> bool:
     return True
 
 
+def rows_of_rank(weight: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    """Tensor-parallel rank ``rank``'s contiguous rows of an output weight split ``size`` ways."""
+    rows = weight.shape[0] // size
+    return weight[rank * rows:(rank + 1) * rows]
+
+
 class SlicedOutputLayer(torch.nn.Module):
     """This rank's contiguous rows of the output weight (without megatron-core)."""
 
     def __init__(self, weight: torch.Tensor, rank: int, size: int):
         super().__init__()
-        rows = weight.shape[0] // size
-        self.register_buffer("weight", weight[rank * rows:(rank + 1) * rows].detach().clone())
+        self.register_buffer("weight", rows_of_rank(weight, rank, size).detach().clone())
 
     def forward(self, hidden_sbh: torch.Tensor) -> torch.Tensor:
         return hidden_sbh @ self.weight.t()
@@ -48,10 +53,9 @@ class MegatronOutputLayer(torch.nn.Module):
         self.layer = ColumnParallelLinear(weight.shape[1], weight.shape[0], config=config,
                                           init_method=torch.nn.init.zeros_, bias=False, gather_output=False,
                                           skip_bias_add=False, tp_group=ps.get_tensor_model_parallel_group())
-        rank = ps.get_tensor_model_parallel_rank()
-        rows = self.layer.weight.shape[0]
         with torch.no_grad():
-            self.layer.weight.copy_(weight[rank * rows:(rank + 1) * rows])
+            self.layer.weight.copy_(rows_of_rank(weight, ps.get_tensor_model_parallel_rank(),
+                                                 ps.get_tensor_model_parallel_world_size()))
 
     def forward(self, hidden_sbh: torch.Tensor) -> torch.Tensor:
         out, _ = self.layer(hidden_sbh)

@@ -40,7 +40,7 @@ import torch
 
 from ..accumulator import HESNRAccumulator
 from ..evaluation import EvalContext, HESNRConfig, HESNREvaluator, Topology
-from ..evaluation.evaluator import open_prepared_dataset
+from ..evaluation.evaluator import is_last_rank, open_prepared_dataset
 from ..evaluation.windows import window_sample
 from ..token_stats import token_stats
 from .eval_model import MegatronStyleGPT, has_megatron_core
@@ -93,13 +93,6 @@ def open_leading(prefix: str, num_documents: int | None = None):
     return MemoryDataset(items, 0, manifest=ds.manifest)
 
 
-def _is_writer() -> bool:
-    """The last rank of the world: where the evaluator prints and writes (Megatron's logging rank)."""
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == dist.get_world_size() - 1
-
-
 # --------------------------------------------------------------------------- per-token results
 class TokenRecorder:
     """Token observer: the top-1 flag and NLL of every token the evaluator scored, by trajectory."""
@@ -150,7 +143,7 @@ def cross_check(evaluator: HESNREvaluator, model: MegatronStyleGPT, topo: Topolo
     ``metrics`` / ``nll``: the evaluator's metrics and per-token NLL (writing rank).
     """
     (wset, vocab), = evaluator.sets
-    writer = _is_writer()
+    writer = is_last_rank()
     metric = evaluator.config.metric
     ref = HESNRAccumulator(replace(metric, num_documents=wset.num_trajectories)) if writer else None
     ce_fn = None
@@ -193,7 +186,7 @@ def _evaluate_all(job: EvalJob, topo: Topology, megatron: bool) -> None:
     evaluator = HESNREvaluator(job.config, topology=lambda: topo, forward_backward_func=forward_backward,
                                open_dataset=partial(open_leading, num_documents=job.num_documents),
                                token_observer=recorder)
-    writer = _is_writer()
+    writer = is_last_rank()
     extras = {"path": path_name(topo.tp_size, megatron), "tp": topo.tp_size, "checkpoints": []}
     with schedule_context:
         for n, info in enumerate(job.checkpoints):

@@ -85,7 +85,8 @@ def dataset_vocab_size(dataset, prefix: str) -> int:
         raise HESNRConfigError("--hesnr-data-path", f"{prefix}: manifest has no tokenizer.vocab_size") from None
 
 
-def _is_last_rank() -> bool:
+def is_last_rank() -> bool:
+    """The last rank of the world: where the evaluator prints and writes (Megatron's logging rank)."""
     if not torch.distributed.is_initialized():
         return True
     return torch.distributed.get_rank() == torch.distributed.get_world_size() - 1
@@ -178,7 +179,7 @@ class HESNREvaluator:
         t0 = time.perf_counter()
         accs = self.run(model, ctx)
         seconds = time.perf_counter() - t0
-        if not _is_last_rank():
+        if not is_last_rank():
             return None
         cfg, iteration = self.config, ctx.iteration
         run_name = cfg.run_name or (os.path.basename(os.path.normpath(ctx.run_dir)) if ctx.run_dir else None)
@@ -189,7 +190,7 @@ class HESNREvaluator:
             data["sets"][wset.name] = {"metrics": metrics, "hist": acc.histogram()}
             records.append(make_record(
                 iteration=iteration, consumed_samples=ctx.consumed_samples, checkpoint=ctx.checkpoint, run=run_name,
-                dataset=wset.name, acc=acc,
+                dataset=wset.name, acc=acc, metrics=metrics,
                 config=config_dict(cfg, seq_length=ctx.seq_length, data=wset.summary(), eval_seconds=seconds,
                                    buckets=self.plans[wset.name].summary()),
             ))

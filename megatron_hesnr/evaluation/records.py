@@ -33,7 +33,8 @@ def config_dict(config: HESNRConfig, **extra) -> dict:
 
 
 def make_record(*, iteration: int, consumed_samples: int | None, checkpoint: str | None, run: str | None,
-                dataset: str, config: dict, acc: HESNRAccumulator, when: float | None = None) -> dict:
+                dataset: str, config: dict, acc: HESNRAccumulator, metrics: dict, when: float | None = None) -> dict:
+    """One record; ``metrics`` is ``acc.compute()`` (already made by the pass's reduction)."""
     ts = datetime.datetime.now(datetime.timezone.utc) if when is None else \
         datetime.datetime.fromtimestamp(when, datetime.timezone.utc)
     return {
@@ -45,7 +46,7 @@ def make_record(*, iteration: int, consumed_samples: int | None, checkpoint: str
         # ISO 8601 in UTC to the second, "Z": such strings sort by time (the report keeps the newest).
         "time": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": config,
-        "metrics": acc.compute(),
+        "metrics": metrics,
         "state": acc.state_dict(),
     }
 
