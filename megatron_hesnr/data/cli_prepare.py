@@ -43,10 +43,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list of mask categories: action (1, always), thought (2), observation (3)")
     p.add_argument("--no-special-tokens", action="store_true",
                    help="do not let the tokenizer add its special tokens (e.g. BOS)")
-    p.add_argument("--workers", type=int, default=1, help="processes (default 1: in-process, tokenizer threads)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes (default 1: in-process, tokenizer threads); capped at the number of input "
+                        "files (parquet parts) and of usable CPUs")
     p.add_argument("--strict", action="store_true", help="exit non-zero if any file or line fails")
-    p.add_argument("--max-file-bytes", type=int, default=Limits.max_file_bytes)
-    p.add_argument("--max-line-bytes", type=int, default=Limits.max_line_bytes)
+    p.add_argument("--max-file-bytes", type=int, default=Limits.max_file_bytes, metavar="N",
+                   help="refuse a single-document file (.traj, .json) larger than N bytes, reported as an error "
+                        "line (default %(default)s)")
+    p.add_argument("--max-line-bytes", type=int, default=Limits.max_line_bytes, metavar="N",
+                   help="refuse a JSONL line longer than N bytes, reported as an error line; the other lines "
+                        "are read (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     rows = p.add_argument_group("row filters (a row is one trajectory; the manifest records what each dropped)")
     rows.add_argument("--only-resolved", action="store_true",
@@ -70,6 +76,9 @@ def config_from_args(args) -> "PrepareConfig":
         cats.append(CATEGORY_NAMES[name])
     if Category.ACTION not in cats:
         cats.insert(0, Category.ACTION)
+    for flag in ("max_file_bytes", "max_line_bytes"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive number of bytes, got {getattr(args, flag)}")
     filters = FilterConfig(**{n: not getattr(args, f"no_{n}") for n in FILTER_NAMES})
     select = RowSelect(args.only_resolved, parse_where(args.where), args.limit, args.sample, args.seed)
     return PrepareConfig(template=args.template, tool_style=args.tool_style, filters=filters,
@@ -90,42 +99,70 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def run(args) -> int:
-    from .indexed import megatron_indexed
-    from .pipeline import expand_inputs, iter_results, load_tokenizer, plan_rows, tokenizer_info
+    from ..atomic_write import LockedError
+    from .indexed import megatron_indexed, prefix_lock
+    from .pipeline import (effective_workers, expand_inputs, iter_results, load_tokenizer, plan_rows,
+                           tokenizer_info, units_of)
 
     megatron_indexed(quiet=not getattr(args, "verbose", False))
 
+    lock = None
     try:
         cfg = config_from_args(args)
         if args.workers < 1:
             raise ValueError("--workers must be >= 1")
-        tokenizer = load_tokenizer(args.tokenizer)
         check_output_prefix(args.output_prefix)
-    except (ValueError, FileNotFoundError) as exc:
+        # Before any work: a second run into the same prefix is refused at once.
+        os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
+        lock = prefix_lock(args.output_prefix).acquire()
+        tokenizer = load_tokenizer(args.tokenizer)
+    except (ValueError, FileNotFoundError, LockedError) as exc:
+        if lock is not None:
+            lock.release()
         print(f"hesnr prepare: {exc}", file=sys.stderr)
         return 2
-    paths, missing = expand_inputs(args.inputs)
-    for m in missing:
-        print(f"hesnr prepare: error: {m}", file=sys.stderr)
-    tok_info = tokenizer_info(args.tokenizer, tokenizer)
-    if cfg.select is not None and cfg.select.needs_candidates:
-        cfg = replace(cfg, plan=plan_rows(paths, cfg))
-    n_err = len(missing)
-    t0 = time.perf_counter()
-    results = iter_results(paths, args.tokenizer, cfg, args.workers, tokenizer=tokenizer)
-    if not args.no_progress:
-        from tqdm import tqdm
-        results = tqdm(results, total=len(paths), unit="file", desc="hesnr prepare", file=sys.stderr)
-    try:
-        return _write(args, cfg, tok_info, paths, results, n_err, t0)
     except OSError as exc:
         print(f"hesnr prepare: --output-prefix {args.output_prefix}: cannot write "
               f"{exc.filename or args.output_prefix} ({exc.strerror or exc})", file=sys.stderr)
         return 2
+    try:
+        paths, missing, duplicates = expand_inputs(args.inputs, with_duplicates=True)
+        for m in missing:
+            print(f"hesnr prepare: error: {m}", file=sys.stderr)
+        if duplicates:
+            print(f"hesnr prepare: note: {duplicates} input(s) named a file already given under another "
+                  "path (relative, absolute, its folder or a link); each file is prepared once", file=sys.stderr)
+        workers = args.workers
+        if workers > 1:
+            workers, why = effective_workers(workers, len(units_of(paths)))
+            if why:
+                print(f"hesnr prepare: note: --workers {args.workers} capped at {workers} ({why})", file=sys.stderr)
+        tok_info = tokenizer_info(args.tokenizer, tokenizer)
+        if cfg.select is not None and cfg.select.needs_candidates:
+            cfg = replace(cfg, plan=plan_rows(paths, cfg))
+        n_err = len(missing)
+        t0 = time.perf_counter()
+        results = iter_results(paths, args.tokenizer, cfg, workers, tokenizer=tokenizer)
+        if not args.no_progress:
+            from tqdm import tqdm
+            results = tqdm(results, total=len(paths), unit="file", desc="hesnr prepare", file=sys.stderr)
+        try:
+            return _write(args, cfg, tok_info, paths, results, n_err, t0, lock)
+        except OSError as exc:
+            print(f"hesnr prepare: --output-prefix {args.output_prefix}: cannot write "
+                  f"{exc.filename or args.output_prefix} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
+    finally:
+        lock.release()
 
 
 def check_output_prefix(prefix: str) -> None:
     """Refuse, before any work, a prefix whose folder cannot be created or written."""
+    if not prefix or not prefix.strip():
+        raise ValueError("--output-prefix must not be empty (give e.g. data/swe_eval)")
+    if prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
+        raise ValueError(f"--output-prefix {prefix}: is a folder; give a file name stem inside it "
+                         f"(e.g. {os.path.join(prefix, 'swe_eval')})")
     folder = os.path.dirname(os.path.abspath(prefix))
     probe = folder
     while not os.path.exists(probe):
@@ -136,7 +173,17 @@ def check_output_prefix(prefix: str) -> None:
         raise ValueError(f"--output-prefix {prefix}: folder {probe} is not writable")
 
 
-def _write(args, cfg, tok_info, paths, results, n_err, t0) -> int:
+def _write(args, cfg, tok_info, paths, results, n_err, t0, lock) -> int:
+    writers: list = []
+    try:
+        return _write_into(args, cfg, tok_info, paths, results, n_err, t0, lock, writers)
+    except BaseException:
+        for w in writers:   # interrupted or failed: the temporary files go, an earlier dataset stays
+            w.abort()
+        raise
+
+
+def _write_into(args, cfg, tok_info, paths, results, n_err, t0, lock, writers: list) -> int:
     from .. import __version__
     from .writer import DatasetWriter
 
@@ -156,7 +203,8 @@ def _write(args, cfg, tok_info, paths, results, n_err, t0) -> int:
         file_counts = np.zeros(4, dtype=np.int64)
         for d in res.docs:
             if writer is None:
-                writer = DatasetWriter(args.output_prefix, tok_info["vocab_size"])
+                writer = DatasetWriter(args.output_prefix, tok_info["vocab_size"], lock=lock)
+                writers.append(writer)
             writer.add(d.ids, d.mask)
             c = _counts(d.mask)
             file_counts += c

@@ -6,8 +6,16 @@ import os
 
 import numpy as np
 
-from .indexed import (MANIFEST_VERSION, binding_hash, dataset_files, lengths_hash, manifest_path,
-                      mask_prefix, megatron_indexed, real_prefix, sha256_file, tokens_prefix)
+from .indexed import (MANIFEST_VERSION, binding_hash, dataset_files, journal_path, lengths_hash, manifest_path,
+                      mask_prefix, megatron_indexed, real_prefix, recover_prefix, sha256_file, tokens_prefix)
+
+
+def _identity(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class PreparedDatasetError(ValueError):
@@ -36,13 +44,38 @@ class PreparedDataset:
         if verify not in ("full", "sizes"):
             raise ValueError(f"verify must be 'full' or 'sizes', not {verify!r}")
         self.prefix = real_prefix(prefix)
+        # A writer renames its files into place while this reads them: open again (the
+        # memory maps of an earlier try keep the files they mapped, so check afterwards).
+        for attempt in range(3):
+            self._recover()
+            before = _identity(manifest_path(self.prefix))
+            self._open(verify)
+            if not os.path.exists(journal_path(self.prefix)) and _identity(manifest_path(self.prefix)) == before:
+                return
+        raise PreparedDatasetError(f"{self.prefix}: the files kept changing while being opened "
+                                   "(a `hesnr prepare` is writing this prefix); open it when it has finished")
+
+    def _recover(self) -> None:
+        from ..atomic_write import LockedError
+
+        try:
+            recover_prefix(self.prefix)
+        except LockedError as exc:
+            raise PreparedDatasetError(f"{journal_path(self.prefix)}: a writer is renaming its files into place "
+                                       f"and did not finish within 30 s ({exc})") from None
+        except (OSError, ValueError) as exc:
+            raise PreparedDatasetError(f"{journal_path(self.prefix)}: a `hesnr prepare` was killed while renaming "
+                                       f"its files into place, and finishing that here failed ({exc}); run "
+                                       "`hesnr prepare` again with this prefix") from None
+
+    def _open(self, verify: str) -> None:
         mpath = manifest_path(self.prefix)
         if not os.path.exists(mpath):
             raise PreparedDatasetError(f"{mpath}: manifest not found (prepare the data with `hesnr prepare`)")
         try:
             with open(mpath, encoding="utf-8") as f:
                 self.manifest: dict = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:   # ValueError: bad UTF-8 / JSON / huge integers
             raise PreparedDatasetError(f"{mpath}: unreadable manifest ({exc})") from None
         if not isinstance(self.manifest, dict) or self.manifest.get("manifest_version") != MANIFEST_VERSION:
             raise PreparedDatasetError(f"{mpath}: not a version-{MANIFEST_VERSION} hesnr manifest")
@@ -68,6 +101,11 @@ class PreparedDataset:
         for name, part in ((tokens_prefix(self.prefix), self._tokens), (mask_prefix(self.prefix), self._mask)):
             if not np.array_equal(np.asarray(part.document_indices), np.arange(len(t_len) + 1)):
                 raise PreparedDatasetError(f"{name}.idx: expected one sequence per document (trajectory)")
+        docs = self.manifest.get("documents")
+        if not isinstance(docs, list) or len(docs) != len(t_len) or not all(isinstance(d, dict) for d in docs):
+            got = f"a list of {len(docs)}" if isinstance(docs, list) else type(docs).__name__
+            raise PreparedDatasetError(f"{mpath}: field documents must list one object per document "
+                                       f"({len(t_len)}), got {got}")
         self.lengths = t_len
 
     def _check_files(self, mpath: str, verify: str) -> None:
@@ -106,4 +144,5 @@ class PreparedDataset:
 
     def source(self, i: int) -> str:
         """The trajectory file (and JSONL line) document ``i`` came from."""
-        return self.manifest.get("documents", [])[i]["source"]
+        docs = self.manifest.get("documents")
+        return docs[i].get("source", "?") if docs else "?"

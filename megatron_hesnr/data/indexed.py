@@ -85,3 +85,37 @@ def megatron_indexed(quiet: bool = False):
 def real_prefix(prefix: str) -> str:
     """Absolute path without symlinks: megatron-core opens files by path."""
     return os.path.realpath(os.path.abspath(prefix))
+
+
+def lock_path(prefix: str) -> str:
+    """``P.lock``: held by the one process writing the prefix (see :mod:`megatron_hesnr.atomic_write`)."""
+    return f"{prefix}.lock"
+
+
+def journal_path(prefix: str) -> str:
+    """``P.commit``: exists only while (or if killed while) a writer renames its files into place."""
+    return f"{prefix}.commit"
+
+
+def prefix_lock(prefix: str, wait: float = 0.0):
+    from ..atomic_write import PathLock
+
+    return PathLock(lock_path(prefix), f"--output-prefix {prefix}", wait=wait)
+
+
+def recover_prefix(prefix: str, locked: bool = False, wait: float = 30.0) -> bool:
+    """Finish a commit that a killed writer left half done (so the files are the new
+    dataset, complete); then remove temporary files killed writers left. ``locked``: the
+    caller holds the prefix's lock; otherwise it is taken here (waiting up to ``wait``
+    seconds for a writer that is committing). Returns whether a commit was finished."""
+    from ..atomic_write import remove_orphans, roll_forward
+
+    journal = journal_path(prefix)
+    if not locked:
+        if not os.path.exists(journal):
+            return False
+        with prefix_lock(prefix, wait=wait):
+            return roll_forward(journal)
+    done = roll_forward(journal)
+    remove_orphans([*dataset_files(prefix).values(), manifest_path(prefix), journal])
+    return done

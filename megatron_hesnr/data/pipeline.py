@@ -146,11 +146,14 @@ def _special_kind(path: str) -> str | None:
                 "not a regular file, skipped")
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
+def expand_inputs(inputs: list[str], with_duplicates: bool = False):
     """Files, folders (searched recursively for trajectory suffixes) and globs -> (files, problems).
 
     ``problems`` are ``"PATH: reason"`` lines: a missing path, a folder that cannot be
     listed, a FIFO / socket / device (never opened: reading one could block forever).
+    A file reached under several names (relative and absolute paths, through its folder,
+    a symbolic or hard link: the same device and inode) is kept once, under its first
+    name in sorted order; ``with_duplicates``: also return how many names were dropped.
     """
     files, problems = [], []
 
@@ -179,12 +182,34 @@ def expand_inputs(inputs: list[str]) -> tuple[list[str], list[str]]:
                 keep(h)
             if not hits:
                 problems.append(f"{item}: no such file, folder or glob match")
-    seen, unique = set(), []
-    for f in sorted(files):
-        if f not in seen:
-            seen.add(f)
-            unique.append(f)
-    return unique, problems
+    seen, unique, duplicates = set(), [], 0
+    for f in sorted(set(files)):
+        try:
+            st = os.stat(f)
+            key = (st.st_dev, st.st_ino)
+        except OSError:
+            key = os.path.realpath(f)
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        unique.append(f)
+    duplicates += len(files) - len(set(files))
+    return (unique, problems, duplicates) if with_duplicates else (unique, problems)
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def effective_workers(requested: int, n_units: int) -> tuple[int, str]:
+    """``--workers`` capped at the work units (files, parquet parts) and the usable CPUs;
+    -> (workers, why it was capped or "")."""
+    cpus = usable_cpus()
+    workers = max(1, min(requested, n_units, cpus))
+    if workers == requested:
+        return workers, ""
+    return workers, f"{n_units} input file(s)/part(s), {cpus} usable CPU(s)"
 
 
 def _read_render(unit, cfg: PrepareConfig):
@@ -328,6 +353,7 @@ def iter_results(paths: list[str], tokenizer_path: str, cfg: PrepareConfig, work
 
 
 def _iter_units(units: list, tokenizer_path: str, cfg: PrepareConfig, workers: int, tokenizer, batch_files: int):
+    workers = effective_workers(workers, len(units))[0]
     if workers <= 1 or len(units) <= 1:
         tok = tokenizer or load_tokenizer(tokenizer_path)
         # encode_batch releases the GIL: tokenize batch k in a thread while this thread
