@@ -145,6 +145,8 @@ def validate_state_dict(d) -> tuple[AccumulatorConfig, torch.Tensor, torch.Tenso
     ``trajectories`` is the per-trajectory table ``[num_documents, categories, fields]``,
     or ``None`` when the state keeps none.
     """
+    if isinstance(d, dict) and "config" in d and not isinstance(d["config"], dict):
+        raise StateError(f"accumulator state config must be an object, got {type(d['config']).__name__}")
     if isinstance(d, dict) and isinstance(d.get("config"), dict) and d["config"].get("num_documents") is not None:
         _keys(d, STATE_KEYS + (traj.TABLE_KEY,), "accumulator state")
     else:
@@ -162,6 +164,10 @@ def validate_state_dict(d) -> tuple[AccumulatorConfig, torch.Tensor, torch.Tenso
     check_sums(cfg, scalars, hist)
     table = None
     if cfg.num_documents is not None:
+        try:   # before allocating: the count must be backed by the lists the state holds
+            traj.check_table_json_size(d[traj.TABLE_KEY], cfg.num_documents)
+        except ValueError as exc:
+            raise StateError(str(exc)) from None
         table = torch.zeros(cfg.num_documents, cfg.num_categories, len(SCALAR_FIELDS), dtype=torch.float64)
         try:
             traj.table_from_json(d[traj.TABLE_KEY], table, SCALAR_FIELDS, cfg.category_names)

@@ -5,6 +5,8 @@ merge across the tensor-parallel group -> :func:`finalize` (float64 on ``[N, k]`
 """
 from __future__ import annotations
 
+import numbers
+
 from dataclasses import dataclass
 
 import torch
@@ -212,8 +214,9 @@ def token_stats(
         )
     if labels.dtype.is_floating_point or labels.dtype == torch.bool:
         raise TypeError(f"labels must be integer token ids, got {labels.dtype}")
-    if int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k}")
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r} ({type(k).__name__})")
+    k = int(k)
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     impl = _resolve_impl(impl, logits)

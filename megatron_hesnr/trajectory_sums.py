@@ -89,6 +89,39 @@ def table_to_json(table: torch.Tensor, fields, category_names) -> dict:
     return {"fields": list(fields), "num_documents": int(t.shape[0]), "by_category": out}
 
 
+#: A table whose JSON lists no category (all zero: no token was scored) is not backed by
+#: any list; its ``num_documents`` is only believed up to this many trajectories.
+MAX_EMPTY_TABLE_DOCUMENTS = 1 << 20
+
+
+def check_table_json_size(d, num_documents: int) -> None:
+    """Before a table of ``num_documents`` rows is allocated for :func:`table_from_json`:
+    the JSON must hold that many entries in every list it has (so a corrupt count cannot
+    make the reader allocate more than the record itself holds). ``ValueError`` names the field."""
+    if not isinstance(d, dict):
+        raise ValueError(f"state '{TABLE_KEY}' must be an object, got {type(d).__name__}")
+    if d.get("num_documents") != num_documents:
+        raise ValueError(f"state '{TABLE_KEY}' has num_documents {d.get('num_documents')!r}, "
+                         f"but config.num_documents is {num_documents}")
+    by_cat = d.get("by_category")
+    if not isinstance(by_cat, dict):
+        raise ValueError(f"state '{TABLE_KEY}.by_category' must be an object")
+    lists = 0
+    for name, cols in by_cat.items():
+        if not isinstance(cols, dict):
+            raise ValueError(f"state '{TABLE_KEY}.by_category.{name}' must be an object of per-trajectory lists")
+        for f, col in cols.items():
+            if not isinstance(col, list) or len(col) != num_documents:
+                got = f"a list of {len(col)}" if isinstance(col, list) else type(col).__name__
+                raise ValueError(f"state '{TABLE_KEY}.by_category.{name}.{f}' must be a list of "
+                                 f"config.num_documents = {num_documents} values, got {got}")
+            lists += 1
+    if not lists and num_documents > MAX_EMPTY_TABLE_DOCUMENTS:
+        raise ValueError(f"state config.num_documents = {num_documents} with an empty '{TABLE_KEY}' table: "
+                         f"more than {MAX_EMPTY_TABLE_DOCUMENTS} trajectories without a single scored token "
+                         "is not believed")
+
+
 def table_from_json(d, table: torch.Tensor, fields, category_names) -> None:
     """Fill ``table`` from :func:`table_to_json`'s value; raise ``ValueError`` naming the problem."""
     if not isinstance(d, dict):

@@ -7,6 +7,8 @@ that turns (rank, shard width, true vocabulary size) into column ranges.
 """
 from __future__ import annotations
 
+import numbers
+
 from typing import NamedTuple
 
 
@@ -49,6 +51,10 @@ def check_vocab_size(vocab_size: int | None, padded_size: int) -> int:
     """Validate the true vocabulary size against the padded (global) width."""
     if vocab_size is None:
         return padded_size
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral):
+        raise ValueError(f"vocab_size must be a positive integer (the tokenizer's vocabulary) or None, "
+                         f"got {vocab_size!r} ({type(vocab_size).__name__})")
+    vocab_size = int(vocab_size)
     if not 0 < vocab_size <= padded_size:
         raise ValueError(
             f"vocab_size={vocab_size} must be in [1, {padded_size}] "

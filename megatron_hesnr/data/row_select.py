@@ -7,7 +7,8 @@ the row's top-level fields only. The filters apply in this order and each counts
 rows it dropped (the manifest records them):
 
 1. ``--only-resolved``: keep rows whose ``resolved`` (else ``target``) field is true or 1;
-   a row with neither field (or null) is an error naming the file and row.
+   a field that is null (outcome unknown) drops the row like false (counted under
+   ``only_resolved``); a row with neither field is an error naming the file and row.
 2. ``--where KEY=VALUE`` (repeatable): exact match on a top-level field. Strings compare
    as written; booleans match ``true``/``false``/``1``/``0``; numbers match numerically;
    null matches ``null``. A row without the field does not match.
@@ -89,9 +90,11 @@ def parse_where(items) -> tuple:
 def resolved_of(row) -> bool:
     """The row's resolved flag; ReadError when it has none (or one that is not a flag)."""
     fields = row if isinstance(row, dict) else {}
+    null = False
     for name in RESOLVED_FIELDS:
         value = fields.get(name)
         if value is None:
+            null = null or name in fields
             continue
         if isinstance(value, bool):
             return value
@@ -100,6 +103,8 @@ def resolved_of(row) -> bool:
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise ReadError(f"--only-resolved: field {name!r} is {value!r}, not true/false or 1/0")
+    if null:   # present but null: the outcome is unknown, so the row is not known to be resolved
+        return False
     raise ReadError(f"--only-resolved: row has no {' or '.join(repr(f) for f in RESOLVED_FIELDS)} field")
 
 

@@ -32,18 +32,31 @@ def decode_utf8(data: bytes, where: str = "") -> str:
                         f"at offset {exc.start}") from None
 
 
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    line = text.count("\n", 0, pos) + 1
+    return line, pos - (text.rfind("\n", 0, pos) + 1) + 1
+
+
 def parse_json(text: str, where: str = ""):
-    """``json.loads`` with the reason spelled out (truncated, malformed, too deep)."""
+    """``json.loads`` with the reason spelled out (cut short, malformed, too deep, a number
+    too long for Python's integer conversion limit)."""
     at = f" {where}" if where else ""
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
-            raise ReadError(f"truncated JSON{at}: input ends at line {exc.lineno} column {exc.colno} "
-                            f"({exc.msg})") from None
+        end_line, end_col = _line_col(text, len(text.rstrip()))
+        # An unterminated string is one that runs to the end of the input.
+        unterminated = exc.msg.startswith("Unterminated string")
+        if unterminated or exc.pos >= len(text.rstrip()):
+            inside = (f"inside a string that starts at line {exc.lineno} column {exc.colno}" if unterminated
+                      else f"while {exc.msg[0].lower() + exc.msg[1:]}")
+            raise ReadError(f"truncated JSON{at} (cut short?): the input ends at line {end_line} column "
+                            f"{end_col} {inside}") from None
         raise ReadError(f"malformed JSON{at}: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise ReadError(f"JSON nested too deeply{at}") from None
+    except ValueError as exc:   # e.g. an integer beyond sys.get_int_max_str_digits()
+        raise ReadError(f"unreadable JSON{at}: {exc}") from None
 
 
 def read_json_file(path: str, limits: Limits) -> object:

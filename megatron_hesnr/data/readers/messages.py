@@ -25,7 +25,7 @@ def tool_call(call, where: str) -> ToolCall:
     if isinstance(args, str):
         try:
             parsed = json.loads(args) if args.strip() else {}
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):   # not JSON, or a number past Python's digit limit
             parsed = None
         if isinstance(parsed, dict):
             return ToolCall(fn["name"], parsed)

@@ -52,6 +52,8 @@ def row_messages(row) -> tuple[list, str]:
             except json.JSONDecodeError as exc:
                 raise ReadError(f"{key!r} is a string but not JSON ({exc.msg} at line {exc.lineno} "
                                 f"column {exc.colno})") from None
+            except (ValueError, RecursionError) as exc:   # huge integers, deep nesting
+                raise ReadError(f"{key!r} is a string but not readable JSON ({exc or type(exc).__name__})") from None
             fmt = "swe-smith"
         if not isinstance(value, list):
             raise ReadError(f"{key!r} must be a list of messages, not {type(value).__name__}")
