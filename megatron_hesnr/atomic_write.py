@@ -24,6 +24,7 @@ through this module:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime
 import errno
 import json
@@ -41,6 +42,9 @@ TMP_MARK = ".tmp-"
 JOURNAL_VERSION = 1
 #: Errors that mean "this file system cannot lock", not "somebody holds the lock".
 _NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL}
+
+
+_ACTIVE_SET: contextvars.ContextVar = contextvars.ContextVar("hesnr_file_set", default=None)
 
 
 class LockedError(RuntimeError):
@@ -84,8 +88,15 @@ def atomic_file(final: str | os.PathLike, mode: str = "w", encoding: str | None 
     """``with atomic_file(path) as f: f.write(...)``: ``path`` is replaced only when the block
     ends without an exception; otherwise the temporary file is removed and ``path`` kept."""
     final = os.fspath(final)
-    tmp = temp_path(final)
     binary = "b" in mode
+    group = _ACTIVE_SET.get()
+    if group is not None and group.holds(final):
+        # Inside ``with FileSet(...)``: written now, renamed with the rest of the set.
+        tmp = group.stage(final)
+        with open(tmp, mode, **({} if binary else {"encoding": encoding, "newline": newline})) as f:
+            yield f
+        return
+    tmp = temp_path(final)
     try:
         with open(tmp, mode, **({} if binary else {"encoding": encoding, "newline": newline})) as f:
             yield f
@@ -266,16 +277,35 @@ def remove_orphans(finals: list[str]) -> int:
 
 class FileSet:
     """Files written together and renamed into place together, in the order staged (put the
-    file readers check first -- a manifest -- last). The caller holds the lock."""
+    file readers check first -- a manifest -- last). The caller holds the lock.
 
-    def __init__(self, journal: str):
+    ``with FileSet(journal):`` makes every :func:`atomic_file` / :func:`write_text` into the
+    journal's folder part of the set; the set is committed when the block ends normally
+    and dropped when it raises."""
+
+    def __init__(self, journal: str | os.PathLike):
         self.journal = os.fspath(journal)
         self.staged: list[tuple[str, str]] = []   # (tmp, final)
+        self._token = None
+
+    def holds(self, final: str) -> bool:
+        return os.path.dirname(os.path.abspath(final)) == os.path.dirname(os.path.abspath(self.journal))
+
+    def __enter__(self) -> "FileSet":
+        self._token = _ACTIVE_SET.set(self)
+        return self
+
+    def __exit__(self, exc_type, *_):
+        _ACTIVE_SET.reset(self._token)
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
     def stage(self, final: str | os.PathLike) -> str:
         """The temporary path to write ``final``'s content to."""
         final = os.fspath(final)
-        if os.path.dirname(os.path.abspath(final)) != os.path.dirname(os.path.abspath(self.journal)):
+        if not self.holds(final):
             raise ValueError(f"{final}: a file set lives in one folder ({os.path.dirname(self.journal)})")
         tmp = temp_path(final)
         self.staged.append((tmp, final))

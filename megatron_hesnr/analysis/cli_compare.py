@@ -53,6 +53,7 @@ def format_result(res: dict) -> str:
 
 
 def run(args) -> int:
+    from ..atomic_write import write_text
     from .compare import CompareError, compare_records, find_record
     from .records import RecordError, read_records
     from .summary import AnalysisError, select_dataset, jsonable
@@ -76,10 +77,8 @@ def run(args) -> int:
     print(format_result(res))
     if args.json:
         out = {m: {k: e[k] for k in ("a", "b", "diff", "ci", "p")} for m, e in res["metrics"].items()}
-        try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(jsonable(out), f, indent=1, allow_nan=False)
-                f.write("\n")
+        try:   # temporary file renamed over PATH: a reader sees the old file or the new one, whole
+            write_text(args.json, json.dumps(jsonable(out), indent=1, allow_nan=False) + "\n")
         except OSError as exc:
             return fail(f"--json {args.json}: {exc.strerror or exc}")
     return 0

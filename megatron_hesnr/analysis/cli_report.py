@@ -3,8 +3,9 @@
     hesnr report RECORDS.jsonl... [--scores scores.csv] [--output-dir DIR] [--strict]
                  [--category action] [--dataset NAME] [--bootstrap N] [--seed S]
 
-Writes DIR/report.md, DIR/summary.json and the figures (PNG and SVG); prints a
-one-screen summary.  Exit status: 0 done, 2 bad input or an output directory that
+Writes DIR/report.md, DIR/summary.json and the figures (PNG and SVG), all renamed into
+place together at the end (a second report into DIR at the same time is refused);
+prints a one-screen summary.  Exit status: 0 done, 2 bad input or an output directory that
 cannot be written (one line on stderr naming the file, line, field or flag).
 """
 from __future__ import annotations
@@ -36,7 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
 
 
+LOCK_NAME = ".hesnr-report.lock"
+JOURNAL_NAME = ".hesnr-report.commit"
+
+
 def run(args) -> int:
+    from ..atomic_write import FileSet, LockedError, PathLock, remove_orphans, roll_forward
     from .figures import write_figures
     from .records import RecordError, read_records
     from .report import terminal_table, write_report
@@ -59,16 +65,31 @@ def run(args) -> int:
                           n_boot=args.bootstrap, seed=args.seed)
     except (RecordError, AnalysisError, OSError) as exc:
         return fail(exc)
+    lock = None
     try:
-        figures = []
-        if not args.no_figures:
-            cat = None if summary["category"] == "all" else summary["category"]
-            hists = {r.label: r.accumulator.histogram(cat)
-                     for r in read.records if (r.dataset or "") == (summary["dataset"] or "")}
-            figures = write_figures(summary, hists, out_dir)
-        paths = write_report(summary, figures, out_dir)
-    except OSError as exc:
-        return fail(f"--output-dir {out_dir}: cannot write ({exc.strerror or exc}: {exc.filename or out_dir})")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # One report writer per folder; its files (figures, report.md, summary.json last) are
+        # renamed into place together at the end, so a reader never sees two runs mixed.
+        lock = PathLock(out_dir / LOCK_NAME, f"--output-dir {out_dir}").acquire()
+        roll_forward(str(out_dir / JOURNAL_NAME))
+        with FileSet(out_dir / JOURNAL_NAME) as files:
+            figures = []
+            if not args.no_figures:
+                cat = None if summary["category"] == "all" else summary["category"]
+                hists = {r.label: r.accumulator.histogram(cat)
+                         for r in read.records if (r.dataset or "") == (summary["dataset"] or "")}
+                figures = write_figures(summary, hists, out_dir)
+            paths = write_report(summary, figures, out_dir)
+            written = [final for _, final in files.staged]
+        remove_orphans(written)
+    except LockedError as exc:
+        return fail(str(exc))
+    except (OSError, ValueError) as exc:
+        return fail(f"--output-dir {out_dir}: cannot write ({getattr(exc, 'strerror', None) or exc}: "
+                    f"{getattr(exc, 'filename', None) or out_dir})")
+    finally:
+        if lock is not None:
+            lock.release()
     print(terminal_table(summary))
     print(f"report: {paths['markdown']}  summary: {paths['json']}")
     return 0

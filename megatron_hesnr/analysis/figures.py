@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..atomic_write import atomic_file
 from .correlation import linear_fit
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def _save(fig: Figure, out_dir: Path, stem: str) -> list[str]:
     paths = []
     for fmt in FORMATS:
         p = out_dir / f"{stem}.{fmt}"
-        fig.savefig(p, format=fmt, dpi=100)
+        with atomic_file(p, "wb") as f:   # whole or not at all (part of the report's file set)
+            fig.savefig(f, format=fmt, dpi=100)
         paths.append(str(p))
     return paths
 

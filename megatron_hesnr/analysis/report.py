@@ -5,6 +5,7 @@ import json
 import math
 from pathlib import Path
 
+from ..atomic_write import write_text
 from .correlation import fmt_r
 from .summary import jsonable
 
@@ -167,7 +168,7 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
 
 
 def write_json(summary: dict, path) -> None:
-    Path(path).write_text(json.dumps(jsonable(summary), indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    write_text(path, json.dumps(jsonable(summary), indent=1, allow_nan=False) + "\n")
 
 
 def terminal_table(summary: dict) -> str:
@@ -207,7 +208,7 @@ def write_report(summary: dict, figures: list[str], out_dir) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = out_dir / "report.md"
-    md.write_text(render_markdown(summary, figures, out_dir), encoding="utf-8")
+    write_text(md, render_markdown(summary, figures, out_dir))
     js = out_dir / "summary.json"
     write_json(dict(summary, figures=figures), js)
     return {"markdown": str(md), "json": str(js)}

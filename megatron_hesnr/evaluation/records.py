@@ -51,15 +51,65 @@ def make_record(*, iteration: int, consumed_samples: int | None, checkpoint: str
     }
 
 
+#: Records files this process appends to -> the lock it holds on each (for its whole life).
+_HELD: dict = {}
+#: A holder on another host may be a node that died and whose network-file-system lock
+#: has not expired yet (NFSv4 leases: 90 s by default): wait this long before refusing.
+REMOTE_HOLDER_WAIT_S = 120.0
+
+
+def claim_records(path: str):
+    """Take (once per process) the lock that makes this process the one writer of ``path``:
+    ``PATH.lock``, an exclusive ``flock`` that the kernel drops when the process dies, so a
+    requeued or restarted job can append after its predecessor died. A second live writer
+    raises :class:`~megatron_hesnr.atomic_write.LockedError` naming the holder."""
+    from ..atomic_write import PathLock
+
+    key = os.path.realpath(os.path.abspath(path))
+    lock = _HELD.get(key)
+    if lock is None:
+        lock = PathLock(key + ".lock", f"records file {path}", wait_remote=REMOTE_HOLDER_WAIT_S).acquire()
+        _HELD[key] = lock
+    return lock
+
+
+def release_records(path: str | None = None) -> None:
+    """Stop being the writer of ``path`` (all records files: ``None``); the process's end does the same."""
+    keys = list(_HELD) if path is None else [os.path.realpath(os.path.abspath(path))]
+    for key in keys:
+        lock = _HELD.pop(key, None)
+        if lock is not None:
+            lock.release()
+
+
 def append_records(path: str, records: list[dict]) -> None:
-    """Append whole lines and flush them to disk (a killed job leaves complete lines)."""
+    """Append whole lines and flush them to disk (a killed job leaves complete lines).
+
+    The lines go out in one ``write`` on an ``O_APPEND`` descriptor, then ``fsync``; a
+    write that fails half way (a full disk) is cut back to the file's former end. If
+    the file does not end with a newline (a writer died in the middle of a line), the
+    new lines start on a line of their own, so the torn line stays one bad line. Only
+    one process appends to a records file at a time (:func:`claim_records`).
+    """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    text = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    claim_records(path)
+    data = "".join(json.dumps(r, sort_keys=False) + "\n" for r in records).encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        if start and os.pread(fd, 1, start - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, start)   # never leave half a line behind
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_raw_records(path: str) -> list[dict]:
