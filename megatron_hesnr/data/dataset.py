@@ -102,7 +102,9 @@ class PreparedDataset:
             if not np.array_equal(np.asarray(part.document_indices), np.arange(len(t_len) + 1)):
                 raise PreparedDatasetError(f"{name}.idx: expected one sequence per document (trajectory)")
         docs = self.manifest.get("documents")
-        if not isinstance(docs, list) or len(docs) != len(t_len) or not all(isinstance(d, dict) for d in docs):
+        # Optional (datasets written through the API may leave it out); when there, one per document.
+        if "documents" in self.manifest and (not isinstance(docs, list) or len(docs) != len(t_len)
+                                             or not all(isinstance(d, dict) for d in docs)):
             got = f"a list of {len(docs)}" if isinstance(docs, list) else type(docs).__name__
             raise PreparedDatasetError(f"{mpath}: field documents must list one object per document "
                                        f"({len(t_len)}), got {got}")
