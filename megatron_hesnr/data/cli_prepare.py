@@ -1,8 +1,11 @@
 """``hesnr prepare``: trajectory files -> ``P_tokens``/``P_mask`` Megatron dataset + manifest.
 
 Exit status: 0 when at least one trajectory was written (and, with ``--strict``, no
-file or line failed); 1 otherwise; 2 for bad arguments or an output prefix that cannot be
-written (one line naming the flag and path). Every failed file (or JSONL
+file or line failed); 1 otherwise; 2 for bad arguments, an output prefix that cannot be
+written or that another ``hesnr prepare`` is writing (one line naming the flag and path,
+and the other writer's pid, host and start time). The files are written under temporary
+names and renamed into place together at the end, the manifest last
+(:mod:`megatron_hesnr.data.writer`): an interrupted run leaves an earlier dataset as it was. Every failed file (or JSONL
 line), unlistable folder or special file (FIFO, socket, device: never opened) gets one
 ``error:`` line on stderr naming it and the reason.
 """
@@ -56,7 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     rows = p.add_argument_group("row filters (a row is one trajectory; the manifest records what each dropped)")
     rows.add_argument("--only-resolved", action="store_true",
-                      help="keep rows whose 'resolved' (or 'target') field is true or 1; a row without one is an error")
+                      help="keep rows whose 'resolved' (or 'target') field is true or 1; null (outcome unknown) counts as "
+                           "not resolved; a row without either field is an error")
     rows.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                       help="keep rows whose top-level field KEY equals VALUE (repeatable: all must match)")
     pick = rows.add_mutually_exclusive_group()
