@@ -104,7 +104,7 @@ def _table(rows: list[list[str]]) -> str:
 
 def run(args) -> int:
     from ..atomic_write import LockedError
-    from .indexed import megatron_indexed, prefix_lock
+    from .indexed import megatron_indexed, prefix_lock, recover_prefix
     from .pipeline import (effective_workers, expand_inputs, iter_results, load_tokenizer, plan_rows,
                            tokenizer_info, units_of)
 
@@ -119,6 +119,8 @@ def run(args) -> int:
         # Before any work: a second run into the same prefix is refused at once.
         os.makedirs(os.path.dirname(os.path.abspath(args.output_prefix)), exist_ok=True)
         lock = prefix_lock(args.output_prefix).acquire()
+        # A commit a killed run left half done is finished now (readers need not wait for this run).
+        recover_prefix(args.output_prefix, locked=True)
         tokenizer = load_tokenizer(args.tokenizer)
     except (ValueError, FileNotFoundError, LockedError) as exc:
         if lock is not None:
