@@ -151,8 +151,11 @@ class PathLock:
         self.enforced = False
 
     def acquire(self) -> "PathLock":
-        import fcntl
-
+        try:
+            import fcntl
+        except ImportError:   # not POSIX: no flock; the renames still keep readers safe
+            log.warning("%s: no file locking on this platform; a second writer would not be detected", self.what)
+            return self
         folder = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(folder, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
