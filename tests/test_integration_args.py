@@ -41,12 +41,12 @@ def test_defaults_and_names():
     assert cfg.report_categories == ("action",)
 
 
-def test_readme_flag_table_is_the_configs():
-    """The README's table lists exactly the config's flags, row for row as :func:`flag_table` writes them."""
+def test_docs_flag_table_is_the_configs():
+    """docs/megatron-lm.md's table lists exactly the config's flags, row for row as :func:`flag_table` writes them."""
     from conftest import REPO
     from megatron_hesnr.evaluation.config import flag_table
 
-    readme = [line for line in (REPO / "README.md").read_text(encoding="utf-8").splitlines()
+    readme = [line for line in (REPO / "docs" / "megatron-lm.md").read_text(encoding="utf-8").splitlines()
               if line.startswith("| `--hesnr-")]
     assert readme == flag_table()
     assert len(readme) == len(FLAGS) == 20

@@ -157,7 +157,7 @@ def test_records_and_lines_at_the_eval_iterations(with_hesnr):
         rec = by_iteration(run)[it]
         assert rec["dataset"] == "swe" and rec["consumed_samples"] == 4 * it
         assert rec["metrics"]["num_tokens"] == 221
-    # The line comes from inside evaluate(): before Megatron's own validation line (README).
+    # The line comes from inside evaluate(): before Megatron's own validation line (docs/megatron-lm.md).
     log = run.log
     assert log.index("validation hesnr-swe at iteration 2 |") < log.index("validation loss at iteration 2 |")
 

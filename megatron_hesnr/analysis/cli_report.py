@@ -2,6 +2,7 @@
 
     hesnr report RECORDS.jsonl... [--scores scores.csv] [--output-dir DIR] [--strict]
                  [--category action] [--dataset NAME] [--bootstrap N] [--seed S]
+                 [--score-label TEXT] [--no-figures]
 
 Writes DIR/report.md, DIR/summary.json and the figures (PNG and SVG), all renamed into
 place together at the end (a second report into DIR at the same time is refused);
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
                         help="bootstrap resamples for the confidence intervals (0: none; default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
+    parser.add_argument("--score-label", default=None, metavar="TEXT",
+                        help="what the score is, for the figures' axes and the report, e.g. "
+                             "'SWE-bench Verified resolved rate' (default: 'downstream score')")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
 
 
@@ -53,6 +57,8 @@ def run(args) -> int:
         print(f"hesnr report: {message}", file=sys.stderr)
         return 2
 
+    if args.score_label is not None and not args.score_label.strip():
+        return fail("--score-label: must not be empty")
     if args.bootstrap < 0:
         return fail(f"--bootstrap must be >= 0, got {args.bootstrap}")
     out_dir = Path(args.output_dir)
@@ -65,6 +71,7 @@ def run(args) -> int:
                           n_boot=args.bootstrap, seed=args.seed)
     except (RecordError, AnalysisError, OSError) as exc:
         return fail(exc)
+    summary["score_label"] = args.score_label.strip() if args.score_label else None
     lock = None
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

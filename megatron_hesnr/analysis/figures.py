@@ -18,20 +18,178 @@ from .correlation import linear_fit
 log = logging.getLogger(__name__)
 
 FORMATS = ("png", "svg")
+DEFAULT_SCORE_LABEL = "downstream score"
 MAX_HIST_CURVES = 12
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[str]:
-    # One tight_layout here instead of bbox_inches="tight" or a layout engine, which
+def score_label(summary: dict) -> str:
+    """What the score axis shows: ``hesnr report --score-label``, else a neutral name."""
+    return summary.get("score_label") or DEFAULT_SCORE_LABEL
+
+
+def _canvas(fig: Figure):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    return fig.canvas.get_renderer()
+
+
+def _visible_ticklabels(ax, which: str = "x") -> list:
+    """The tick labels matplotlib draws on ``ax`` (inside the view, non-empty text)."""
+    axis = ax.xaxis if which == "x" else ax.yaxis
+    lo, hi = sorted(axis.get_view_interval())
+    out = []
+    for tick in axis.get_major_ticks():
+        loc = tick.get_loc()
+        if loc is None or not (lo - 1e-12 * max(1.0, abs(lo)) <= loc <= hi + 1e-12 * max(1.0, abs(hi))):
+            continue
+        for lab in (tick.label1, tick.label2):
+            if lab.get_visible() and lab.get_text():
+                out.append(lab)
+    return out
+
+
+def _overlapping(boxes, pad: float = 0.0) -> bool:
+    return any(a.x0 < b.x1 + pad and b.x0 < a.x1 + pad and a.y0 < b.y1 + pad and b.y0 < a.y1 + pad
+               for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def tick_label_overlaps(fig: Figure, draw: bool = True) -> list[str]:
+    """``axes title: x`` (or ``y``) for every axes whose drawn tick labels overlap (after a draw)."""
+    renderer = _canvas(fig)
+    if draw:
+        fig.canvas.draw()
+    bad = []
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        for which in ("x", "y"):
+            boxes = [t.get_window_extent(renderer) for t in _visible_ticklabels(ax, which)]
+            if _overlapping(boxes):
+                bad.append(f"{ax.get_title()!r}: {which}")
+    return bad
+
+
+def _fit_ticks(fig: Figure) -> None:
+    """Thin, then rotate, the x tick labels of every linear axes until none overlap."""
+    from matplotlib.ticker import MaxNLocator
+
+    renderer = _canvas(fig)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        if not ax.get_visible() or ax.get_xscale() != "linear":
+            continue
+        integer = bool(getattr(ax, "_hesnr_integer_x", False))
+        for attempt, nbins in enumerate((None, 6, 5, 4, 3, 2, 6, 4, 3, 2, 1)):
+            boxes = [t.get_window_extent(renderer) for t in _visible_ticklabels(ax, "x")]
+            if not _overlapping(boxes, pad=2.0):
+                break
+            if attempt == 6:  # thinning alone did not do: rotate, and thin again from 6 bins
+                ax.tick_params(axis="x", labelrotation=35)
+            if nbins is not None:
+                ax.xaxis.set_major_locator(MaxNLocator(nbins=nbins, integer=integer, min_n_ticks=1))
+            fig.canvas.draw()
+        if ax.xaxis.get_major_ticks() and ax.xaxis.get_major_ticks()[0].label1.get_rotation():
+            for tick in ax.xaxis.get_major_ticks():
+                tick.label1.set_horizontalalignment("right")
+
+
+def _layout(fig: Figure) -> None:
+    # One tight_layout pass here instead of bbox_inches="tight" or a layout engine, which
     # lay the figure out again for every format (several times slower on a busy CPU).
+    _canvas(fig)
     fig.tight_layout()
+    _fit_ticks(fig)
+    fig.tight_layout()  # rotated labels are taller
+    _fit_ticks(fig)
+
+
+def _save(fig: Figure, out_dir: Path, stem: str) -> list[str]:
     paths = []
     for fmt in FORMATS:
         p = out_dir / f"{stem}.{fmt}"
         with atomic_file(p, "wb") as f:   # whole or not at all (part of the report's file set)
-            fig.savefig(f, format=fmt, dpi=100)
+            fig.savefig(f, format=fmt, dpi=fig.dpi)
         paths.append(str(p))
     return paths
+
+
+# Candidate offsets (points) of a point label from its point, nearest first: up-right,
+# up-left, down-right, down-left, right, left, above, below, at a few distances that keep
+# the label next to its point (a label further away would be read as another point's).
+_DIRECTIONS = ((1, 1), (-1, 1), (1, -1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+_RADII = (5, 9, 14)
+_MARKER = 4.5  # points: half the side of the square a labelled point keeps free
+
+
+def place_labels(fig: Figure, labels: list) -> list:
+    """Place point labels so that none overlaps another label, a labelled point or the axes edge.
+
+    ``labels``: ``(ax, x, y, text, kwargs)`` in drawing priority. Each label takes the first
+    free candidate offset (a fixed list, nearest first, all within 14 points of the point),
+    so the result is deterministic; a label with no free candidate is left out (the point
+    keeps its marker). Returns the placed ``Annotation`` objects.
+    """
+    renderer = _canvas(fig)
+    fig.canvas.draw()
+    px = fig.dpi / 72.0
+    placed: dict = {}
+    points: dict = {}
+    for ax, x, y, _text, _kw in labels:
+        if math.isfinite(x) and math.isfinite(y):
+            X, Y = ax.transData.transform((x, y))
+            points.setdefault(ax, []).append((X - _MARKER * px, Y - _MARKER * px, X + _MARKER * px, Y + _MARKER * px))
+    out = []
+    for ax, x, y, text, kw in labels:
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        frame = ax.get_window_extent(renderer)
+        X, Y = ax.transData.transform((x, y))
+        probe = ax.annotate(text, (x, y), textcoords="offset points", xytext=(0, 0), **kw)
+        probe.set_in_layout(False)
+        ext = probe.get_window_extent(renderer)
+        w, h = ext.width, ext.height
+        boxes = placed.setdefault(ax, [])
+        own = (X - _MARKER * px, Y - _MARKER * px, X + _MARKER * px, Y + _MARKER * px)
+        chosen = None
+        for r in _RADII:
+            for dx, dy in _DIRECTIONS:
+                ox, oy = dx * r * px, dy * r * px
+                x0 = X + ox - (w if dx < 0 else w / 2 if dx == 0 else 0)
+                y0 = Y + oy - (h if dy < 0 else h / 2 if dy == 0 else 0)
+                box = (x0, y0, x0 + w, y0 + h)
+                if box[0] < frame.x0 or box[2] > frame.x1 or box[1] < frame.y0 or box[3] > frame.y1:
+                    continue
+                others = boxes + [p for p in points.get(ax, []) if p != own]
+                if any(box[0] < b[2] + 1 and b[0] < box[2] + 1 and box[1] < b[3] + 1 and b[1] < box[3] + 1
+                       for b in others):
+                    continue
+                chosen = (dx, dy, r, box)
+                break
+            if chosen:
+                break
+        if chosen is None:
+            probe.remove()
+            log.debug("figure label %r at (%s, %s) left out: no free place", text, x, y)
+            continue
+        dx, dy, r, box = chosen
+        probe.xyann = (dx * r, dy * r)
+        probe.set_horizontalalignment({-1: "right", 0: "center", 1: "left"}[dx])
+        probe.set_verticalalignment({-1: "top", 0: "center", 1: "bottom"}[dy])
+        boxes.append(box)
+        out.append(probe)
+    return out
+
+
+def label_overlaps(annotations, fig: Figure, draw: bool = True) -> list[tuple[str, str]]:
+    """Pairs of placed labels (by text) whose drawn extents overlap (after a draw)."""
+    renderer = _canvas(fig)
+    if draw:
+        fig.canvas.draw()
+    ext = [(a.get_text(), a.axes, a.get_window_extent(renderer)) for a in annotations]
+    return [(t1, t2) for i, (t1, ax1, b1) in enumerate(ext) for (t2, ax2, b2) in ext[i + 1:]
+            if ax1 is ax2 and b1.overlaps(b2)]
 
 
 def _grid(n: int) -> tuple[int, int]:
@@ -39,9 +197,10 @@ def _grid(n: int) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def plot_metrics_vs_step(summary: dict, out_dir: Path) -> list[str]:
+def metrics_vs_step_figure(summary: dict):
     """Each metric against the training step, one line per run; every evaluated
-    checkpoint is a marker, those with a downstream score are ringed and labelled."""
+    checkpoint is a marker, those with a score are ringed and labelled with it."""
+    labels = []
     metrics = summary["metrics"]
     rows = summary["checkpoints"]
     nr, nc = _grid(len(metrics))
@@ -62,12 +221,12 @@ def plot_metrics_vs_step(summary: dict, out_dir: Path) -> list[str]:
             for r, x, y in zip(rr, it, v):
                 p = (r.get("vs_previous") or {})
                 if m["key"] == "hesnr" and p.get("significant"):
-                    ax.annotate("*", (x, y), textcoords="offset points", xytext=(-9, 2), fontsize=12, color="C3")
+                    labels.append((ax, x, y, "*", {"fontsize": 12, "color": "C3"}))
             for r, x, y in zip(rr, it, v):
                 if r["score"] is not None and math.isfinite(y):
                     ax.plot([x], [y], "o", ms=10, mfc="none", mec="k", mew=1.2)
-                    ax.annotate(f"{r['score']['mean']:.3g}", (x, y), textcoords="offset points",
-                                xytext=(4, 6), fontsize=7)
+                    labels.append((ax, x, y, f"{r['score']['mean']:.3g}", {"fontsize": 7}))
+        ax._hesnr_integer_x = True
         arrow = {1: "higher is better", -1: "lower is better", 0: ""}[m["direction"]]
         ax.set_title(f"{m['name']}" + (f" ({arrow})" if arrow else ""), fontsize=10)
         ax.set_xlabel("training step (iteration)")
@@ -81,10 +240,13 @@ def plot_metrics_vs_step(summary: dict, out_dir: Path) -> list[str]:
     if len(summary["runs"]) > 1:
         axes[0].legend(fontsize=8)
     bars = any(isinstance(r["metrics"].get("hesnr_stderr"), float) for r in rows)
-    fig.suptitle(f"Metrics per checkpoint (category: {summary['category']}); ringed: has a score (annotated)"
-                 + ("; bars: 95% interval over trajectories; red *: HE-SNR differs from the previous "
-                    "checkpoint (paired p < 0.05)" if bars else ""), fontsize=11)
-    return _save(fig, out_dir, "metrics_vs_step")
+    title = (f"Metrics per checkpoint (category: {summary['category']}); ringed: has a {score_label(summary)} "
+             "(value written beside it where there is room)")
+    if bars:
+        title += ("\nbars: 95% interval over trajectories; red *: HE-SNR differs from the previous "
+                  "checkpoint (paired p < 0.05)")
+    fig.suptitle(title, fontsize=11)
+    return fig, labels
 
 
 def _rebin_factor(n: int, target: int = 128) -> int:
@@ -94,7 +256,7 @@ def _rebin_factor(n: int, target: int = 128) -> int:
     return g
 
 
-def plot_histograms(summary: dict, hists: dict[str, dict], out_dir: Path) -> list[str]:
+def histograms_figure(summary: dict, hists: dict[str, dict]):
     """H_k density per checkpoint (colour = step), ln 1 .. ln 10 and the thresholds marked."""
     rows = sorted(summary["checkpoints"], key=lambda r: (r["iteration"], r["run"]))
     if len(rows) > MAX_HIST_CURVES:  # evenly spaced subset, first and last kept
@@ -137,15 +299,17 @@ def plot_histograms(summary: dict, hists: dict[str, dict], out_dir: Path) -> lis
     ax.set_title(f"H_k histograms across checkpoints (category: {summary['category']})", pad=16)
     ax.legend(fontsize=7, ncol=2, loc="upper left")
     ax.grid(alpha=0.2)
-    return _save(fig, out_dir, "entropy_histograms")
+    return fig, []
 
 
-def plot_scatter(summary: dict, out_dir: Path, group: str = "all") -> list[str]:
+def scatter_figure(summary: dict, group: str = "all"):
     """Metric vs. mean score (error bars: the scores' standard deviation over repeated
     evaluations; colour: run; label: iteration), least-squares line, correlations."""
     rows = [r for r in summary["checkpoints"] if r["score"] is not None]
     if not rows or group not in summary["correlations"]:
-        return []
+        return None
+    labels = []
+    ylabel = score_label(summary)
     if group != "all":
         rows = [r for r in rows if f"run:{r['run']}" == group]
     metrics = summary["metrics"]
@@ -164,7 +328,7 @@ def plot_scatter(summary: dict, out_dir: Path, group: str = "all") -> list[str]:
                         label=run or "(no run name)")
         for r, xi, yi in zip(rows, x, y):
             if math.isfinite(xi):
-                ax.annotate(str(r["iteration"]), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                labels.append((ax, float(xi), float(yi), str(r["iteration"]), {"fontsize": 7}))
         fit = linear_fit(x, y)
         if fit is not None and ok.sum() >= 2:
             xs = np.linspace(x[ok].min(), x[ok].max(), 50)
@@ -176,22 +340,28 @@ def plot_scatter(summary: dict, out_dir: Path, group: str = "all") -> list[str]:
         else:
             sub = c["status"]
         ax.set_title(f"{m['name']}\n{sub}", fontsize=9)
-        ax.set_xlabel(m["name"])
-        ax.set_ylabel("downstream score")
+        arrow = {1: "higher is better", -1: "lower is better", 0: ""}[m["direction"]]
+        ax.set_xlabel(m["name"] + (f" ({arrow})" if arrow else ""))
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     if len({r["run"] for r in rows}) > 1:
         axes[0].legend(fontsize=7)
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
-    stem = "scatter" if group == "all" else "scatter_" + "".join(ch if ch.isalnum() else "_" for ch in group)
-    return _save(fig, out_dir, stem)
+    fig.suptitle(f"{ylabel} against each metric ({'all runs' if group == 'all' else group}); "
+                 "point labels: training step (where there is room)", fontsize=11)
+    return fig, labels
 
 
-def plot_threshold_sensitivity(summary: dict, out_dir: Path) -> list[str]:
+def scatter_stem(group: str) -> str:
+    return "scatter" if group == "all" else "scatter_" + "".join(ch if ch.isalnum() else "_" for ch in group)
+
+
+def threshold_sensitivity_figure(summary: dict):
     """Correlation of HE-SNR(eps) with the score over eps in [ln 2, ln 5]."""
     sens = summary.get("threshold_sensitivity")
     if not sens or not any(e["correlation"]["status"] == "ok" for e in sens["entries"]):
-        return []
+        return None
     fig = Figure(figsize=(8, 4.2))
     ax = fig.subplots()
     eps = [e["threshold"] for e in sens["entries"]]
@@ -209,22 +379,36 @@ def plot_threshold_sensitivity(summary: dict, out_dir: Path) -> list[str]:
         ax.axvline(math.log(j), color="grey", ls=":", lw=0.8)
         ax.text(math.log(j), 1.0, f"ln {j}", transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     ax.set_xlabel("threshold eps (nats)")
-    ax.set_ylabel("correlation of HE-SNR(eps) with score")
+    ax.set_ylabel(f"correlation of HE-SNR(eps)\nwith {score_label(summary)}")
     ax.set_title("Threshold sensitivity", pad=16)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out_dir, "threshold_sensitivity")
+    return fig, []
+
+
+def make_figures(summary: dict, hists: dict[str, dict]) -> list[tuple[str, Figure, list]]:
+    """Every figure the summary supports, laid out: ``(stem, figure, placed point labels)``."""
+    built = [("metrics_vs_step", metrics_vs_step_figure(summary)),
+             ("entropy_histograms", histograms_figure(summary, hists))]
+    if summary["correlations"]:
+        built += [(scatter_stem(group), scatter_figure(summary, group)) for group in summary["correlations"]]
+        built.append(("threshold_sensitivity", threshold_sensitivity_figure(summary)))
+    out = []
+    for stem, made in built:
+        if made is None:
+            continue
+        fig, labels = made
+        _layout(fig)
+        out.append((stem, fig, place_labels(fig, labels) if labels else []))
+    return out
 
 
 def write_figures(summary: dict, hists: dict[str, dict], out_dir) -> list[str]:
-    """All figures that the summary supports; returns the written paths."""
+    """All figures that the summary supports, as PNG and SVG; returns the written paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = plot_metrics_vs_step(summary, out_dir)
-    paths += plot_histograms(summary, hists, out_dir)
-    if summary["correlations"]:
-        for group in summary["correlations"]:
-            paths += plot_scatter(summary, out_dir, group)
-        paths += plot_threshold_sensitivity(summary, out_dir)
+    paths = []
+    for stem, fig, _ in make_figures(summary, hists):
+        paths += _save(fig, out_dir, stem)
     log.info("wrote %d figure files to %s", len(paths), out_dir)
     return paths

@@ -118,7 +118,8 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
              f"{len(inp['bad_lines'])} unreadable, {len(inp['duplicates'])} duplicate(s) superseded",
              f"- category: `{summary['category']}`; dataset: `{summary['dataset']}`; runs: "
              + (", ".join(f"`{r or '(none)'}`" for r in summary["runs"])),
-             f"- scores: `{inp['scores_file']}`; checkpoints with a score: {summary['n_scored']}", ""]
+             f"- scores: `{inp['scores_file']}`; checkpoints with a score: {summary['n_scored']}",
+             f"- score: {_md(summary.get('score_label') or 'downstream score')}", ""]
     if summary["notes"]:
         lines += ["## Notes", ""] + [f"- {n}" for n in summary["notes"]] + [""]
     lines += ["## Correlation with the downstream score", "", f"Sign convention: {summary['sign_convention']}",

@@ -26,7 +26,7 @@ from ..vocab import padded_vocab_size
 from . import bpe, sources
 from .evaluation import RECORD_RUN, EvalJob, run_evaluation
 from .gpt import GPTConfig, TinyGPT
-from .proxy_score import PROXY_DESCRIPTION, PROXY_NAME, greedy_prefix, write_scores_csv
+from .proxy_score import PROXY_DESCRIPTION, PROXY_NAME, PROXY_SCORE_LABEL, greedy_prefix, write_scores_csv
 from .training import TrainConfig, train
 
 log = logging.getLogger("megatron_hesnr.demo")
@@ -289,7 +289,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     stages.start("report", "hesnr report: Markdown report, JSON summary, figures")
     report_dir = out / "report"
     rc = run_subcommand("report", [str(records_path), "--scores", str(scores_csv), "--output-dir", str(report_dir),
-                                    "--category", "action", "--bootstrap", str(cfg.bootstrap)])
+                                    "--category", "action", "--bootstrap", str(cfg.bootstrap),
+                                    "--score-label", PROXY_SCORE_LABEL])
     if rc != 0:
         raise RuntimeError(f"hesnr report failed (exit {rc})")
     total = stages.finish()

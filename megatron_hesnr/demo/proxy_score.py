@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 PROXY_NAME = "proxy_greedy_action_prefix"
+# The score axis of the demo's report (`hesnr report --score-label`).
+PROXY_SCORE_LABEL = "proxy score (demo): greedy action prefix"
 PROXY_DESCRIPTION = (
     "PROXY, not a downstream benchmark: mean over held-out agent actions of the fraction of the "
     "action's scored tokens that greedy decoding reproduces before its first mistake"

@@ -77,8 +77,8 @@ def parse_data_specs(values) -> tuple[EvalDataset, ...]:
 
 
 def flag_spec(flag: str, help: str, table: tuple[str, str, str], *, after: str | None = None, **argparse_kw) -> dict:
-    """One command-line flag: ``help`` is its ``--help`` text; ``table`` the README row's (flag usage,
-    default, meaning); ``argparse_kw`` what ``add_argument`` needs besides them (``type``, ``nargs``,
+    """One command-line flag: ``help`` is its ``--help`` text; ``table`` its row of the flag table in
+    docs/megatron-lm.md (flag usage, default, meaning); ``argparse_kw`` what ``add_argument`` needs besides them (``type``, ``nargs``,
     ``choices``, ``action``, ``metavar``; ``default`` when the parser's differs from the field's)."""
     return {"flag": flag, "help": help, "table": table, "argparse": argparse_kw, "after": after}
 
@@ -381,7 +381,7 @@ def field_for_flag(flag: str | None) -> str | None:
 
 
 def flag_table() -> list[str]:
-    """The README's flag table, one Markdown row per flag, from the fields."""
+    """The flag table of docs/megatron-lm.md, one Markdown row per flag, from the fields."""
     rows = []
     for s in flag_settings():
         usage, default, meaning = s.table
