@@ -124,7 +124,8 @@ def _distinct_columns(rows_a: np.ndarray, rows_b: np.ndarray, cols) -> tuple[np.
         else:
             where_b[c] = len(picked)
             picked.append(rows_b[:, c])
-    return np.stack(picked, axis=1), where_a, where_b
+    z = np.stack(picked, axis=1) if picked else np.zeros((len(rows_a), 0))
+    return np.ascontiguousarray(z), where_a, where_b
 
 
 def paired_bootstrap(rows_a: np.ndarray, rows_b: np.ndarray, fields, *, n_boot: int = DEFAULT_BOOTSTRAP,
@@ -145,16 +146,14 @@ def paired_bootstrap(rows_a: np.ndarray, rows_b: np.ndarray, fields, *, n_boot: 
     metrics = list(metrics or RATIO_METRICS)
     cols = sorted({f[RATIO_METRICS[m][j]] for m in metrics for j in (0, 1)})
     rng = np.random.default_rng(seed)
-    boot = None
-    if len(rows_a):
-        z, where_a, where_b = _distinct_columns(rows_a, rows_b, cols)
-        boot = _resample_sums(z, n_boot, rng)
-    full_a, full_b = rows_a.sum(axis=0), rows_b.sum(axis=0)
+    z, where_a, where_b = _distinct_columns(rows_a, rows_b, cols)
+    boot = _resample_sums(z, n_boot, rng) if len(rows_a) else None
+    full = z.sum(axis=0)  # one contiguous column each: equal columns, equal sums
     out = {}
     for metric in metrics:
         num, den, is_exp = RATIO_METRICS[metric]
-        a = float(metric_value(full_a[f[num]], full_a[f[den]], is_exp))
-        b = float(metric_value(full_b[f[num]], full_b[f[den]], is_exp))
+        a = float(metric_value(full[where_a[f[num]]], full[where_a[f[den]]], is_exp))
+        b = float(metric_value(full[where_b[f[num]]], full[where_b[f[den]]], is_exp))
         d = b - a
         entry = {"a": a, "b": b, "diff": d, "ci": [float("nan"), float("nan")], "p": float("nan"),
                  "n_trajectories": int(len(rows_a)), "n_boot": 0}
@@ -191,7 +190,8 @@ def paired_difference(rows_a: np.ndarray, rows_b: np.ndarray, fields, metric: st
     nan = float("nan")
 
     def side(rows):
-        y, x = rows[:, f[num]], rows[:, f[den]]
+        # Contiguous copies: the same numbers give the same sums whatever the layout.
+        y, x = np.ascontiguousarray(rows[:, f[num]]), np.ascontiguousarray(rows[:, f[den]])
         sx = float(x.sum())
         r = float(y.sum()) / sx if sx > 0 else nan
         value = float(metric_value(y.sum(), sx, is_exp))

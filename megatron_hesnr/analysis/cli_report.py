@@ -39,7 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from .figures import write_figures
     from .records import RecordError, read_records
     from .report import terminal_table, write_report
     from .scores import read_scores
@@ -64,6 +63,8 @@ def run(args) -> int:
     try:
         figures = []
         if not args.no_figures:
+            from .figures import write_figures  # matplotlib: only when figures are drawn
+
             cat = None if summary["category"] == "all" else summary["category"]
             hists = {r.label: r.state.histogram(cat)
                      for r in read.records if (r.dataset or "") == (summary["dataset"] or "")}

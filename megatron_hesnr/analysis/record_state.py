@@ -12,6 +12,7 @@ nothing is allocated from a size the record merely claims.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -88,8 +89,21 @@ def _nested(value, shape: tuple[int, ...], name: str) -> np.ndarray:
         for i, x in enumerate(v):
             walk(x, depth + 1, f"{path}[{i}]")
 
-    walk(value, 0, "")
-    return np.array(value, dtype=np.float64).reshape(shape)
+    try:  # fast path: a well-formed table is one numpy conversion and one pass over the leaf types
+        arr = np.array(value)
+        leaves = value
+        for _ in range(len(shape) - 1):
+            leaves = itertools.chain.from_iterable(leaves)
+        ok = arr.shape == shape and arr.dtype.kind in "iuf" and not ({type(x) for x in leaves} - {int, float})
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if ok:
+        return arr.astype(np.float64, copy=False)
+    walk(value, 0, "")  # names the offending entry
+    try:
+        return np.array(value, dtype=np.float64).reshape(shape)
+    except OverflowError:
+        raise StateInvalid(f"state {name} holds a number beyond float64") from None
 
 
 def _check_sums(cfg: AccumulatorConfig, scalars: np.ndarray, hist: np.ndarray) -> None:

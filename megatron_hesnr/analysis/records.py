@@ -320,7 +320,7 @@ def _header_only(raw: bytes, source: str) -> EvalRecord:
     return rec
 
 
-def read_records(paths, *, strict: bool = False, select=None, max_line_bytes: int = MAX_LINE_BYTES) -> ReadResult:
+def read_records(paths, *, strict: bool = False, select=None, max_line_bytes: int | None = None) -> ReadResult:
     """Read, validate and de-duplicate records from JSONL files.
 
     A (dataset, run, iteration) seen twice keeps the later record (see the module
@@ -331,10 +331,12 @@ def read_records(paths, *, strict: bool = False, select=None, max_line_bytes: in
     ``select``: read only some records in full.  Called with every readable record's
     fields (``state`` not yet decoded, labels set); returns the records whose state
     is wanted.  Only those are validated (``hesnr compare`` reads two checkpoints of a
-    long file this way).
+    long file this way).  ``max_line_bytes``: longest line read (default
+    :data:`MAX_LINE_BYTES`); a longer one is a bad line.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
+    max_line_bytes = MAX_LINE_BYTES if max_line_bytes is None else max_line_bytes
     result = ReadResult()
     valid: list[EvalRecord] = []
     order = 0
