@@ -16,62 +16,78 @@ import numpy as np
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
 _OPEN = (ord("{"), ord("["))
 _CLOSE = (ord("}"), ord("]"))
+#: Bytes that matter for the structure: brackets, quotes, backslashes.
+_SPECIAL = np.zeros(256, dtype=bool)
+_SPECIAL[[*_OPEN, *_CLOSE, _QUOTE, _BACKSLASH]] = True
 
 
-def _string_quotes(a: np.ndarray) -> np.ndarray | None:
-    """Positions of the quotes that open or close strings (escaped ones dropped)."""
-    q = np.flatnonzero(a == _QUOTE)
-    if len(q) == 0:
-        return q
-    prev = q - 1
-    cand = np.flatnonzero((prev >= 0) & (a[np.maximum(prev, 0)] == _BACKSLASH))
-    if len(cand):
+def _structure(raw: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """(positions of the quotes that open or close strings, positions of the brackets
+    outside strings) of ``raw``, from one table lookup over its bytes."""
+    a = np.frombuffer(raw, dtype=np.uint8)
+    pos = np.flatnonzero(_SPECIAL[a])
+    kind = a[pos]
+    q = pos[kind == _QUOTE]
+    for b in pos[kind == _BACKSLASH].tolist():  # escapes: rare in a record
+        if b + 1 < len(a) and a[b + 1] == _QUOTE:
+            break
+    else:
+        b = None
+    if b is not None and len(q):
         keep = np.ones(len(q), dtype=bool)
-        for i in cand.tolist():  # a quote after backslashes: escaped iff their number is odd
-            j, n = int(q[i]) - 1, 0
+        for i, p in enumerate(q.tolist()):  # a quote after backslashes: escaped iff their number is odd
+            j, n = p - 1, 0
             while j >= 0 and a[j] == _BACKSLASH:
                 n, j = n + 1, j - 1
             keep[i] = n % 2 == 0
         q = q[keep]
-    return q if len(q) % 2 == 0 else None
+    if len(q) % 2:
+        return None
+    br = pos[(kind != _QUOTE) & (kind != _BACKSLASH)]
+    return q, br[np.searchsorted(q, br, side="right") % 2 == 0]
 
 
 def top_level_members(raw: bytes) -> dict[str, tuple[int, int]] | None:
     """``{key: (start, end)}``: byte span of each top-level member's value in ``raw``
     (one JSON object), or ``None`` when the line is not a well-formed object."""
-    a = np.frombuffer(raw, dtype=np.uint8)
-    quotes = _string_quotes(a)
-    if quotes is None:
+    found = _structure(raw)
+    if found is None:
         return None
-
-    def outside(pos: np.ndarray) -> np.ndarray:
-        return pos[np.searchsorted(quotes, pos, side="right") % 2 == 0]
-
-    brackets = outside(np.flatnonzero((a == _OPEN[0]) | (a == _OPEN[1]) | (a == _CLOSE[0]) | (a == _CLOSE[1])))
+    quotes, brackets = found
     if len(brackets) < 2:
         return None
-    step = np.where((a[brackets] == _OPEN[0]) | (a[brackets] == _OPEN[1]), 1, -1)
-    depth_after = np.cumsum(step)
-    if a[brackets[0]] != _OPEN[0] or depth_after[-1] != 0 or (depth_after[:-1] <= 0).any():
+    kinds = np.frombuffer(raw, dtype=np.uint8)[brackets]
+    depth_after = np.cumsum(np.where((kinds == _OPEN[0]) | (kinds == _OPEN[1]), 1, -1))
+    if kinds[0] != _OPEN[0] or kinds[-1] != _CLOSE[0] or depth_after[-1] != 0 or (depth_after[:-1] <= 0).any():
         return None
     start, end = int(brackets[0]), int(brackets[-1])
-    if raw[:start].strip() or raw[end + 1:].strip() or a[end] != _CLOSE[0]:
+    if raw[:start].strip() or raw[end + 1:].strip():
         return None
-
-    def depth_at(pos: np.ndarray) -> np.ndarray:
-        i = np.searchsorted(brackets, pos, side="right") - 1
-        return np.where(i >= 0, depth_after[np.maximum(i, 0)], 0)
-
-    commas = outside(np.flatnonzero(a == ord(",")))
-    commas = commas[depth_at(commas) == 1]
-    colons = outside(np.flatnonzero(a == ord(":")))
-    colons = colons[depth_at(colons) == 1]
-    bounds = [start] + commas.tolist() + [end]
-    if len(colons) != len(bounds) - 1 or raw[start + 1:end].strip() == b"":
-        return None if raw[start + 1:end].strip() else {}
+    # The object's own level lies between its nested values: short stretches only.
+    seps = []
+    for i in np.flatnonzero(depth_after == 1).tolist():
+        lo, hi = int(brackets[i]) + 1, int(brackets[i + 1])
+        for ch in (b",", b":"):
+            p = raw.find(ch, lo, hi)
+            while p != -1:
+                seps.append(p)
+                p = raw.find(ch, p + 1, hi)
+    seps = np.array(sorted(seps), dtype=np.int64)
+    seps = seps[np.searchsorted(quotes, seps, side="right") % 2 == 0]
+    if len(brackets) == 2 and raw[start + 1:end].strip() == b"":  # "{}" (a short slice: nothing nested)
+        return {}
     out = {}
-    for (lo, hi), colon in zip(zip(bounds[:-1], bounds[1:]), colons.tolist()):
-        if not lo < colon < hi:
+    lo = start
+    expect_colon = True
+    colon = -1
+    for p in seps.tolist() + [end]:
+        c = raw[p:p + 1] if p != end else b","
+        if expect_colon:
+            if c != b":":
+                return None
+            colon, expect_colon = p, False
+            continue
+        if c != b",":
             return None
         try:
             key = json.loads(raw[lo + 1:colon])
@@ -79,5 +95,6 @@ def top_level_members(raw: bytes) -> dict[str, tuple[int, int]] | None:
             return None
         if not isinstance(key, str):
             return None
-        out[key] = (colon + 1, hi)
-    return out
+        out[key] = (colon + 1, p)
+        lo, expect_colon = p, True
+    return out if expect_colon else None
