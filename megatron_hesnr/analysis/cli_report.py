@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None,
                         help="use only records of this dataset (required when records mix datasets)")
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
-                        help="bootstrap resamples for the confidence intervals (0: none; default %(default)s)")
+                        help="bootstrap resamples of the correlations' confidence intervals (0: none; default "
+                             "%(default)s); the standard errors and the differs-from-previous column are closed form")
     parser.add_argument("--seed", type=seed_type, default=0, help="bootstrap seed, an integer >= 0 (default %(default)s)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
 

@@ -99,14 +99,14 @@ def checkpoint_row(rec: EvalRecord, category, rule: ValleyRule) -> dict:
     }
 
 
-def _vs_previous(records: list[EvalRecord], rows: list[dict], category, n_boot: int, seed: int) -> None:
+def _vs_previous(records: list[EvalRecord], rows: list[dict], category) -> None:
     """``row["vs_previous"]``: HE-SNR against the run's previous checkpoint on the same
-    trajectories, from the linearised paired standard error (O(trajectories); the
-    paired bootstrap is ``hesnr compare``'s).  Left ``None`` without per-trajectory
-    sums, or when ``n_boot`` is 0 (no intervals asked for)."""
+    trajectories, from the linearised paired standard error (closed form, O(trajectories);
+    the paired bootstrap is ``hesnr compare``'s).  Left ``None`` without per-trajectory
+    sums."""
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["run"], rows[i]["iteration"]))
     for prev, cur in zip(order, order[1:]):
-        if rows[prev]["run"] != rows[cur]["run"] or n_boot <= 0 or any(
+        if rows[prev]["run"] != rows[cur]["run"] or any(
                 records[i].state.config.num_documents is None for i in (prev, cur)):
             continue
         entry = {"previous": rows[prev]["label"]}
@@ -185,7 +185,7 @@ def analyse(read: ReadResult, scores: ScoreTable | None = None, *, category: str
                      + ", ".join(f"{b.path}:{b.line}" for b in read.torn_lines))
     _check_one_config(records)
     rows = [checkpoint_row(r, category, rule) for r in records]
-    _vs_previous(records, rows, category, n_boot, seed)
+    _vs_previous(records, rows, category)
     untracked = [r.label for r in records if r.state.config.num_documents is None]
     if untracked:
         notes.append(f"{len(untracked)} record(s) without per-trajectory sums: no standard errors and no "
