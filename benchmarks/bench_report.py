@@ -6,7 +6,7 @@ of ``T`` trajectories, ``C`` checkpoints), then measures in one run:
 * ``json.loads``: reading the file and decoding every line (nothing kept): the floor;
 * ``report``: ``hesnr report FILE --no-figures`` in a fresh process (start-up included);
 * ``compare``: ``hesnr compare FILE --a <first> --b <second>`` in a fresh process;
-* peak memory (ru_maxrss) of each command, against the file size.
+* peak memory (ru_maxrss) of each command, against the file size, and its CPU time.
 
 Targets (issue 24): report at 40 x 20K within 3x json.loads; compare under 2 s; peak
 memory under 2x the file size; ``hesnr --help`` < 0.5 s, ``hesnr report --help`` < 1 s.
@@ -14,7 +14,7 @@ memory under 2x the file size; ``hesnr --help`` < 0.5 s, ``hesnr report --help``
     python benchmarks/bench_report.py --quick     # 3 cells incl. 40 x 20K, under a minute on 2 cores
     python benchmarks/bench_report.py             # 10/40/100 x 1K/20K/100K (about 10 minutes quiet, 1.1 GB of /tmp)
 
-Each time is the fastest of ``--repeat`` runs (default 2); peak memory the largest.
+Each time is the fastest of ``--repeat`` runs (default 2, 1 with ``--quick``); peak memory the largest.
 
 The records come from a generator here (numpy, no torch, not the tests' helpers):
 valid accumulator states (the reader's rules hold) with 4 distinct per-trajectory
@@ -44,8 +44,8 @@ CATEGORIES = ["action", "thought", "observation"]
 VARIANTS = 4
 MEASURE = (
     "import json, resource, sys; from megatron_hesnr.cli import main; rc = main(sys.argv[1:]); "
-    "sys.stdout.flush(); print('@@' + json.dumps({'rc': rc, 'maxrss_kb': "
-    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), file=sys.stderr)"
+    "sys.stdout.flush(); u = resource.getrusage(resource.RUSAGE_SELF); print('@@' + json.dumps({'rc': rc, "
+    "'maxrss_kb': u.ru_maxrss, 'cpu_s': u.ru_utime + u.ru_stime}), file=sys.stderr)"
 )
 
 
@@ -105,8 +105,9 @@ def json_loads_seconds(path: Path) -> float:
     return time.perf_counter() - t
 
 
-def run_cli(args: list[str]) -> tuple[float, float, int]:
-    """(wall seconds, peak RSS in MB, exit status) of ``hesnr ARGS`` in a fresh process."""
+def run_cli(args: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds) of ``hesnr ARGS`` in a fresh process
+    (CPU time says what the command costs when a loaded machine stretches the wall time)."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True, text=True, env=env)
@@ -115,7 +116,7 @@ def run_cli(args: list[str]) -> tuple[float, float, int]:
     if proc.returncode != 0 or not tail:
         raise SystemExit(f"hesnr {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     info = json.loads(tail[-1][2:])
-    return wall, info["maxrss_kb"] / 1024, info["rc"]
+    return wall, info["maxrss_kb"] / 1024, info["cpu_s"]
 
 
 def help_seconds(args: list[str]) -> float:
@@ -134,16 +135,18 @@ def main() -> int:
     ap.add_argument("--checkpoints", type=int, nargs="+", default=[10, 40, 100])
     ap.add_argument("--trajectories", type=int, nargs="+", default=[1000, 20000, 100000])
     ap.add_argument("--bootstrap", type=int, default=2000, help="compare's paired resamples (default 2000)")
-    ap.add_argument("--repeat", type=int, default=2,
-                    help="runs of each measurement; the fastest counts (a loaded machine is noisy; default 2)")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="runs of each measurement; the fastest counts (a loaded machine is noisy; "
+                         "default 1 with --quick, else 2)")
     ap.add_argument("--workdir", default=None, help="where the JSONL files go (default: a temporary folder)")
     args = ap.parse_args()
+    args.repeat = args.repeat or (1 if args.quick else 2)
     cells = ([(10, 1000), (10, 20000), (40, 20000)] if args.quick
              else [(c, t) for t in args.trajectories for c in args.checkpoints])
     h_top, h_report = help_seconds(["--help"]), help_seconds(["report", "--help"])
     print(f"hesnr --help {h_top:.2f} s (target < 0.5), hesnr report --help {h_report:.2f} s (target < 1)")
-    head = (f"{'ckpts':>5} {'traj':>7} {'file MB':>8} {'json.loads s':>12} {'report s':>9} {'x loads':>8} "
-            f"{'report MB':>9} {'x file':>7} {'compare s':>9} {'compare MB':>10} {'x file':>7}")
+    head = (f"{'ckpts':>5} {'traj':>7} {'file MB':>8} {'json.loads s':>12} {'report s':>9} {'(cpu)':>6} {'x loads':>8} "
+            f"{'report MB':>9} {'x file':>7} {'compare s':>9} {'(cpu)':>6} {'compare MB':>10} {'x file':>7}")
     print(head)
     print("-" * len(head))
     rows = []
@@ -157,14 +160,14 @@ def main() -> int:
                    for _ in range(args.repeat)]
             cmp = [run_cli(["compare", str(path), "--a", "1000", "--b", "2000", "--bootstrap", str(args.bootstrap)])
                    for _ in range(args.repeat)]
-            rep_s, rep_mb = min(r[0] for r in rep), max(r[1] for r in rep)
-            cmp_s, cmp_mb = min(r[0] for r in cmp), max(r[1] for r in cmp)
+            rep_s, rep_mb, rep_cpu = min(r[0] for r in rep), max(r[1] for r in rep), min(r[2] for r in rep)
+            cmp_s, cmp_mb, cmp_cpu = min(r[0] for r in cmp), max(r[1] for r in cmp), min(r[2] for r in cmp)
             row = dict(checkpoints=checkpoints, trajectories=n, file_mb=size_mb, loads_s=loads, report_s=rep_s,
                        report_mb=rep_mb, compare_s=cmp_s, compare_mb=cmp_mb)
             rows.append(row)
-            print(f"{checkpoints:>5} {n:>7} {size_mb:>8.1f} {loads:>12.2f} {rep_s:>9.2f} {rep_s / loads:>8.2f} "
-                  f"{rep_mb:>9.0f} {rep_mb / size_mb:>7.2f} {cmp_s:>9.2f} {cmp_mb:>10.0f} {cmp_mb / size_mb:>7.2f}",
-                  flush=True)
+            print(f"{checkpoints:>5} {n:>7} {size_mb:>8.1f} {loads:>12.2f} {rep_s:>9.2f} {rep_cpu:>6.2f} "
+                  f"{rep_s / loads:>8.2f} {rep_mb:>9.0f} {rep_mb / size_mb:>7.2f} {cmp_s:>9.2f} {cmp_cpu:>6.2f} "
+                  f"{cmp_mb:>10.0f} {cmp_mb / size_mb:>7.2f}", flush=True)
             path.unlink()
     target = [r for r in rows if (r["checkpoints"], r["trajectories"]) == (40, 20000)]
     if target:
