@@ -4,7 +4,11 @@ sensitivity, an adaptive threshold, figures and the ``hesnr report`` command.
 Layers (imports point down): ``records`` / ``scores`` (input) -> ``correlation`` /
 ``thresholds`` (numbers) -> ``summary`` (one analysis) -> ``figures`` / ``report``
 (output) -> ``cli_report``.  Every metric is recomputed from the stored accumulator
-state with :class:`megatron_hesnr.HESNRAccumulator`, never re-implemented here.
+state, held as numpy arrays by ``record_state`` (no torch: the ratios, the sweep and
+the layout come from :mod:`megatron_hesnr.metric_layout`, shared with
+:class:`megatron_hesnr.HESNRAccumulator`; ``EvalRecord.accumulator`` gives the
+accumulator itself).  ``json_members`` lets ``hesnr compare`` decode only the
+records it compares.
 """
 from .correlation import correlate
 from .records import EvalRecord, ReadResult, RecordError, read_records

@@ -16,6 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_compare import seed_type
+
 log = logging.getLogger(__name__)
 
 
@@ -33,8 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default=None,
                         help="use only records of this dataset (required when records mix datasets)")
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
-                        help="bootstrap resamples for the confidence intervals (0: none; default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
+                        help="bootstrap resamples of the correlations' confidence intervals (0: none; default "
+                             "%(default)s); the standard errors and the differs-from-previous column are closed form")
+    parser.add_argument("--seed", type=seed_type, default=0, help="bootstrap seed, an integer >= 0 (default %(default)s)")
     parser.add_argument("--score-label", default=None, metavar="TEXT",
                         help="what the score is, for the figures' axes and the report, e.g. "
                              "'SWE-bench Verified resolved rate' (default: 'downstream score')")
@@ -47,7 +50,6 @@ JOURNAL_NAME = ".hesnr-report.commit"
 
 def run(args) -> int:
     from ..atomic_write import FileSet, LockedError, PathLock, remove_orphans, roll_forward
-    from .figures import write_figures
     from .records import RecordError, read_records
     from .report import terminal_table, write_report
     from .scores import read_scores
@@ -82,8 +84,10 @@ def run(args) -> int:
         with FileSet(out_dir / JOURNAL_NAME) as files:
             figures = []
             if not args.no_figures:
+                from .figures import write_figures  # matplotlib: only when figures are drawn
+
                 cat = None if summary["category"] == "all" else summary["category"]
-                hists = {r.label: r.accumulator.histogram(cat)
+                hists = {r.label: r.state.histogram(cat)
                          for r in read.records if (r.dataset or "") == (summary["dataset"] or "")}
                 figures = write_figures(summary, hists, out_dir)
             paths = write_report(summary, figures, out_dir)
@@ -97,6 +101,8 @@ def run(args) -> int:
     finally:
         if lock is not None:
             lock.release()
+    if read.set_aside_line():
+        print(f"hesnr report: {read.set_aside_line()}", file=sys.stderr)
     print(terminal_table(summary))
     print(f"report: {paths['markdown']}  summary: {paths['json']}")
     return 0

@@ -86,7 +86,7 @@ def _se(m: dict, key: str) -> str:
 
 
 def vs_previous_cell(v: dict | None) -> str:
-    """Does HE-SNR differ from the run's previous checkpoint? (paired bootstrap, p < 0.05)"""
+    """Does HE-SNR differ from the run's previous checkpoint? (paired, linearised SE, p < 0.05)"""
     if not v:
         return "-"
     if v["status"] != "ok":
@@ -115,7 +115,8 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
     inp = summary["input"]
     lines = ["# HE-SNR report", "",
              f"- records: {inp['records']} checkpoint(s) from {inp['lines_read']} line(s) read; "
-             f"{len(inp['bad_lines'])} unreadable, {len(inp['duplicates'])} duplicate(s) superseded",
+             f"{len(inp['bad_lines'])} unreadable, {len(inp['duplicates'])} set aside (re-evaluated iterations: "
+             "the latest of each (run, set, iteration) kept)",
              f"- category: `{summary['category']}`; dataset: `{summary['dataset']}`; runs: "
              + (", ".join(f"`{r or '(none)'}`" for r in summary["runs"])),
              f"- scores: `{inp['scores_file']}`; checkpoints with a score: {summary['n_scored']}",
@@ -144,9 +145,10 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
         lines += sensitivity_table(sens) + [""]
     lines += ["## Checkpoints", "",
               "± SE: standard error over trajectories (ratio linearisation; figures show 95% intervals, "
-              "1.96 SE). *Differs from previous*: paired bootstrap of HE-SNR against the run's previous "
-              "checkpoint on the same trajectories, p < 0.05 (one test per row, not corrected for "
-              "multiple comparisons; `hesnr compare` gives every metric).", ""]
+              "1.96 SE). *Differs from previous*: HE-SNR against the run's previous checkpoint on the "
+              "same trajectories, paired linearised standard error of the difference and a normal "
+              "two-sided p < 0.05 (one test per row, not corrected for multiple comparisons; "
+              "`hesnr compare` gives every metric with a paired bootstrap).", ""]
     lines += checkpoint_table(summary["checkpoints"]) + [""]
     if figures:
         lines += ["## Figures", ""]
@@ -157,7 +159,8 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
     lines += ["## Input problems", ""]
     n0 = len(lines)
     _listing("Unreadable record lines (skipped)", inp["bad_lines"], lines)
-    _listing("Duplicate records (superseded)", inp["duplicates"], lines)
+    _listing("Records set aside (an iteration evaluated again: the latest kept)", inp["duplicates"], lines)
+    _listing("Last lines cut short by an interrupted writer (skipped)", inp.get("torn_lines", []), lines)
     _listing("Unreadable score rows (skipped)", inp["score_bad_lines"], lines)
     _listing("Checkpoints without a score", inp["checkpoints_without_score"], lines)
     _listing("Scores without a checkpoint", inp["scores_without_checkpoint"], lines)
