@@ -92,7 +92,7 @@ def test_item2_interrupted_rerun_keeps_the_old_dataset(tmp_path, deepseek_tokeni
         return real_add(self, ids, mask)
 
     monkeypatch.setattr(writer_mod.DatasetWriter, "add", add)
-    assert _prepare([d / "t0.traj.json", d / "t1.traj.json"], deepseek_tokenizer_json, prefix) == 2
+    assert _prepare([d / "t0.traj.json", d / "t1.traj.json"], deepseek_tokenizer_json, prefix) == 130   # Ctrl-C: 130, not a bad argument
     assert _digest(prefix) == before
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name or p.name.endswith(".commit")] == []
     assert len(PreparedDataset(str(prefix), verify="full")) == 3
