@@ -24,6 +24,7 @@ from .guard import training_state_preserved
 from .logging_sinks import (
     format_validation_line,
     left_out_message,
+    print_note,
     print_validation_line,
     write_tensorboard,
     write_wandb,
@@ -195,7 +196,7 @@ class HESNREvaluator:
             print_validation_line(format_validation_line(wset.name, iteration, metrics, cfg.report_categories))
             missing = left_out_message(wset.name, iteration, metrics, cfg.report_categories)
             if missing:
-                log.warning(missing)
+                print_note(missing)
             data["sets"][wset.name] = {"metrics": metrics, "hist": acc.histogram()}
             records.append(make_record(
                 iteration=iteration, consumed_samples=ctx.consumed_samples, checkpoint=ctx.checkpoint, run=run_name,

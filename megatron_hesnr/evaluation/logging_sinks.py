@@ -87,6 +87,12 @@ def _finite(v) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
+def print_note(note: str) -> None:
+    """A line beside the validation lines (same logger, at INFO: Megatron-Bridge's default
+    ``logger.filter_warnings=True`` drops every WARNING record, so a warning would go unseen there)."""
+    _stdout_logger().info(note)
+
+
 def scalars(dataset: str, metrics: dict, categories=("action",)) -> dict:
     """``{"hesnr/<set>/<category>/<metric>": value}`` for finite values, each standard error
     (``.../<metric>_stderr``) right after its value.  NaN values are left out (see :func:`left_out`)."""
