@@ -112,8 +112,10 @@ def report_wall_times(request):
         tr = request.config.pluginmanager.get_plugin("terminalreporter")
         lines = [f"  {k}: {v['wall_s']:.1f} s wall, {v['nproc']} process(es), Bridge import "
                  f"{v['import_bridge_s']:.1f} s" for k, v in WALL.items()]
-        if tr is not None:
-            tr.write_line("\ntest_bridge_e2e launches:\n" + "\n".join(lines))
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if tr is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                tr.write_line("\ntest_bridge_e2e launches:\n" + "\n".join(lines))
 
 
 # ------------------------------------------------------------------------------ launches
