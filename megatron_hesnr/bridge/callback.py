@@ -15,14 +15,16 @@ dict after the callback, shows them in its own validation line and loggers.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable
 
 import torch
 
 from ..evaluation.capture import unwrap
-from ..evaluation.evaluator import EvalContext, HESNREvaluator, checkpoint_path
+from ..evaluation.evaluator import EvalContext, HESNREvaluator, Layout, checkpoint_path, is_last_rank
 from ..evaluation.logging_sinks import scalars
+from ..stderr import STDERR_SUFFIX
 from .compat import (
     BridgeCompatError,
     bridge_symbol,
@@ -112,6 +114,18 @@ class HESNRBridgeAdapter:
                            mtp=bool(container_get(cfg, "model.mtp_num_layers")),
                            make_attention_mask=bool(container_get(cfg, "dataset.create_attention_mask")))
 
+    def _layout(self, context) -> Layout | None:
+        """The model's parallel layout, for the start-up bucket plan (``None`` with injected groups)."""
+        if self._pgc is None:
+            return None
+        topo = topology_from_pg_collection(self._pgc)
+        cfg = context.state.cfg
+        vp = container_get(cfg, "model.virtual_pipeline_model_parallel_size")
+        group = container_get(cfg, "model.microbatch_group_size_per_vp_stage")
+        return Layout(dp_size=topo.dp_size, pp_size=topo.pp_size, cp_size=topo.cp_size, tp_size=topo.tp_size,
+                      sequence_parallel=bool(container_get(cfg, "model.sequence_parallel")),
+                      vp_group=(group or topo.pp_size) if vp else None)
+
     def _refresh_groups(self, context) -> None:
         """Read the model's process groups now: Bridge >= 0.7 may rebind CP groups for evaluation
         (``eval_context_parallel_rebinding``), so they are not cached across evaluations."""
@@ -142,9 +156,10 @@ class HESNRBridgeAdapter:
         self._state = context.state
         self.hesnr.check_against_container(context.state.cfg)
         self._refresh_groups(context)
-        self._evaluator_for().setup(self.eval_context(context))
+        self._evaluator_for().setup(dataclasses.replace(self.eval_context(context), layout=self._layout(context)))
         if self._bridge_logs is None:
             self._bridge_logs = eval_end_precedes_logging()
+        if is_last_rank():
             log.info("HE-SNR: megatron-bridge %s on_eval_end; HE-SNR scalars %s",
                      "logs total_loss_dict after" if self._bridge_logs else "fires after logging in",
                      "join Bridge's validation line" if self._bridge_logs else "are logged by megatron-hesnr only")
@@ -170,10 +185,12 @@ class HESNRBridgeAdapter:
             loss_dict.update(self.loss_dict_entries(data, loss_dict))
 
     def loss_dict_entries(self, data: dict, loss_dict: dict) -> dict:
-        """``{"hesnr/<set>/<category>/<metric>": 0-dim float tensor}`` for finite headline metrics.
+        """``{"hesnr/<set>/<category>/<metric>": 0-dim float tensor}`` for the finite
+        ``loss_dict_metrics``, each followed by its standard error (``.../<metric>_stderr``).
 
         Bridge divides each of its ``[sum, count]`` pairs before ``on_eval_end``, so its
         entries are already 0-dim tensors that it reads with ``.item()``; ours match them.
+        A NaN metric (e.g. no high-entropy token) is left out: the evaluator's log says which.
         """
         device = next((v.device for v in loss_dict.values() if isinstance(v, torch.Tensor)), None)
         if device is None:
@@ -182,7 +199,7 @@ class HESNRBridgeAdapter:
         out = {}
         for name, d in data["sets"].items():
             for tag, value in scalars(name, d["metrics"], self.hesnr.report_categories).items():
-                if tag.rsplit("/", 1)[1] in wanted:
+                if tag.rsplit("/", 1)[1].removesuffix(STDERR_SUFFIX) in wanted:
                     out[tag] = torch.tensor(value, dtype=torch.float32, device=device)
         return out
 

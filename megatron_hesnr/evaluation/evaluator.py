@@ -21,7 +21,14 @@ from .capture import LogitsCapture, resolve_capture
 from .config import HESNRConfig, HESNRConfigError
 from .eval_pass import HESNRPass, TokenObserver, WindowedSet, plan_for_layout, plan_set
 from .guard import training_state_preserved
-from .logging_sinks import format_validation_line, print_validation_line, write_tensorboard, write_wandb
+from .logging_sinks import (
+    format_validation_line,
+    left_out_message,
+    print_note,
+    print_validation_line,
+    write_tensorboard,
+    write_wandb,
+)
 from .records import append_records, config_dict, make_record
 
 log = logging.getLogger(__name__)
@@ -187,6 +194,9 @@ class HESNREvaluator:
         for (wset, _vocab) in self.sets:
             acc, metrics = accs[wset.name]
             print_validation_line(format_validation_line(wset.name, iteration, metrics, cfg.report_categories))
+            missing = left_out_message(wset.name, iteration, metrics, cfg.report_categories)
+            if missing:
+                print_note(missing)
             data["sets"][wset.name] = {"metrics": metrics, "hist": acc.histogram()}
             records.append(make_record(
                 iteration=iteration, consumed_samples=ctx.consumed_samples, checkpoint=ctx.checkpoint, run=run_name,

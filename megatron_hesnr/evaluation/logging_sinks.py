@@ -9,9 +9,14 @@ import logging
 import math
 import sys
 
+from ..stderr import STDERR_SUFFIX
+
 #: Scalars shown on the line and sent to TensorBoard / W&B, in this order.
 LINE_METRICS = ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "high_entropy_fraction",
                 "num_high_entropy", "num_tokens")
+
+#: Metrics defined over the high-entropy tokens only (NaN when there is none).
+HE_METRICS = ("hesnr", "hesnr_topk", "he_ppl")
 
 _line_log = logging.getLogger("megatron_hesnr.validation")
 
@@ -65,18 +70,64 @@ def print_validation_line(line: str) -> None:
     log.info(rule)
 
 
-def scalars(dataset: str, metrics: dict, categories=("action",)) -> dict:
-    """``{"hesnr/<set>/<category>/<metric>": value}`` for finite values."""
-    out = {}
+def _tagged(dataset: str, metrics: dict, categories):
+    """``(tag, metric name, value or None)`` in logging order: each :data:`LINE_METRICS` value,
+    then its trajectory-clustered standard error (``<metric>_stderr``) when the metric has one."""
     for cat in ("all", *[c for c in categories if c != "all"]):
         m = select(metrics, cat)
         if m is None:
             continue
         for key in LINE_METRICS:
-            v = float(m[key])
-            if math.isfinite(v):
-                out[f"hesnr/{dataset}/{cat}/{key}"] = v
+            yield f"hesnr/{dataset}/{cat}/{key}", key, m[key]
+            if key + STDERR_SUFFIX in m:
+                yield f"hesnr/{dataset}/{cat}/{key}{STDERR_SUFFIX}", key + STDERR_SUFFIX, m[key + STDERR_SUFFIX]
+
+
+def _finite(v) -> bool:
+    return v is not None and math.isfinite(float(v))
+
+
+def print_note(note: str) -> None:
+    """A line beside the validation lines (same logger, at INFO: Megatron-Bridge's default
+    ``logger.filter_warnings=True`` drops every WARNING record, so a warning would go unseen there)."""
+    _stdout_logger().info(note)
+
+
+def scalars(dataset: str, metrics: dict, categories=("action",)) -> dict:
+    """``{"hesnr/<set>/<category>/<metric>": value}`` for finite values, each standard error
+    (``.../<metric>_stderr``) right after its value.  NaN values are left out (see :func:`left_out`)."""
+    return {tag: float(v) for tag, _key, v in _tagged(dataset, metrics, categories) if _finite(v)}
+
+
+def left_out(dataset: str, metrics: dict, categories=("action",)) -> dict:
+    """``{category: [metric, ...]}`` of the values :func:`scalars` leaves out (NaN or infinite)."""
+    out: dict = {}
+    for tag, key, v in _tagged(dataset, metrics, categories):
+        if not _finite(v):
+            out.setdefault(tag.split("/")[2], []).append(key)
     return out
+
+
+def left_out_message(dataset: str, iteration: int, metrics: dict, categories=("action",)) -> str | None:
+    """One line naming what :func:`scalars` leaves out and why (``None`` when nothing is)."""
+    missing = left_out(dataset, metrics, categories)
+    if not missing:
+        return None
+    parts = []
+    for cat, keys in missing.items():
+        m = select(metrics, cat) or {}
+        reasons: dict = {}
+        for key in keys:
+            if not m.get("num_tokens"):
+                why = "no scored token"
+            elif not m.get("num_high_entropy") and key.removesuffix(STDERR_SUFFIX) in HE_METRICS:
+                why = "no high-entropy token"
+            else:
+                why = f"undefined over {m.get('num_documents')} trajectories"
+            reasons.setdefault(why, []).append(key)
+        parts.append(f"{cat}: " + ", ".join(f"{', '.join(k)} ({why})" for why, k in reasons.items()))
+    return (f"HE-SNR set {dataset} at iteration {iteration}: NaN, left out of TensorBoard, W&B and "
+            f"Bridge's total_loss_dict: " + "; ".join(parts))
 
 
 def write_tensorboard(writer, dataset: str, iteration: int, consumed_samples, metrics: dict, hist: dict | None,
