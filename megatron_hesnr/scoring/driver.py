@@ -36,7 +36,7 @@ class Engine(Protocol):
     kind: str
     """``hf``, ``vllm`` or ``server`` (recorded)."""
     checkpoint: str
-    """What the records name as the checkpoint (model directory, or server URL and model)."""
+    """What the records name as the checkpoint (the model directory, or the served model name)."""
     context_length: int
     """Most tokens one request may hold (the window plan's default comes from it)."""
 
@@ -118,8 +118,10 @@ def score_sets(engine: Engine, sets: list[ScoreSet], config: HESNRConfig, *, seq
                     progress.completed(s.name, doc, acc)
                     if bar is not None:
                         bar.update(1)
-            except (ScoreError, KeyboardInterrupt) as exc:
+            except BaseException as exc:
                 progress.save()
+                if not isinstance(exc, (ScoreError, KeyboardInterrupt)):
+                    raise
                 total = sum(len(d) for d in progress.done.values())
                 msg = str(exc) if isinstance(exc, ScoreError) else "interrupted"
                 raise ScoreError(f"{msg}; {total} scored trajectories are kept in {progress.path}: rerun the same "

@@ -92,9 +92,10 @@ class Progress:
         self._last_save = time.monotonic()
 
     def finish(self) -> None:
-        """Records are written: the progress file goes."""
-        if os.path.exists(self.path):
-            os.remove(self.path)
+        """Records are written: the progress file goes (and the lock file, still held)."""
+        for path in (self.path, self._lock_path):
+            if os.path.exists(path):
+                os.remove(path)
 
     def close(self) -> None:
         try:

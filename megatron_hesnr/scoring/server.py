@@ -10,6 +10,7 @@ keeps what was done).  A server whose answer has no ``prompt_logprobs`` is refus
 from __future__ import annotations
 
 import concurrent.futures as cf
+import http.client
 import json
 import socket
 import time
@@ -50,7 +51,7 @@ class ServerEngine:
         self.context_length = int(context_length or entry.get("max_model_len") or 0)
         if self.context_length < 3:
             raise ScoreError(f"--server {self.url}: /v1/models gives no max_model_len for {model!r}; pass --seq-length")
-        self.checkpoint = f"{self.url}/{model}"
+        self.checkpoint = model  # vLLM's served name: the model path unless --served-model-name
         self.where = f"--server {self.url}"
 
     # ------------------------------------------------------------------ HTTP
@@ -80,6 +81,10 @@ class ServerEngine:
                 raise ScoreError(f"{self.where}: {path} answered HTTP {exc.code}: {text}") from None
             except (socket.timeout, TimeoutError):
                 last = f"no answer within --timeout {self.timeout:g} s"
+            except http.client.IncompleteRead as exc:
+                last = f"truncated answer ({len(exc.partial)} bytes of {len(exc.partial) + (exc.expected or 0)})"
+            except http.client.HTTPException as exc:
+                last = f"broken HTTP answer ({type(exc).__name__}: {exc})"
             except urllib.error.URLError as exc:
                 reason = exc.reason
                 if isinstance(reason, (socket.timeout, TimeoutError)):
