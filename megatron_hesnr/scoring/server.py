@@ -81,6 +81,8 @@ class ServerEngine:
                 raise ScoreError(f"{self.where}: {path} answered HTTP {exc.code}: {text}") from None
             except (socket.timeout, TimeoutError):
                 last = f"no answer within --timeout {self.timeout:g} s"
+            except ConnectionError as exc:  # refused, reset, or closed without an answer
+                last = f"connection lost ({exc or type(exc).__name__})"
             except http.client.IncompleteRead as exc:
                 last = f"truncated answer ({len(exc.partial)} bytes of {len(exc.partial) + (exc.expected or 0)})"
             except http.client.HTTPException as exc:
