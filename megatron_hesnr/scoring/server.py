@@ -35,6 +35,7 @@ class ServerEngine:
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
+        self.where = f"--server {self.url}"
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.concurrency = max(1, int(concurrency))
         models = self._models()
@@ -52,7 +53,6 @@ class ServerEngine:
         if self.context_length < 3:
             raise ScoreError(f"--server {self.url}: /v1/models gives no max_model_len for {model!r}; pass --seq-length")
         self.checkpoint = model  # vLLM's served name: the model path unless --served-model-name
-        self.where = f"--server {self.url}"
 
     # ------------------------------------------------------------------ HTTP
     def _request(self, path: str, body: dict | None = None):
