@@ -32,7 +32,7 @@ if not VLLM_LEG:
 else:
     import vllm  # noqa: F401  (in the vllm leg its absence is a failure)
 
-from score_helpers import hesnr, prepare_set, write_tiny_qwen2  # noqa: E402
+from score_helpers import prepare_set, write_tiny_qwen2  # noqa: E402
 from test_score import assert_compare_finds_no_difference, assert_records_agree, cli  # noqa: E402
 
 from megatron_hesnr.scoring.engine_logprobs import json_positions, stats_from_prompt_logprobs  # noqa: E402
