@@ -19,6 +19,8 @@ EXTRAS.update({
     "data": ["tokenizers>=0.15", "tqdm>=4.60", "megatron-core>=0.13"] + EXTRAS["parquet"],
     # Analysis and report: correlations, figures.
     "report": ["scipy>=1.9", "matplotlib>=3.6"],
+    # `hesnr score --hf` (the transformers reference path); --vllm / --server need vLLM or a server.
+    "score": ["transformers>=4.45", "tqdm>=4.60"],
 })
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 # `hesnr demo` on a CPU laptop: everything but the GPU kernel.

@@ -20,6 +20,7 @@ COMMANDS = {
     "report": ("megatron_hesnr.analysis.cli_report", "correlate evaluation records with downstream scores"),
     "compare": ("megatron_hesnr.analysis.cli_compare", "paired test: does checkpoint B differ from A on the same trajectories"),
     "demo": ("megatron_hesnr.demo", "end-to-end quickstart on CPU"),
+    "score": ("megatron_hesnr.scoring.cli", "HE-SNR of a Hugging Face checkpoint or a served model (transformers, vLLM)"),
 }
 
 

@@ -73,3 +73,20 @@ def test_old_integration_path_still_starts_a_patched_checkout():
         assert importlib.import_module("megatron_hesnr.integration.entry").run_megatron_entry is run_megatron_entry
     for patch in sorted((REPO / "patches").glob("*.patch")):
         assert "megatron_hesnr.integration" not in patch.read_text(encoding="utf-8"), patch.name
+
+
+def test_scoring_front_end_imports_only_the_shared_layers():
+    """scoring/ (``hesnr score``) sits beside megatron_lm/ and bridge/: it imports evaluation/ and the layers
+    below it, never another front end, the analysis, megatron.training or parallel_state; its records are
+    the evaluation's (make_record), its windows the evaluation's planner."""
+    modules = sorted((REPO / "megatron_hesnr" / "scoring").glob("*.py"))
+    assert len(modules) >= 8
+    for module in modules:
+        for name in _imports(module):
+            assert not name.startswith(("megatron_hesnr.megatron_lm", "megatron_hesnr.bridge", "megatron_hesnr.demo",
+                                        "megatron_hesnr.integration", "megatron_hesnr.analysis",
+                                        "megatron.training")), f"scoring/{module.name} imports {name}"
+            assert "parallel_state" not in name, f"scoring/{module.name} imports {name}"
+    texts = {m.name: m.read_text(encoding="utf-8") for m in modules}
+    assert "make_record(" in texts["driver.py"] and "plan_set(" in texts["sets.py"]
+    assert "def plan_windows" not in "".join(texts.values())

@@ -1,0 +1,151 @@
+"""Scoring prepared sets with an engine: windows in, the Megatron hook's records out.
+
+An engine (:mod:`.hf`, :mod:`.vllm_offline`, :mod:`.server`) turns prompts (a window's tokens)
+into :class:`~megatron_hesnr.token_stats.TokenStats` of their targets; this module gives it the
+windows trajectory by trajectory, adds each window's scored targets (category from the prepared
+mask, trajectory index) to one :class:`HESNRAccumulator` per set -- exactly what the Megatron
+pass adds -- keeps the progress file, and appends one record per set with
+:func:`~megatron_hesnr.evaluation.records.make_record`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+import time
+from typing import Iterable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from ..accumulator import HESNRAccumulator
+from ..evaluation.config import HESNRConfig
+from ..evaluation.records import append_records, config_dict, make_record, read_raw_records
+from ..token_stats import TokenStats
+from .progress import Progress
+from .sets import ScoreError, ScoreSet, manifest_digest, window_targets
+
+log = logging.getLogger(__name__)
+
+#: A unit of work: (trajectory index, the prompts of its windows).
+Job = tuple[int, list[np.ndarray]]
+
+
+class Engine(Protocol):
+    kind: str
+    """``hf``, ``vllm`` or ``server`` (recorded)."""
+    checkpoint: str
+    """What the records name as the checkpoint (the model directory, or the served model name)."""
+    context_length: int
+    """Most tokens one request may hold (the window plan's default comes from it)."""
+
+    def score(self, jobs: Iterable[Job], k: int) -> Iterator[tuple[int, list[TokenStats]]]:
+        """For each job, in any order, the stats of every window's targets ``1 .. len(prompt) - 1``."""
+
+
+def default_seq_length(engine: Engine) -> int:
+    """Inputs per window: the context less the window's last token and the one token a server generates."""
+    return max(1, engine.context_length - 2)
+
+
+def _jobs(s: ScoreSet, docs: list[int], windows: dict) -> Iterator[Job]:
+    for doc in docs:
+        tokens, mask = s.wset.dataset[doc]
+        yield doc, [window_targets(tokens, mask, w)[0] for w in windows[doc]]
+
+
+def _add(acc: HESNRAccumulator, s: ScoreSet, doc: int, windows, stats: list[TokenStats]) -> None:
+    tokens, mask = s.wset.dataset[doc]
+    if len(stats) != len(windows):
+        raise ScoreError(f"set {s.name!r} trajectory {doc}: the engine returned {len(stats)} windows of {len(windows)}")
+    for w, st in zip(windows, stats):
+        _, score = window_targets(tokens, mask, w)
+        if st.valid.shape != (len(score),):
+            raise ScoreError(f"set {s.name!r} trajectory {doc}: the engine scored {tuple(st.valid.shape)} targets "
+                             f"of a {w.end - w.start}-token window")
+        m = torch.from_numpy(score)
+        acc.update(st, m, torch.where(m > 0, doc, -1))
+
+
+def _progress_bar(total: int, initial: int, desc: str):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, desc=desc, unit="traj", file=sys.stderr, disable=None)
+
+
+def identity(config: HESNRConfig, sets: list[ScoreSet], seq_length: int, engine: Engine) -> dict:
+    """What a resumed run must share with the interrupted one."""
+    return {"engine": engine.kind, "checkpoint": engine.checkpoint, "seq_length": seq_length,
+            "long_policy": config.long_policy, "window_stride": config.window_stride,
+            "metric": {**dataclasses.asdict(config.metric), "category_names": list(config.metric.category_names)},
+            "sets": {s.name: manifest_digest(s) for s in sets}}
+
+
+def _written_ids(out: str) -> set:
+    if not os.path.exists(out):
+        return set()
+    try:
+        return {(r.get("config") or {}).get("score_id") for r in read_raw_records(out)}
+    except (OSError, ValueError):
+        return set()
+
+
+def score_sets(engine: Engine, sets: list[ScoreSet], config: HESNRConfig, *, seq_length: int, out: str,
+               run: str | None, step: int, engine_config: dict | None = None) -> list[dict]:
+    """Score every set, append the records to ``out`` and return them (resuming from the progress file)."""
+    progress = Progress(out, identity(config, sets, seq_length, engine))
+    try:
+        if progress.resumed:
+            n = sum(len(d) for d in progress.done.values())
+            log.info("resuming from %s: %d trajectories already scored", progress.path, n)
+        records = []
+        for s in sets:
+            t0 = time.perf_counter()
+            fresh = HESNRAccumulator(dataclasses.replace(config.metric, num_documents=s.wset.num_trajectories))
+            acc = progress.accumulator(s.name, fresh)
+            windows = s.trajectory_windows()
+            done = progress.done[s.name]
+            todo = [d for d in sorted(windows) if d not in done]
+            bar = _progress_bar(len(windows), len(windows) - len(todo), f"hesnr score {s.name}")
+            try:
+                for doc, stats in engine.score(_jobs(s, todo, windows), config.metric.k):
+                    if doc in done:
+                        raise ScoreError(f"set {s.name!r}: trajectory {doc} came back twice from the engine")
+                    _add(acc, s, doc, windows[doc], stats)
+                    progress.completed(s.name, doc, acc)
+                    if bar is not None:
+                        bar.update(1)
+            except BaseException as exc:
+                progress.save()
+                if not isinstance(exc, (ScoreError, KeyboardInterrupt)):
+                    raise
+                total = sum(len(d) for d in progress.done.values())
+                msg = str(exc) if isinstance(exc, ScoreError) else "interrupted"
+                raise ScoreError(f"{msg}; {total} scored trajectories are kept in {progress.path}: rerun the same "
+                                 "command to continue") from None
+            finally:
+                if bar is not None:
+                    bar.close()
+            progress.save()
+            missing = sorted(set(windows) - done)
+            if missing:
+                raise ScoreError(f"set {s.name!r}: trajectories {missing[:5]} were never scored")
+            metrics = acc.compute()
+            records.append(make_record(
+                iteration=step, consumed_samples=None, checkpoint=engine.checkpoint, run=run, dataset=s.name,
+                acc=acc, metrics=metrics,
+                config=config_dict(config, seq_length=seq_length, data=s.wset.summary(),
+                                   eval_seconds=time.perf_counter() - t0,
+                                   engine={"kind": engine.kind, **(engine_config or {})},
+                                   score_id=progress.score_id)))
+        if progress.score_id not in _written_ids(out):
+            append_records(out, records)
+        else:
+            log.info("%s already holds these records (score_id %s): not appended again", out, progress.score_id)
+        progress.finish()
+        return records
+    finally:
+        progress.close()
