@@ -1,8 +1,10 @@
 #!/bin/bash
 # MoE mid-training at 32K context with HE-SNR at every evaluation (torchrun).
 #
-# One node:    bash moe_midtrain_32k_hesnr.sh
+# One node:    bash moe_midtrain_32k_hesnr.sh [megatron args...]
 # Many nodes:  NUM_NODES=4 NODE_RANK=<0..3> MASTER_ADDR=<node0> bash moe_midtrain_32k_hesnr.sh  (on each node)
+# Megatron arguments given to the script are appended after its own (the last occurrence of a
+# flag wins); GPUS_PER_NODE sets the processes per node.
 # Run from a Megatron-LM checkout (or set MEGATRON_LM_DIR); megatron-hesnr must be installed:
 #   pip install 'megatron-hesnr[megatron,triton]'
 # The HE-SNR sets come from `hesnr prepare` (one prefix per named set).
@@ -60,6 +62,9 @@ TRAINING_ARGS=(
     --pretrained-checkpoint $BASE_CHECKPOINT
     --save $CHECKPOINT_PATH
     --save-interval 500
+    # A SIGTERM (preemption, scontrol requeue, the sbatch script's time-limit trap) makes
+    # Megatron finish the current step, save a checkpoint and exit.
+    --exit-signal-handler
 )
 
 DATA_ARGS=(
@@ -87,4 +92,4 @@ HESNR_ARGS=(
 
 torchrun "${DISTRIBUTED_ARGS[@]}" "${MEGATRON_HESNR_DIR:-$HERE/../..}/examples/pretrain_gpt_hesnr.py" \
     "${MODEL_ARGS[@]}" "${MOE_ARGS[@]}" "${TOKENIZER_ARGS[@]}" "${PARALLEL_ARGS[@]}" \
-    "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}" "${EVAL_AND_LOGGING_ARGS[@]}" "${HESNR_ARGS[@]}"
+    "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}" "${EVAL_AND_LOGGING_ARGS[@]}" "${HESNR_ARGS[@]}" "$@"
