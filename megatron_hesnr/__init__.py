@@ -7,12 +7,25 @@ Public API::
     acc.update(stats, mask)
     acc.all_reduce(dp_cp_group)
     acc.compute()
+
+The names are imported on first use (PEP 562), so that ``import megatron_hesnr.cli``
+and the record tools (``hesnr report`` / ``compare``) do not load torch.
 """
-from .accumulator import AccumulatorConfig, HESNRAccumulator
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
 from .defaults import DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
-from .token_stats import TokenStats, token_stats
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "AccumulatorConfig": ".metric_layout",
+    "HESNRAccumulator": ".accumulator",
+    "TokenStats": ".token_stats",
+}
 
 __all__ = [
     "AccumulatorConfig",
@@ -24,3 +37,33 @@ __all__ = [
     "token_stats",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """``megatron_hesnr.token_stats`` is the function, as before the lazy imports, even
+    after the submodule of the same name is imported (which would rebind the name)."""
+
+    @property
+    def token_stats(self):
+        from .token_stats import token_stats
+
+        return token_stats
+
+    @token_stats.setter
+    def token_stats(self, value):
+        pass  # the import system setting the submodule: the function stays
+
+
+sys.modules[__name__].__class__ = _Package

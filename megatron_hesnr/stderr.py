@@ -15,7 +15,13 @@ input is the per-trajectory table (:mod:`megatron_hesnr.trajectory_sums`).
   difficulty they share cancels in ``b - a``.  95% percentile interval of the
   resampled differences and a two-sided p-value from the resampled differences
   centred on the observed one, ``p = (1 + #{|d* - d| >= |d|}) / (B + 1)``.
-  Seeded: the same inputs and seed give the same numbers.
+  Seeded: the same inputs and seed give the same numbers.  Every distinct column
+  is resampled once: a column of b equal to a's is *the same* resampled column,
+  so identical inputs give exactly no difference whatever the BLAS kernel.  Used
+  by ``hesnr compare``.
+* :func:`paired_difference` -- the same question in closed form, O(n): the
+  linearised standard error of ``R_b - R_a`` over the shared trajectories and a
+  normal two-sided p.  Used by the report's "differs from previous" column.
 """
 from __future__ import annotations
 
@@ -91,14 +97,34 @@ def _resample_sums(z: np.ndarray, n_boot: int, rng: np.random.Generator, max_cel
     uniform draws), applied by one matrix product; chunked to ``max_cells`` counts.
     """
     n = z.shape[0]
+    z = np.ascontiguousarray(z, dtype=np.float64)
     chunk = max(1, min(n_boot, max_cells // max(1, n)))
     out = np.empty((n_boot, z.shape[1]), dtype=np.float64)
+    offsets = np.arange(chunk, dtype=np.int64)[:, None] * n
     for lo in range(0, n_boot, chunk):
         m = min(chunk, n_boot - lo)
-        idx = rng.integers(0, n, size=(m, n)) + (np.arange(m) * n)[:, None]
+        idx = rng.integers(0, n, size=(m, n))
+        idx += offsets[:m]
         counts = np.bincount(idx.ravel(), minlength=m * n).reshape(m, n).astype(np.float64)
         out[lo:lo + m] = counts @ z
     return out
+
+
+def _distinct_columns(rows_a: np.ndarray, rows_b: np.ndarray, cols) -> tuple[np.ndarray, dict, dict]:
+    """The columns ``cols`` of a and b, each distinct column once: ``(z, where_a, where_b)``
+    with ``where_x[col]`` the column of ``z`` holding ``rows_x[:, col]``.  A column of b
+    equal to a's maps to a's, so both read the very same resampled sums."""
+    picked, where_a, where_b = [], {}, {}
+    for c in cols:
+        where_a[c] = len(picked)
+        picked.append(rows_a[:, c])
+    for c in cols:
+        if np.array_equal(rows_b[:, c], rows_a[:, c]):
+            where_b[c] = where_a[c]
+        else:
+            where_b[c] = len(picked)
+            picked.append(rows_b[:, c])
+    return np.stack(picked, axis=1), where_a, where_b
 
 
 def paired_bootstrap(rows_a: np.ndarray, rows_b: np.ndarray, fields, *, n_boot: int = DEFAULT_BOOTSTRAP,
@@ -116,12 +142,16 @@ def paired_bootstrap(rows_a: np.ndarray, rows_b: np.ndarray, fields, *, n_boot: 
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     f = {name: i for i, name in enumerate(fields)}
-    nf = len(fields)
+    metrics = list(metrics or RATIO_METRICS)
+    cols = sorted({f[RATIO_METRICS[m][j]] for m in metrics for j in (0, 1)})
     rng = np.random.default_rng(seed)
-    boot = _resample_sums(np.concatenate([rows_a, rows_b], axis=1), n_boot, rng) if len(rows_a) else None
+    boot = None
+    if len(rows_a):
+        z, where_a, where_b = _distinct_columns(rows_a, rows_b, cols)
+        boot = _resample_sums(z, n_boot, rng)
     full_a, full_b = rows_a.sum(axis=0), rows_b.sum(axis=0)
     out = {}
-    for metric in metrics or RATIO_METRICS:
+    for metric in metrics:
         num, den, is_exp = RATIO_METRICS[metric]
         a = float(metric_value(full_a[f[num]], full_a[f[den]], is_exp))
         b = float(metric_value(full_b[f[num]], full_b[f[den]], is_exp))
@@ -129,8 +159,8 @@ def paired_bootstrap(rows_a: np.ndarray, rows_b: np.ndarray, fields, *, n_boot: 
         entry = {"a": a, "b": b, "diff": d, "ci": [float("nan"), float("nan")], "p": float("nan"),
                  "n_trajectories": int(len(rows_a)), "n_boot": 0}
         if boot is not None and math.isfinite(d):
-            da = metric_value(boot[:, f[num]], boot[:, f[den]], is_exp)
-            db = metric_value(boot[:, nf + f[num]], boot[:, nf + f[den]], is_exp)
+            da = metric_value(boot[:, where_a[f[num]]], boot[:, where_a[f[den]]], is_exp)
+            db = metric_value(boot[:, where_b[f[num]]], boot[:, where_b[f[den]]], is_exp)
             ds = db - da
             ds = ds[np.isfinite(ds)]
             if len(ds):
@@ -139,4 +169,50 @@ def paired_bootstrap(rows_a: np.ndarray, rows_b: np.ndarray, fields, *, n_boot: 
                 extreme = int((np.abs(ds - d) >= abs(d)).sum())
                 entry.update(ci=[float(lo), float(hi)], p=(1 + extreme) / (len(ds) + 1), n_boot=int(len(ds)))
         out[metric] = entry
+    return out
+
+
+def paired_difference(rows_a: np.ndarray, rows_b: np.ndarray, fields, metric: str = "hesnr") -> dict:
+    """Linearised paired comparison of one metric over the same ``n`` trajectories, O(n).
+
+    ``d = R_b - R_a``; each trajectory's influence is
+    ``(y_bi - R_b x_bi) / X_b - (y_ai - R_a x_ai) / X_a`` (times ``exp(R)`` for the
+    exponentiated metrics) and ``SE(d)^2 = n / (n - 1) * sum_i influence_i^2``.
+    Returns ``{"a", "b", "diff", "se", "ci": [d - 1.96 SE, d + 1.96 SE], "p"}`` with a
+    two-sided normal p; identical rows give ``diff == 0`` and ``p == 1`` exactly.
+    """
+    rows_a = np.asarray(rows_a, dtype=np.float64)
+    rows_b = np.asarray(rows_b, dtype=np.float64)
+    if rows_a.shape != rows_b.shape or rows_a.ndim != 2 or rows_a.shape[1] != len(fields):
+        raise ValueError(f"paired rows must both be [n, {len(fields)}], got {rows_a.shape} and {rows_b.shape}")
+    f = {name: i for i, name in enumerate(fields)}
+    num, den, is_exp = RATIO_METRICS[metric]
+    n = len(rows_a)
+    nan = float("nan")
+
+    def side(rows):
+        y, x = rows[:, f[num]], rows[:, f[den]]
+        sx = float(x.sum())
+        r = float(y.sum()) / sx if sx > 0 else nan
+        value = float(metric_value(y.sum(), sx, is_exp))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            infl = (y - r * x) / sx
+        return value, (value if is_exp else 1.0) * infl
+
+    a, ia = side(rows_a)
+    b, ib = side(rows_b)
+    d = b - a
+    out = {"a": a, "b": b, "diff": d, "se": nan, "ci": [nan, nan], "p": nan, "n_trajectories": n}
+    if not math.isfinite(d) or n < 2:
+        return out
+    e = ib - ia
+    se = math.sqrt(float(np.dot(e, e)) * n / (n - 1))
+    if d == 0.0:
+        p = 1.0
+    elif se == 0.0:
+        p = 0.0
+    else:
+        p = math.erfc(abs(d) / se / math.sqrt(2.0))
+    z = 1.959963984540054
+    out.update(se=se, ci=[d - z * se, d + z * se], p=p)
     return out

@@ -21,20 +21,14 @@ from __future__ import annotations
 
 import torch
 
+from .metric_layout import check_num_documents  # noqa: F401 - kept importable here
+
 TABLE_KEY = "trajectories"
 
 
 def table_size(num_documents: int | None, num_categories: int, num_fields: int) -> int:
     """Number of float64 entries the table adds to the flat buffer (0 when not tracked)."""
     return 0 if num_documents is None else int(num_documents) * num_categories * num_fields
-
-
-def check_num_documents(num_documents) -> None:
-    if num_documents is None:
-        return
-    if isinstance(num_documents, bool) or int(num_documents) != num_documents or num_documents < 1:
-        raise ValueError(f"num_documents must be a positive integer (the trajectories of the set) or None, "
-                         f"got {num_documents!r}")
 
 
 def document_index(doc_ids: torch.Tensor, shape, num_documents: int, scored: torch.Tensor) -> torch.Tensor:

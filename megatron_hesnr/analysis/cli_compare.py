@@ -17,6 +17,17 @@ import sys
 from ..stderr import ALPHA, DEFAULT_BOOTSTRAP
 
 
+def seed_type(text: str) -> int:
+    """``--seed``: an integer >= 0 (numpy's generators take no negative seed), checked at parse time."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("records", nargs="+", metavar="RECORDS.jsonl", help="evaluation records (JSONL), one or more files")
     parser.add_argument("--a", required=True, metavar="CKPT",
@@ -28,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help='write {"<metric>": {"a", "b", "diff", "ci", "p"}, ...} here')
     parser.add_argument("--bootstrap", type=int, default=DEFAULT_BOOTSTRAP, metavar="N",
                         help="paired resamples of the trajectories (default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="resampling seed (default %(default)s)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="resampling seed, an integer >= 0 (default %(default)s)")
 
 
 def _fmt(v, spec="+.4g") -> str:
@@ -63,8 +74,14 @@ def run(args) -> int:
 
     if args.bootstrap < 1:
         return fail(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    def wanted(view):
+        records = select_dataset(view, args.dataset) if args.dataset else view
+        return [find_record(records, args.a, "--a"), find_record(records, args.b, "--b")]
+
     try:
-        read = read_records(args.records)
+        # Only the two checkpoints' states are decoded and validated; the other lines'
+        # small fields are read to find them and to set aside re-evaluated iterations.
+        read = read_records(args.records, select=wanted)
         if not read.records:
             return fail("no usable evaluation record in " + ", ".join(args.records))
         records = select_dataset(read.records, args.dataset) if args.dataset else read.records
@@ -73,9 +90,13 @@ def run(args) -> int:
         res = compare_records(a, b, category=args.category, n_boot=args.bootstrap, seed=args.seed)
     except (CompareError, RecordError, AnalysisError, OSError) as exc:
         return fail(str(exc))
+    if read.set_aside_line():
+        print(f"hesnr compare: {read.set_aside_line()}", file=sys.stderr)
     print(format_result(res))
     if args.json:
         out = {m: {k: e[k] for k in ("a", "b", "diff", "ci", "p")} for m, e in res["metrics"].items()}
+        if read.duplicates:  # only then: a file without re-evaluations keeps exactly the metric keys
+            out["set_aside"] = len(read.duplicates)
         try:
             with open(args.json, "w", encoding="utf-8") as f:
                 json.dump(jsonable(out), f, indent=1, allow_nan=False)

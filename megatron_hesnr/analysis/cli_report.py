@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from .cli_compare import seed_type
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="use only records of this dataset (required when records mix datasets)")
     parser.add_argument("--bootstrap", type=int, default=2000, metavar="N",
                         help="bootstrap resamples for the confidence intervals (0: none; default %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="bootstrap seed, an integer >= 0 (default %(default)s)")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
 
 
@@ -63,12 +65,14 @@ def run(args) -> int:
         figures = []
         if not args.no_figures:
             cat = None if summary["category"] == "all" else summary["category"]
-            hists = {r.label: r.accumulator.histogram(cat)
+            hists = {r.label: r.state.histogram(cat)
                      for r in read.records if (r.dataset or "") == (summary["dataset"] or "")}
             figures = write_figures(summary, hists, out_dir)
         paths = write_report(summary, figures, out_dir)
     except OSError as exc:
         return fail(f"--output-dir {out_dir}: cannot write ({exc.strerror or exc}: {exc.filename or out_dir})")
+    if read.set_aside_line():
+        print(f"hesnr report: {read.set_aside_line()}", file=sys.stderr)
     print(terminal_table(summary))
     print(f"report: {paths['markdown']}  summary: {paths['json']}")
     return 0

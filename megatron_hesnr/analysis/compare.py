@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..accumulator import SCALAR_FIELDS
+from ..metric_layout import SCALAR_FIELDS
 from ..stderr import DEFAULT_BOOTSTRAP, RATIO_METRICS, paired_bootstrap
-from ..trajectory_sums import present
 from .records import EvalRecord
 
 
@@ -49,7 +48,7 @@ def check_comparable(a: EvalRecord, b: EvalRecord, category) -> None:
     if (a.dataset or "") != (b.dataset or ""):
         raise CompareError(f"records of different sets: {a.short_label()} is dataset {a.dataset!r}, "
                            f"{b.short_label()} is dataset {b.dataset!r}")
-    ca, cb = a.accumulator.config, b.accumulator.config
+    ca, cb = a.state.config, b.state.config
     for rec, cfg in ((a, ca), (b, cb)):
         if cfg.num_documents is None:
             raise CompareError(f"{rec.label} ({rec.source}) has no per-trajectory sums: evaluate with trajectory "
@@ -62,23 +61,30 @@ def check_comparable(a: EvalRecord, b: EvalRecord, category) -> None:
         raise CompareError(f"--category {category!r}: not a category of these records ({', '.join(ca.category_names)})")
 
 
+def _present(rows: np.ndarray) -> np.ndarray:
+    f = list(SCALAR_FIELDS)
+    return (rows[:, f.index("num_tokens")] + rows[:, f.index("num_invalid")]) > 0
+
+
 def shared_rows(a: EvalRecord, b: EvalRecord, category) -> tuple[np.ndarray, np.ndarray, dict]:
     """Per-trajectory rows of the trajectories both records scored, and what was dropped."""
-    ra, rb = a.accumulator.trajectory_rows(category), b.accumulator.trajectory_rows(category)
-    pa, pb = present(ra, SCALAR_FIELDS), present(rb, SCALAR_FIELDS)
+    ra, rb = a.state.trajectory_rows(category), b.state.trajectory_rows(category)
+    if ra is None or rb is None:
+        raise CompareError(f"{a.label} and {b.label} share no scored trajectory")
+    pa, pb = _present(ra), _present(rb)
     both = pa & pb
     f = list(SCALAR_FIELDS)
     scored = [f.index("num_tokens"), f.index("num_invalid")]
     ta, tb = ra[:, scored].sum(1), rb[:, scored].sum(1)
     differ = both & (ta != tb)
-    if bool(differ.any()):
-        i = int(differ.nonzero()[0, 0])
+    if differ.any():
+        i = int(np.flatnonzero(differ)[0])
         raise CompareError(f"records of different data: trajectory {i} has {int(ta[i])} scored tokens in {a.label} "
                            f"but {int(tb[i])} in {b.label} ({int(differ.sum())} trajectories differ)")
-    if not bool(both.any()):
+    if not both.any():
         raise CompareError(f"{a.label} and {b.label} share no scored trajectory")
     info = {"shared": int(both.sum()), "only_a": int((pa & ~pb).sum()), "only_b": int((pb & ~pa).sum())}
-    return ra[both].numpy(), rb[both].numpy(), info
+    return ra[both], rb[both], info
 
 
 def compare_records(a: EvalRecord, b: EvalRecord, *, category=None, n_boot: int = DEFAULT_BOOTSTRAP,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 MIN_POINTS = 3
 METHODS = ("pearson", "spearman", "kendall")
@@ -53,6 +52,8 @@ def _kendall_b_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def bootstrap_rows(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
     """The three statistics for each row of ``[B, n]`` resampled pairs."""
+    from scipy import stats  # imported when a correlation is computed (seconds at start-up otherwise)
+
     # Kendall builds [rows, n, n] sign tables: bound them to ~4M entries at a time.
     step = max(1, 4_000_000 // max(1, x.shape[1] ** 2))
     return {
@@ -65,6 +66,8 @@ def bootstrap_rows(x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _point(method: str, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    from scipy import stats
+
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan")  # undefined; scipy would warn and return NaN
     if method == "pearson":

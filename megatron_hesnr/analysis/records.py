@@ -10,16 +10,28 @@ One JSON object per line, as written by the Megatron integration::
      "time": "2026-11-27T01:00:00Z",    # optional str (ISO 8601, any UTC offset; none = UTC):
                                         #   the newest duplicate wins
      "config": {...},                   # optional: the integration's settings, kept as is
+     "writer": {"job_id": "4242", "restart": 1},  # optional: who wrote it (Slurm job, requeues)
      "metrics": {"hesnr": ..., ...},    # required object: what was logged at evaluation time
      "state": {...}}                    # required: HESNRAccumulator.state_dict()
 
 Extra fields are allowed and ignored.  The ``state`` is the source of truth: every
-number in the report is recomputed from it with :class:`HESNRAccumulator`; the
-logged ``metrics`` are only cross-checked (a disagreement is logged as a warning).
+number in the report is recomputed from it (validated and held as numpy arrays by
+:mod:`.record_state`, the accumulator's rules without torch); the logged ``metrics``
+are only cross-checked (a disagreement is logged as a warning).
 
 A line that is not valid JSON or fails validation is *bad*: it is skipped and
 counted (with file, line number and reason), or raises :class:`RecordError` with
-``strict=True``.  Blank lines are ignored.
+``strict=True``.  Blank lines are ignored.  The last line of a file that has no
+newline and is not valid JSON is a record cut short by an interrupted writer: it is
+skipped with a warning naming the file and line (never fatal).  A line longer than
+``max_line_bytes`` is bad.  Only regular files are read (a FIFO or a device is
+refused before it is opened).
+
+One record is kept per (dataset, run, iteration): a requeued job that evaluates an
+iteration again writes a later record, and the later one wins -- the higher
+``writer.restart`` of the same ``writer.job_id``, else the later ``time`` when both
+have one and they differ, else the one read later (files in the order given).  The
+others are *set aside* and listed in :attr:`ReadResult.duplicates`.
 """
 from __future__ import annotations
 
@@ -27,16 +39,21 @@ import json
 import logging
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..accumulator import HESNRAccumulator
+from .json_members import top_level_members
+from .record_state import RecordState, StateInvalid, parse_state
 
 log = logging.getLogger(__name__)
 
 REQUIRED_FIELDS = ("iteration", "metrics", "state")
 OPTIONAL_STR_FIELDS = ("checkpoint", "run", "dataset", "time")
+#: Longest record line read (bytes); a record of 1M trajectories x 3 categories is ~350 MB.
+MAX_LINE_BYTES = 1 << 30
+SET_ASIDE_TEXT = "record(s) of re-evaluated iterations (kept the latest of each (run, set, iteration))"
 
 
 class RecordError(ValueError):
@@ -55,19 +72,33 @@ class BadLine:
 
 @dataclass
 class EvalRecord:
-    """One validated evaluation record with its accumulator rebuilt from ``state``."""
+    """One validated evaluation record; ``state`` holds its accumulator state as arrays."""
 
     iteration: int
     metrics: dict
-    accumulator: HESNRAccumulator
+    state: RecordState | None = None
     checkpoint: str | None = None
     run: str | None = None
     dataset: str | None = None
     time: str | None = None
     consumed_samples: int | None = None
     config: dict | None = None
+    writer: dict | None = None
     source: str = ""
     """``path:line`` the record came from."""
+    order: int = 0
+    """Reading order over all files given (later = larger)."""
+    offset: int = -1
+    """Byte offset of the line in its file (to decode its state later)."""
+    state_span: tuple[int, int] | None = None
+
+    @property
+    def accumulator(self):
+        """The state as a :class:`~megatron_hesnr.HESNRAccumulator` (built on first use; imports torch)."""
+        acc = self.__dict__.get("_accumulator")
+        if acc is None:
+            acc = self.__dict__["_accumulator"] = self.state.to_accumulator()
+        return acc
 
     @property
     def run_name(self) -> str:
@@ -79,9 +110,9 @@ class EvalRecord:
         return self.checkpoint if self.checkpoint is not None else f"iter_{self.iteration:07d}"
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        """De-duplication key: (dataset, run, checkpoint)."""
-        return (self.dataset or "", self.run_name, self.checkpoint_name)
+    def key(self) -> tuple[str, str, int]:
+        """De-duplication key: (dataset, run, iteration)."""
+        return (self.dataset or "", self.run_name, self.iteration)
 
     label: str = ""
     """Short unique name for tables and figures, set by :func:`read_records`:
@@ -100,19 +131,37 @@ class ReadResult:
     records: list[EvalRecord] = field(default_factory=list)
     bad_lines: list[BadLine] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
-    """Sources of records superseded by a newer record of the same (dataset, run, checkpoint)."""
+    """Sources of the records set aside: another record of the same (dataset, run,
+    iteration) is later (see the module docstring)."""
+    torn_lines: list[BadLine] = field(default_factory=list)
+    """Last lines cut short by an interrupted writer (skipped, not bad)."""
     lines_read: int = 0
+
+    def set_aside_line(self) -> str | None:
+        """The one line saying how many records were set aside (None: none were)."""
+        return f"set aside {len(self.duplicates)} {SET_ASIDE_TEXT}" if self.duplicates else None
 
 
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def parse_record(obj, source: str) -> EvalRecord:
-    """Validate one decoded JSON value; raise :class:`RecordError` naming the field."""
+def _check_writer(w, source: str) -> None:
+    if not isinstance(w, dict):
+        raise RecordError(f"{source}: field 'writer' must be an object, got {type(w).__name__}")
+    job = w.get("job_id")
+    if job is not None and not isinstance(job, str):
+        raise RecordError(f"{source}: field 'writer.job_id' must be a string or null, got {job!r}")
+    restart = w.get("restart")
+    if restart is not None and (not _is_int(restart) or restart < 0):
+        raise RecordError(f"{source}: field 'writer.restart' must be an integer >= 0, got {restart!r}")
+
+
+def parse_header(obj, source: str, *, has_state: bool = True) -> EvalRecord:
+    """Validate every field but ``state`` (see :func:`parse_record`)."""
     if not isinstance(obj, dict):
         raise RecordError(f"{source}: a record must be a JSON object, got {type(obj).__name__}")
-    missing = [f for f in REQUIRED_FIELDS if f not in obj]
+    missing = [f for f in REQUIRED_FIELDS if f not in obj and not (f == "state" and has_state)]
     if missing:
         raise RecordError(f"{source}: missing field(s) {', '.join(missing)}")
     it = obj["iteration"]
@@ -132,23 +181,33 @@ def parse_record(obj, source: str) -> EvalRecord:
     cfg = obj.get("config")
     if cfg is not None and not isinstance(cfg, dict):
         raise RecordError(f"{source}: field 'config' must be an object, got {type(cfg).__name__}")
-    state = obj["state"]
-    if not isinstance(state, dict):
-        raise RecordError(f"{source}: field 'state' must be an object (HESNRAccumulator.state_dict())")
+    if obj.get("writer") is not None:
+        _check_writer(obj["writer"], source)
     if obj.get("time") is not None:
         parse_time(obj["time"], source)
-    try:
-        # Every rule a state must satisfy lives in state_check (StateError is a ValueError).
-        acc = HESNRAccumulator.from_state_dict(state)
-    except ValueError as exc:
-        raise RecordError(f"{source}: field 'state' is not a valid accumulator state: {exc}") from None
-    rec = EvalRecord(
-        iteration=it, metrics=obj["metrics"], accumulator=acc, checkpoint=obj.get("checkpoint"),
+    return EvalRecord(
+        iteration=it, metrics=obj["metrics"], checkpoint=obj.get("checkpoint"),
         run=obj.get("run"), dataset=obj.get("dataset"), time=obj.get("time"),
-        consumed_samples=cs, config=cfg, source=source,
+        consumed_samples=cs, config=cfg, writer=obj.get("writer"), source=source,
     )
+
+
+def attach_state(rec: EvalRecord, state) -> EvalRecord:
+    """Validate ``state`` (the record's ``state`` field) into ``rec.state``."""
+    if not isinstance(state, dict):
+        raise RecordError(f"{rec.source}: field 'state' must be an object (HESNRAccumulator.state_dict())")
+    try:
+        rec.state = parse_state(state)
+    except (StateInvalid, MemoryError) as exc:
+        raise RecordError(f"{rec.source}: field 'state' is not a valid accumulator state: {exc}") from None
     _cross_check(rec)
     return rec
+
+
+def parse_record(obj, source: str) -> EvalRecord:
+    """Validate one decoded JSON value; raise :class:`RecordError` naming the field."""
+    rec = parse_header(obj, source, has_state=False)
+    return attach_state(rec, obj["state"])
 
 
 def _cross_check(rec: EvalRecord) -> None:
@@ -156,7 +215,7 @@ def _cross_check(rec: EvalRecord) -> None:
     logged = rec.metrics.get("hesnr")
     if not isinstance(logged, (int, float)) or isinstance(logged, bool):
         return
-    again = rec.accumulator.compute()["hesnr"]
+    again = rec.state.hesnr()
     if math.isnan(logged) and math.isnan(again):
         return
     if not math.isclose(logged, again, rel_tol=1e-6, abs_tol=1e-12):
@@ -174,71 +233,203 @@ def parse_time(text: str, source: str = "") -> datetime:
 
 
 def _newer(a: EvalRecord, b: EvalRecord) -> bool:
-    """Is ``a`` newer than ``b``? By ``time`` (as instants, whatever the offsets) when
-    both have one and they differ, else by reading order."""
+    """Is ``a`` the later evaluation of the same (dataset, run, iteration) than ``b``?
+
+    A later requeue of the same Slurm job (``writer.restart``) wins; else the later
+    ``time`` (as instants, whatever the offsets) when both have one and they differ;
+    else the record read later."""
+    wa, wb = a.writer or {}, b.writer or {}
+    if (wa.get("job_id") is not None and wa.get("job_id") == wb.get("job_id")
+            and _is_int(wa.get("restart")) and _is_int(wb.get("restart")) and wa["restart"] != wb["restart"]):
+        return wa["restart"] > wb["restart"]
     if a.time is not None and b.time is not None:
         ta, tb = parse_time(a.time, a.source), parse_time(b.time, b.source)
         if ta != tb:
             return ta > tb
-    return True  # read later
+    return a.order > b.order
 
 
-def read_records(paths, *, strict: bool = False) -> ReadResult:
+def check_regular(path, what: str) -> None:
+    """Refuse what is not a regular file (a FIFO would block, a device never ends)
+    with one line naming it; ``OSError`` also when it cannot be found."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise OSError(f"cannot open {what} file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(st.st_mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a socket")
+        raise OSError(f"cannot open {what} file {path}: it is {kind}, not a regular file")
+
+
+def open_regular(path, what: str):
+    """Open a regular file for binary reading (see :func:`check_regular`)."""
+    check_regular(path, what)
+    try:
+        return Path(path).open("rb")
+    except OSError as exc:
+        raise OSError(f"cannot open {what} file {path}: {exc.strerror or exc}") from None
+
+
+def _lines(fh, max_line_bytes: int):
+    """``(lineno, offset, raw, complete)``; ``raw`` is ``None`` for a line over the limit."""
+    lineno = 0
+    while True:
+        offset = fh.tell()
+        raw = fh.readline(max_line_bytes + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+            while True:  # skip the rest of that line without keeping it
+                more = fh.readline(1 << 20)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield lineno, offset, None, True
+            continue
+        yield lineno, offset, raw, raw.endswith(b"\n")
+
+
+def _decode(raw: bytes, source: str):
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{source}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer beyond Python's digit limit
+        raise RecordError(f"{source}: not valid JSON ({' '.join(str(exc).split())[:120]})") from None
+
+
+def _header_only(raw: bytes, source: str) -> EvalRecord:
+    """The record's fields but ``state`` decoded and checked; where its state is kept."""
+    spans = top_level_members(raw)
+    if spans is None or "state" not in spans:
+        rec = parse_header(_decode(raw, source), source, has_state=False)  # the error, or a record
+        rec.state_span = None
+        return rec
+    try:
+        obj = {k: json.loads(raw[lo:hi]) for k, (lo, hi) in spans.items() if k != "state"}
+    except (ValueError, RecursionError):
+        obj = _decode(raw, source)
+        return parse_header(obj, source, has_state=False)
+    rec = parse_header(obj, source, has_state=True)
+    rec.state_span = spans["state"]
+    return rec
+
+
+def read_records(paths, *, strict: bool = False, select=None, max_line_bytes: int = MAX_LINE_BYTES) -> ReadResult:
     """Read, validate and de-duplicate records from JSONL files.
 
-    A (dataset, run, checkpoint) seen twice keeps the newer record (``time``, else the later
-    line) and lists the other in ``duplicates``.  Raises :class:`RecordError` on a
-    bad line when ``strict``, and ``FileNotFoundError`` / ``OSError`` naming the file
-    when one cannot be opened.
+    A (dataset, run, iteration) seen twice keeps the later record (see the module
+    docstring) and lists the other in ``duplicates``.  Raises :class:`RecordError` on a
+    bad line when ``strict``, and ``OSError`` naming the file when one cannot be
+    opened or is not a regular file.
+
+    ``select``: read only some records in full.  Called with every readable record's
+    fields (``state`` not yet decoded, labels set); returns the records whose state
+    is wanted.  Only those are validated (``hesnr compare`` reads two checkpoints of a
+    long file this way).
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     result = ReadResult()
-    by_key: dict[tuple[str, str, str], EvalRecord] = {}
-    for path in paths:
-        path = Path(path)
-        try:
-            fh = path.open("rb")
-        except OSError as exc:
-            raise OSError(f"cannot open records file {path}: {exc.strerror or exc}") from None
-        with fh:
-            # Binary lines, decoded one by one: a bad byte spoils only its own line.
-            for lineno, raw in enumerate(fh, start=1):
+    valid: list[EvalRecord] = []
+    order = 0
+    handles = []
+    try:
+        for path in paths:
+            fh = open_regular(path, "records")
+            handles.append(fh)
+            path = Path(path)
+            for lineno, offset, raw, complete in _lines(fh, max_line_bytes):
                 source = f"{path}:{lineno}"
-                if not raw.strip():
+                if raw is not None and not raw.strip():
                     continue
                 result.lines_read += 1
+                order += 1
                 try:
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError as exc:
-                        raise RecordError(f"{source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise RecordError(f"{source}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-                    rec = parse_record(obj, source)
+                    if raw is None:
+                        raise RecordError(f"{source}: line longer than {max_line_bytes} bytes (the record limit)")
+                    if select is None:
+                        rec = parse_record(_decode(raw, source), source)
+                    else:
+                        rec = _header_only(raw, source)
                 except RecordError as exc:
+                    if not complete:
+                        # The file's last line, cut short: a writer was interrupted mid-record.
+                        result.torn_lines.append(BadLine(str(path), lineno, "last line cut short (no newline)"))
+                        log.warning("skipping %s: the last line is cut short (no newline, not a whole record: "
+                                    "an interrupted writer)", source)
+                        continue
                     if strict:
                         raise
-                    reason = str(exc)[len(source) + 2:] if str(exc).startswith(source) else str(exc)
-                    result.bad_lines.append(BadLine(str(path), lineno, reason))
-                    log.warning("skipping %s", exc)
+                    _bad(result, path, lineno, source, exc)
                     continue
-                old = by_key.get(rec.key)
-                if old is None:
-                    by_key[rec.key] = rec
-                elif _newer(rec, old):
-                    result.duplicates.append(old.source)
-                    by_key[rec.key] = rec
-                else:
-                    result.duplicates.append(rec.source)
+                rec.order, rec.offset = order, offset
+                rec.__dict__["_file"] = len(handles) - 1
+                valid.append(rec)
+        if select is not None:
+            valid = _load_selected(valid, select, handles, result, strict)
+    finally:
+        for fh in handles:
+            fh.close()
+    by_key: dict[tuple, EvalRecord] = {}
+    for rec in valid:
+        old = by_key.get(rec.key)
+        if old is None:
+            by_key[rec.key] = rec
+        elif _newer(rec, old):
+            result.duplicates.append(old.source)
+            by_key[rec.key] = rec
+        else:
+            result.duplicates.append(rec.source)
     result.records = sorted(by_key.values(), key=lambda r: (r.run_name, r.iteration, r.checkpoint_name))
     _set_labels(result.records)
     if result.duplicates:
-        log.warning("%d duplicate record(s) of the same (dataset, run, checkpoint) superseded: %s",
-                    len(result.duplicates), ", ".join(result.duplicates[:5]))
+        log.warning("%s: %s", result.set_aside_line(), ", ".join(result.duplicates[:5]))
     return result
+
+
+def _bad(result: ReadResult, path, lineno: int, source: str, exc: Exception) -> None:
+    reason = str(exc)[len(source) + 2:] if str(exc).startswith(source) else str(exc)
+    result.bad_lines.append(BadLine(str(path), lineno, reason))
+    log.warning("skipping %s", exc)
+
+
+def _load_selected(headers: list[EvalRecord], select, handles, result: ReadResult, strict: bool) -> list[EvalRecord]:
+    """Decode and validate the state of the records ``select`` picks."""
+    latest: dict[tuple, EvalRecord] = {}
+    for rec in headers:
+        old = latest.get(rec.key)
+        if old is None or _newer(rec, old):
+            latest[rec.key] = rec
+    view = sorted(latest.values(), key=lambda r: (r.run_name, r.iteration, r.checkpoint_name))
+    _set_labels(view)
+    keys = {r.key for r in select(view)}
+    chosen = []
+    for rec in headers:
+        if rec.key not in keys:
+            continue
+        fh = handles[rec.__dict__["_file"]]
+        fh.seek(rec.offset)
+        raw = fh.readline()
+        try:
+            if rec.state_span is None:
+                attach_state(rec, _decode(raw, rec.source)["state"])
+            else:
+                lo, hi = rec.state_span
+                attach_state(rec, _decode(raw[lo:hi], rec.source))
+        except RecordError as exc:
+            if strict:
+                raise
+            path, _, lineno = rec.source.rpartition(":")
+            _bad(result, path, int(lineno), rec.source, exc)
+            continue
+        chosen.append(rec)
+    return chosen
 
 
 def _set_labels(records: list[EvalRecord]) -> None:

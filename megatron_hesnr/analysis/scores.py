@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import BadLine, EvalRecord, RecordError
+from .records import BadLine, EvalRecord, RecordError, check_regular
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class ScoreTable:
 
 def read_scores(path, *, strict: bool = False) -> ScoreTable:
     path = Path(path)
+    check_regular(path, "scores")
     try:
         # utf-8-sig: the byte-order mark that Excel writes is not part of the first column's name.
         fh = path.open("r", encoding="utf-8-sig", newline="")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import math
 
-from ..accumulator import metrics_from_sums
-from ..stderr import ALPHA
-from .compare import CompareError, compare_records
+from ..metric_layout import SCALAR_FIELDS, metrics_from_sums
+from ..stderr import ALPHA, paired_difference
+from .compare import CompareError, check_comparable, shared_rows
 from .correlation import correlate
 from .records import EvalRecord, ReadResult
 from .scores import ScoreTable, match_scores
@@ -62,7 +62,7 @@ def select_dataset(records: list[EvalRecord], dataset: str | None) -> list[EvalR
 def _check_category(records: list[EvalRecord], category) -> None:
     if category is None:
         return
-    lacking = [r.source for r in records if category not in r.accumulator.config.category_names]
+    lacking = [r.source for r in records if category not in r.state.config.category_names]
     if lacking:
         raise AnalysisError(f"--category {category!r}: not a category of the record(s) at "
                             f"{', '.join(lacking[:5])}")
@@ -72,7 +72,7 @@ def _check_one_config(records: list[EvalRecord]) -> None:
     """HE-SNR of different k, threshold or bins measure different things: never correlated together."""
     first: dict[tuple, str] = {}
     for r in records:
-        c = r.accumulator.config
+        c = r.state.config
         first.setdefault((c.k, c.threshold, c.num_bins), r.source)
     if len(first) > 1:
         listed = "; ".join(f"k={k}, threshold={t}, num_bins={b} (first at {src})" for (k, t, b), src in first.items())
@@ -81,7 +81,7 @@ def _check_one_config(records: list[EvalRecord]) -> None:
 
 
 def checkpoint_row(rec: EvalRecord, category, rule: ValleyRule) -> dict:
-    acc = rec.accumulator
+    acc = rec.state
     cfg = acc.config
     m = metrics_from_sums(acc.sums(category))
     m.update(acc.uncertainty(category))   # num_documents and *_stderr when trajectories are tracked
@@ -100,18 +100,22 @@ def checkpoint_row(rec: EvalRecord, category, rule: ValleyRule) -> dict:
 
 
 def _vs_previous(records: list[EvalRecord], rows: list[dict], category, n_boot: int, seed: int) -> None:
-    """``row["vs_previous"]``: paired HE-SNR comparison with the run's previous checkpoint
-    (left ``None`` without per-trajectory sums or bootstrap)."""
+    """``row["vs_previous"]``: HE-SNR against the run's previous checkpoint on the same
+    trajectories, from the linearised paired standard error (O(trajectories); the
+    paired bootstrap is ``hesnr compare``'s).  Left ``None`` without per-trajectory
+    sums, or when ``n_boot`` is 0 (no intervals asked for)."""
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["run"], rows[i]["iteration"]))
     for prev, cur in zip(order, order[1:]):
         if rows[prev]["run"] != rows[cur]["run"] or n_boot <= 0 or any(
-                records[i].accumulator.config.num_documents is None for i in (prev, cur)):
+                records[i].state.config.num_documents is None for i in (prev, cur)):
             continue
         entry = {"previous": rows[prev]["label"]}
         try:
-            res = compare_records(records[prev], records[cur], category=category, n_boot=n_boot, seed=seed,
-                                  metrics=["hesnr"])["metrics"]["hesnr"]
-            entry.update(status="ok", diff=res["diff"], ci=res["ci"], p=res["p"], significant=bool(res["p"] < ALPHA))
+            check_comparable(records[prev], records[cur], category)
+            rows_a, rows_b, _ = shared_rows(records[prev], records[cur], category)
+            res = paired_difference(rows_a, rows_b, SCALAR_FIELDS, "hesnr")
+            entry.update(status="ok", diff=res["diff"], se=res["se"], ci=res["ci"], p=res["p"],
+                         significant=bool(res["p"] < ALPHA))
         except CompareError as exc:  # e.g. the run's evaluation set changed between checkpoints
             entry["status"] = str(exc)
         rows[cur]["vs_previous"] = entry
@@ -133,11 +137,11 @@ def _correlations(rows: list[dict], n_boot: int, seed: int) -> dict:
 def _sensitivity(records, rows, category, n_boot, seed, rule) -> dict:
     scored = [(rec, row) for rec, row in zip(records, rows) if row["score"] is not None]
     # The grid follows the smallest k (every threshold must lie below ln k of every record).
-    cfg = min((r.accumulator.config for r in records), key=lambda c: c.k)
+    cfg = min((r.state.config for r in records), key=lambda c: c.k)
     grid = sweep_grid(cfg.k, cfg.num_bins, cfg.threshold)
     named = {round(v, 12) for _, v in named_thresholds(cfg.threshold)}
     y = [row["score"]["mean"] for _, row in scored]
-    per_ckpt = [rec.accumulator.sweep([v for _, v in grid], category=category) for rec, _ in scored]
+    per_ckpt = [rec.state.sweep([v for _, v in grid], category=category) for rec, _ in scored]
     entries = []
     for i, (name, eps) in enumerate(grid):
         x = [sw[i]["hesnr"] for sw in per_ckpt]
@@ -149,12 +153,12 @@ def _sensitivity(records, rows, category, n_boot, seed, rule) -> dict:
             "edges": sorted({sw[i]["edge"] for sw in per_ckpt}),
             "values": x, "correlation": c,
         })
-    pooled = pooled_histogram([rec.accumulator for rec, _ in scored] or [r.accumulator for r in records],
+    pooled = pooled_histogram([rec.state for rec, _ in scored] or [r.state for r in records],
                               category)
     pooled_rule = None
     if pooled is not None:
         pooled_rule = valley_threshold(pooled, cfg.threshold, rule)
-        x = [rec.accumulator.sweep([pooled_rule["threshold"]], category=category)[0]["hesnr"]
+        x = [rec.state.sweep([pooled_rule["threshold"]], category=category)[0]["hesnr"]
              for rec, _ in scored]
         pooled_rule["correlation"] = correlate(x, y, n_boot=n_boot, seed=seed, direction=+1)
         pooled_rule["values"] = x
@@ -175,11 +179,14 @@ def analyse(read: ReadResult, scores: ScoreTable | None = None, *, category: str
     if read.bad_lines:
         notes.append(f"{len(read.bad_lines)} unreadable record line(s) skipped (listed under input).")
     if read.duplicates:
-        notes.append(f"{len(read.duplicates)} duplicate record(s) superseded by a newer one of the same checkpoint.")
+        notes.append(read.set_aside_line() + ".")
+    if read.torn_lines:
+        notes.append(f"{len(read.torn_lines)} last line(s) cut short by an interrupted writer skipped: "
+                     + ", ".join(f"{b.path}:{b.line}" for b in read.torn_lines))
     _check_one_config(records)
     rows = [checkpoint_row(r, category, rule) for r in records]
     _vs_previous(records, rows, category, n_boot, seed)
-    untracked = [r.label for r in records if r.accumulator.config.num_documents is None]
+    untracked = [r.label for r in records if r.state.config.num_documents is None]
     if untracked:
         notes.append(f"{len(untracked)} record(s) without per-trajectory sums: no standard errors and no "
                      "comparison with the previous checkpoint for them: " + ", ".join(untracked[:5]))
@@ -236,6 +243,7 @@ def analyse(read: ReadResult, scores: ScoreTable | None = None, *, category: str
         "input": {
             "records": len(records), "lines_read": read.lines_read,
             "bad_lines": [str(b) for b in read.bad_lines], "duplicates": read.duplicates,
+            "set_aside": len(read.duplicates), "torn_lines": [str(b) for b in read.torn_lines],
             "scores_file": scores.path if scores is not None else None,
             "score_bad_lines": [str(b) for b in scores.bad_lines] if scores is not None else [],
             "checkpoints_without_score": match.records_without_score if match else [],

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..accumulator import HESNRAccumulator
 
 LN = math.log
 
@@ -143,7 +142,7 @@ def valley_threshold(hist: dict, fixed: float, rule: ValleyRule | None = None) -
             "edge_index": jstar}
 
 
-def pooled_histogram(accs: list[HESNRAccumulator], category=None) -> dict | None:
+def pooled_histogram(accs: list, category=None) -> dict | None:
     """Sum of the histograms (None when the accumulators' bins differ)."""
     if not accs:
         return None
