@@ -63,6 +63,9 @@ class SlurmCluster:
         self.root = Path(root or tempfile.mkdtemp(prefix="hesnr-slurm-"))
         self.nodes, self.kill_wait, self.gpus_per_node = nodes, kill_wait, gpus_per_node
         self.conf = self.root / "slurm.conf"
+        # munged (the munge user) must reach its socket folder: a folder of its own in the
+        # system temp dir, whatever the permissions of the folders above ``root``
+        self.munge_dir = Path(tempfile.mkdtemp(prefix="hesnr-munge-"))
         self.procs: dict[str, subprocess.Popen] = {}
         self._munged_pid: int | None = None
         self._hosts_line = f"127.0.0.1 {' '.join(nodes)}  # hesnr-test-slurm {os.getpid()}"
@@ -76,7 +79,7 @@ class SlurmCluster:
         lines = [
             "ClusterName=hesnrtest", "SlurmctldHost=localhost", f"SlurmctldPort={_free_port()}",
             "SlurmUser=root", "SlurmdUser=root", "AuthType=auth/munge", "CredType=cred/munge",
-            f"AuthInfo=socket={self.root / 'munge' / 'munge.socket'}",
+            f"AuthInfo=socket={self.munge_dir / 'munge.socket'}",
             "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none",
             "SelectType=select/cons_tres", "SelectTypeParameters=CR_Core",
             "ReturnToService=2", "MailProg=/bin/true", "SchedulerType=sched/backfill",
@@ -117,6 +120,26 @@ class SlurmCluster:
             raise ClusterError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stdout}{p.stderr}")
         return p
 
+    def run_env(self, env: dict, *cmd: str, timeout: int = 60) -> subprocess.CompletedProcess:
+        """A client command with ``env`` (plus this cluster's ``SLURM_CONF``); fails loudly."""
+        p = subprocess.run(cmd, env=dict(env, SLURM_CONF=str(self.conf)), capture_output=True, text=True,
+                           timeout=timeout)
+        if p.returncode != 0:
+            raise ClusterError(f"{' '.join(cmd)}: exit {p.returncode}: {p.stdout}{p.stderr}")
+        return p
+
+    def set_kill_wait(self, seconds: int) -> None:
+        """Change ``KillWait`` (seconds from a job's SIGTERM to its SIGKILL) and reconfigure."""
+        text = self.conf.read_text()
+        self.conf.write_text(text.replace(f"KillWait={self.kill_wait}\n", f"KillWait={seconds}\n"))
+        self.kill_wait = seconds
+        self.run("scontrol", "reconfigure")
+        for _ in range(50):
+            if f"KillWait                = {seconds} sec" in self.run("scontrol", "show", "config").stdout:
+                return
+            time.sleep(0.2)
+        raise ClusterError(f"KillWait did not become {seconds} s after scontrol reconfigure")
+
     # ------------------------------------------------------------------ hosts
     def _add_hosts(self) -> None:
         text = HOSTS.read_text()
@@ -142,9 +165,7 @@ class SlurmCluster:
                                             start_new_session=True)
 
     def _start_munged(self) -> None:
-        d = self.root / "munge"
-        self.root.chmod(0o755)  # munged runs as the munge user: it must reach its folder
-        d.mkdir(exist_ok=True)
+        d = self.munge_dir
         d.chmod(0o755)  # the socket folder must be searchable by all (munged checks)
         shutil.chown(d, "munge", "munge")
         pidfile = d / "munged.pid"
@@ -246,6 +267,7 @@ class SlurmCluster:
                 self._munged_pid = None
         finally:
             self._remove_hosts()
+            shutil.rmtree(self.munge_dir, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
