@@ -21,7 +21,6 @@ process torchrun starts. What it changes, and why:
   draw happens on tensor-parallel rank 0 only (the rank that reads data), and on a GPU it
   comes from the CPU generator, not the CUDA one dropout uses; here both are one generator,
   and the draw would desynchronise dropout in replicated regions across TP ranks.
-* MoE's alltoall dispatcher gets its split sizes as host (numpy) copies, as on a GPU.
 * ``compile_helpers`` is skipped when ``megatron.core.datasets.helpers_cpp`` imports (the
   wheel ships it compiled).
 
@@ -198,26 +197,6 @@ def _skip_compile_helpers():
     dsu.compile_helpers = lambda: None
 
 
-def _moe_host_copies():
-    """MoE's alltoall dispatcher copies its split sizes "device to host" as numpy arrays
-    (``maybe_move_tensor_to_cpu(..., as_numpy=True)`` acts on CUDA tensors only); here the
-    "device" tensors are CPU tensors already, so do the same copy for them (gloo's
-    ``all_to_all_single`` refuses tensors as split sizes)."""
-    try:
-        from megatron.core.transformer.moe import moe_utils, token_dispatcher
-    except ImportError:
-        return
-
-    def maybe_move_tensor_to_cpu(tensor, as_numpy=False, record_stream=False):
-        if torch.is_tensor(tensor):
-            tensor = tensor.detach().clone()
-            return tensor.numpy() if as_numpy else tensor
-        return tensor
-
-    moe_utils.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
-    token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
-
-
 def install() -> None:
     """Apply every piece above (idempotent). Call before importing ``megatron``."""
     global _installed
@@ -234,4 +213,3 @@ def install() -> None:
     _isolate_dataloader_seed()
     _CpuPlacement().__enter__()  # for the life of the process
     _skip_compile_helpers()
-    _moe_host_copies()
