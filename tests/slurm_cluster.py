@@ -193,6 +193,9 @@ class SlurmCluster:
         install_slurm()
         self._write_config()
         atexit.register(self.stop)
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            # a SIGTERM (a CI timeout) unwinds like Ctrl-C: finalizers stop the daemons and fix /etc/hosts
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
         self._add_hosts()
         try:
             self._start_munged()

@@ -14,8 +14,8 @@ lists first), which gloo refuses with a TypeError; the MoE runs with data parall
 
 Jobs (module-scoped, shared between assertions): a base checkpoint (one local process, the
 script's ``--pretrained-checkpoint``), the training job on 2 nodes x 1 process (DP 2), a one-process ``--load --skip-train`` reference, the checkpoint sweep, one job
-requeued twice (between evaluations, then while the HE-SNR evaluation runs with a KillWait
-shorter than it), and one job that loses a node's processes and is resubmitted.
+requeued twice (between evaluations through the script's time-limit trap, then by
+``scontrol requeue`` while the HE-SNR evaluation runs, with a KillWait shorter than it), and one job that loses a node's processes and is resubmitted.
 """
 from __future__ import annotations
 
@@ -231,54 +231,69 @@ def _report_counts(jsonl: Path, out: Path, dataset: str) -> tuple[dict, str]:
     return json.loads((out / "summary.json").read_text()), p.stdout + p.stderr
 
 
+def _batch_shell_pid(job_id: str) -> int:
+    """The PID of the job's batch shell (slurmd runs ``.../job<id>/slurm_script``)."""
+    mark = f"job{int(job_id):05d}/slurm_script"
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if mark in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    return int(d.name)
+            except OSError:
+                pass
+    raise AssertionError(f"no batch shell of job {job_id}")
+
+
 @pytest.fixture(scope="module")
 def requeued(world, trained, slurm_cluster):  # noqa: F811
-    """Item 3: requeued between evaluations (restart 0 -> 1: Megatron saves on SIGTERM), then
-    while the HE-SNR evaluation at iteration 6 runs, after its records are written, with a
-    KillWait of 2 s (restart 1 -> 2: SIGKILLed before the step-6 checkpoint)."""
+    """Item 3, one job, three starts.
+    (a) between evaluations: after iteration 4 the batch shell gets SIGUSR1, what
+        ``--signal=B:USR1@600`` sends before the time limit: the script's trap has Megatron save
+        and exit (SIGURG), then ``scontrol requeue``s the job (restart 0 -> 1);
+    (b) during the HE-SNR evaluation at iteration 6, after its records are written, the test
+        runs ``scontrol requeue`` with KillWait 2 s (shorter than the evaluation): the SIGTERM
+        ends Megatron before the step-6 checkpoint (restart 1 -> 2), which evaluates 6 again."""
     ckpt = world.root / "run_r"
     probe = world.root / "probe"
     probe.mkdir()
     job = world.submit(slurm_cluster, "requeue", TRAIN_SBATCH, ckpt, TINY,
                        HESNR_TEST_SLOW_PASS=f"6:300:{probe}:1")
     job.wait_for(ITER, JOB_TIMEOUT, count=4)                 # restart 0 reached iteration 4
-    slurm_cluster.run("scontrol", "requeue", job.id)
+    os.kill(_batch_shell_pid(job.id), signal.SIGUSR1)
     job.wait_for("job " + job.id + " restart 1", JOB_TIMEOUT)
     deadline = time.monotonic() + JOB_TIMEOUT
     while not list(probe.glob("pass-started.*")):
-        assert time.monotonic() < deadline and job.info().get("JobState") not in ("COMPLETED", "FAILED"), job.log()[-5000:]
+        assert time.monotonic() < deadline and job.info().get("JobState") not in ("COMPLETED", "FAILED"), \
+            job.log()[-5000:]
         time.sleep(0.5)
-    time.sleep(1)
     slurm_cluster.set_kill_wait(2)
     try:
-        t_requeue = time.monotonic()
         slurm_cluster.run("scontrol", "requeue", job.id)
         job.wait_for("job " + job.id + " restart 2", JOB_TIMEOUT)
-        killed_after = time.monotonic() - t_requeue
     finally:
         slurm_cluster.set_kill_wait(20)
     info = _finish(job, "requeued twice (3 starts)")
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "2", f"{info}\n{job.log()[-5000:]}"
-    return ckpt, job, killed_after
+    return ckpt, job
 
 
 def test_requeue_resumes_from_own_checkpoint_and_counts_each_iteration_once(world, trained, requeued, tmp_path):
-    ckpt, job, killed_after = requeued
+    ckpt, job = requeued
     log = job.log()
     starts = log.split("job " + job.id + " restart ")
     assert len(starts) == 4, "one output file, appended by the three starts"
     # restart 0 starts from the base weights; restarts 1 and 2 from this run's own checkpoints
     assert "attempting to finetune with checkpoint in " + str(world.base) in starts[1]
-    assert "exiting program after receiving SIGTERM" in starts[1]
+    assert "time limit near" in starts[1] and "exiting program after receiving SIGTERM" in starts[1]
+    saved = [int(x) for x in re.findall(r"successfully saved checkpoint from iteration +(\d+)", starts[1])]
+    assert saved[-1] in (4, 5), saved            # the checkpoint saved on the signal
     for text in starts[2:]:
         assert "attempting to finetune" not in text
         [(where, it)] = LOADED.findall(text)
-        assert where == str(ckpt) and int(it) >= 4, (where, it)
-    saved_on_signal = int(LOADED.findall(starts[2])[0][1])
-    assert int(LOADED.findall(starts[3])[0][1]) == saved_on_signal   # the SIGKILL saved nothing newer
-    assert "exiting program after receiving SIGTERM" not in starts[2]  # killed inside the evaluation
+        assert where == str(ckpt) and int(it) == saved[-1], (where, it)   # the SIGKILL/TERM saved nothing newer
+    assert "exiting program after receiving" not in starts[2]  # ended inside the evaluation
     raw = _records(ckpt / "hesnr.jsonl")
-    # iteration 6 was evaluated twice (restart 1 wrote its records, then was killed before its
+    # iteration 6 was evaluated twice (restart 1 wrote its records and was ended before its
     # checkpoint; restart 2 evaluated it again); iteration 3 once
     assert sorted((r["dataset"], r["iteration"], r["writer"]["restart"]) for r in raw) == sorted(
         [(s, 3, 0) for s in SETS] + [(s, 6, 1) for s in SETS] + [(s, 6, 2) for s in SETS])

@@ -62,9 +62,13 @@ TRAINING_ARGS=(
     --pretrained-checkpoint $BASE_CHECKPOINT
     --save $CHECKPOINT_PATH
     --save-interval 500
-    # A SIGTERM (preemption, scontrol requeue, the sbatch script's time-limit trap) makes
-    # Megatron finish the current step, save a checkpoint and exit.
+    # SIGURG makes Megatron finish the current step (and its evaluation), save a checkpoint
+    # and exit; the sbatch script sends it before the time limit.  Not SIGTERM: Slurm sends
+    # that to every process of the job, and the torch_dist writer's helper process (a spawned
+    # multiprocessing Manager) dies of it, so the save fails.  SIGURG is ignored by default
+    # by torchrun and every helper (docs/slurm.md).
     --exit-signal-handler
+    --exit-signal SIGURG
 )
 
 DATA_ARGS=(
