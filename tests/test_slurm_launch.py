@@ -231,6 +231,16 @@ def _report_counts(jsonl: Path, out: Path, dataset: str) -> tuple[dict, str]:
     return json.loads((out / "summary.json").read_text()), p.stdout + p.stderr
 
 
+def _hurry_requeued(cluster, job: Job, timeout: float = 120) -> None:
+    """A requeued job is held back before it is eligible again (BeginTime, about two minutes
+    on this Slurm); make it eligible now, as an administrator may (``StartTime=now``)."""
+    deadline = time.monotonic() + timeout
+    while job.info().get("JobState") != "PENDING":
+        assert time.monotonic() < deadline, f"job {job.id} not requeued: {job.info()}"
+        time.sleep(0.5)
+    cluster.run("scontrol", "update", f"JobId={job.id}", "StartTime=now", check=False)
+
+
 def _batch_shell_pid(job_id: str) -> int:
     """The PID of the job's batch shell (slurmd runs ``.../job<id>/slurm_script``)."""
     mark = f"job{int(job_id):05d}/slurm_script"
@@ -260,6 +270,7 @@ def requeued(world, trained, slurm_cluster):  # noqa: F811
                        HESNR_TEST_SLOW_PASS=f"6:300:{probe}:1")
     job.wait_for(ITER, JOB_TIMEOUT, count=4)                 # restart 0 reached iteration 4
     os.kill(_batch_shell_pid(job.id), signal.SIGUSR1)
+    _hurry_requeued(slurm_cluster, job)
     job.wait_for("job " + job.id + " restart 1", JOB_TIMEOUT)
     deadline = time.monotonic() + JOB_TIMEOUT
     while not list(probe.glob("pass-started.*")):
@@ -269,6 +280,7 @@ def requeued(world, trained, slurm_cluster):  # noqa: F811
     slurm_cluster.set_kill_wait(2)
     try:
         slurm_cluster.run("scontrol", "requeue", job.id)
+        _hurry_requeued(slurm_cluster, job)
         job.wait_for("job " + job.id + " restart 2", JOB_TIMEOUT)
     finally:
         slurm_cluster.set_kill_wait(20)
