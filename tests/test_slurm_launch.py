@@ -218,6 +218,22 @@ def test_checkpoint_sweep_equals_training_records(trained, sweep):
     assert f"records: 4 in {out}" in job.log()
 
 
+#: Training resumed from a checkpoint on this CPU setup (bf16, torch's Adam behind the
+#: distributed optimizer) is not bit-faithful to the uninterrupted run: iteration-6 metrics
+#: after a resume at step 5 or 3 differ by about 1e-3 relative (measured 1.3e-3).  Evaluations
+#: of the same weights agree to 1e-5 (before any interruption; twice from one checkpoint).
+RESUMED_REL = 5e-3
+
+
+def _compare_with_uninterrupted(records: list[dict], run_dir: Path, first_resumed: int) -> None:
+    uninterrupted = _by_key(_records(run_dir / "hesnr.jsonl"))
+    for r in records:
+        rel = 1e-5 if r["iteration"] < first_resumed else RESUMED_REL
+        assert_same_state(r, uninterrupted[(r["dataset"], r["iteration"])], rel=rel,
+                          what=f"{r['dataset']} {r['iteration']} job {r['writer']['job_id']} "
+                               f"restart {r['writer']['restart']} vs uninterrupted (rel {rel})")
+
+
 def _hesnr(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     return subprocess.run([sys.executable, "-m", "megatron_hesnr.cli", *args], env=env, capture_output=True,
@@ -310,10 +326,10 @@ def test_requeue_resumes_from_own_checkpoint_and_counts_each_iteration_once(worl
     assert sorted((r["dataset"], r["iteration"], r["writer"]["restart"]) for r in raw) == sorted(
         [(s, 3, 0) for s in SETS] + [(s, 6, 1) for s in SETS] + [(s, 6, 2) for s in SETS])
     assert all(r["writer"]["job_id"] == job.id for r in raw)
-    uninterrupted = _by_key(_records(trained[0] / "hesnr.jsonl"))
-    for r in raw:
-        assert_same_state(r, uninterrupted[(r["dataset"], r["iteration"])],
-                          what=f"requeued {r['dataset']} {r['iteration']} restart {r['writer']['restart']}")
+    _compare_with_uninterrupted(raw, trained[0], first_resumed=6)
+    for s in SETS:   # the iteration evaluated twice: both starts resumed from the same checkpoint
+        twice = [r for r in raw if (r["dataset"], r["iteration"]) == (s, 6)]
+        assert_same_state(twice[0], twice[1], what=f"{s} 6: restart 1 vs restart 2")
     for s in SETS:
         summary, text = _report_counts(ckpt / "hesnr.jsonl", tmp_path / f"report_{s}", s)
         assert summary["input"]["set_aside"] == 2 and "set aside 2 record(s)" in text, text
@@ -372,9 +388,7 @@ def test_node_lost_fails_clearly_and_resubmission_continues(trained, node_lost, 
     recs = _records(ckpt / "hesnr.jsonl")                        # readable: every line whole
     assert sorted((r["dataset"], r["iteration"], r["writer"]["job_id"]) for r in recs) == sorted(
         [(s, 3, job.id) for s in SETS] + [(s, 6, again.id) for s in SETS])
-    uninterrupted = _by_key(_records(trained[0] / "hesnr.jsonl"))
-    for r in recs:
-        assert_same_state(r, uninterrupted[(r["dataset"], r["iteration"])], what=f"resubmitted {r['dataset']}")
+    _compare_with_uninterrupted(recs, trained[0], first_resumed=6)
     summary, _ = _report_counts(ckpt / "hesnr.jsonl", tmp_path / "report", "swe_verified")
     assert summary["input"]["set_aside"] == 0 and not summary["input"]["torn_lines"]
     assert sorted(row["iteration"] for row in summary["checkpoints"]) == [3, 6]
