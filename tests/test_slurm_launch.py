@@ -219,15 +219,17 @@ def test_checkpoint_sweep_equals_training_records(trained, sweep):
 
 
 #: Training resumed from a checkpoint on this CPU setup (bf16, torch's Adam behind the
-#: distributed optimizer) is not bit-faithful to the uninterrupted run: iteration-6 metrics
-#: after a resume at step 5 or 3 differ by about 1e-3 relative (measured 1.3e-3).  Evaluations
-#: of the same weights agree to 1e-5 (before any interruption; twice from one checkpoint).
+#: distributed optimizer) is not bit-faithful to the uninterrupted run: at iteration 6, after a
+#: resume at step 5 the NLL sum differed by 1.5e-4 relative, after a resume at step 3 by 5e-4,
+#: enough to move one token across the high-entropy threshold.  Evaluations of the same
+#: weights agree to 1e-5 (before any interruption; twice from one checkpoint).
 RESUMED_REL = 5e-3
 
 
 def _compare_with_uninterrupted(records: list[dict], run_dir: Path, first_resumed: int) -> None:
-    """Records before the first resumed iteration: the whole state to 1e-5; after it, the
-    scalar sums to RESUMED_REL (a token near a bin edge may move bin: histograms not compared)."""
+    """Records before the first resumed iteration: the whole state to 1e-5; after it, the mean
+    NLL (log ppl) to RESUMED_REL (token counts near the entropy threshold and histogram bins
+    move with such differences, so they are not compared)."""
     import numpy as np
 
     uninterrupted = _by_key(_records(run_dir / "hesnr.jsonl"))
@@ -237,9 +239,9 @@ def _compare_with_uninterrupted(records: list[dict], run_dir: Path, first_resume
         if r["iteration"] < first_resumed:
             assert_same_state(r, ref, what=what + " vs uninterrupted")
         else:
-            np.testing.assert_allclose(np.asarray(r["state"]["scalars"], dtype=np.float64),
-                                       np.asarray(ref["state"]["scalars"], dtype=np.float64),
-                                       rtol=RESUMED_REL, atol=1e-9, err_msg=what + " vs uninterrupted (resumed)")
+            assert r["metrics"]["num_tokens"] == ref["metrics"]["num_tokens"], what
+            np.testing.assert_allclose(np.log(r["metrics"]["ppl"]), np.log(ref["metrics"]["ppl"]), rtol=RESUMED_REL,
+                                       err_msg=what + ": mean NLL vs uninterrupted (resumed)")
 
 
 def _hesnr(*args: str) -> subprocess.CompletedProcess:
@@ -346,7 +348,8 @@ def test_requeue_resumes_from_own_checkpoint_and_counts_each_iteration_once(worl
     p = _hesnr("compare", str(ckpt / "hesnr.jsonl"), "--a", "3", "--b", "6", "--dataset", "swe_verified",
                "--bootstrap", "10", "--json", str(tmp_path / "cmp.json"))
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "set aside 2 record(s)" in p.stderr and json.loads((tmp_path / "cmp.json").read_text())["set_aside"] == 2
+    # compare reads one set (--dataset): its one re-evaluated record is set aside
+    assert "set aside 1 record(s)" in p.stderr and json.loads((tmp_path / "cmp.json").read_text())["set_aside"] == 1
 
 
 def _node_pids(job_id: str, node: str) -> list[int]:
