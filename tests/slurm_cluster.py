@@ -60,6 +60,7 @@ def install_slurm(timeout: int = 600) -> None:
 class SlurmCluster:
     def __init__(self, root: str | Path | None = None, nodes: tuple[str, ...] = ("n1", "n2"),
                  kill_wait: int = 30, gpus_per_node: int = 8):
+        self._own_root = root is None   # a folder it made is removed by stop()
         self.root = Path(root or tempfile.mkdtemp(prefix="hesnr-slurm-"))
         self.nodes, self.kill_wait, self.gpus_per_node = nodes, kill_wait, gpus_per_node
         self.conf = self.root / "slurm.conf"
@@ -271,6 +272,8 @@ class SlurmCluster:
         finally:
             self._remove_hosts()
             shutil.rmtree(self.munge_dir, ignore_errors=True)
+            if self._own_root:
+                shutil.rmtree(self.root, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
