@@ -10,6 +10,7 @@ under ``tests/golden/``; regenerate those deliberately with
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -55,13 +56,17 @@ def _capture(run, jsonl: Path, writer, wandb) -> str:
 
     catch = H.LineCatcher()
     _stdout_logger().addHandler(catch)
+    slurm = {k: os.environ.pop(k) for k in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT") if k in os.environ}
     try:
         run()
     finally:
         _stdout_logger().removeHandler(catch)
+        os.environ.update(slurm)
     out = []
     for rec in read_raw_records(str(jsonl)):
         rec.pop("time")
+        # who wrote it: host and pid vary; job id and restart come from the (cleared) Slurm environment
+        rec["writer"] = {k: rec["writer"][k] for k in ("job_id", "restart")}
         rec["config"].pop("eval_seconds")  # wall time, like ``time``
         out.append("record " + json.dumps(rec).replace(str(jsonl.parent), "<tmp>"))
     out += ["line " + line for line in catch.lines if "took" not in line]

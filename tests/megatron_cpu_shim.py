@@ -21,6 +21,8 @@ process torchrun starts. What it changes, and why:
   draw happens on tensor-parallel rank 0 only (the rank that reads data), and on a GPU it
   comes from the CPU generator, not the CUDA one dropout uses; here both are one generator,
   and the draw would desynchronise dropout in replicated regions across TP ranks.
+* Resuming the distributed optimizer with torch's Adam (no Apex/TE) first gives the optimizer
+  its states (megatron-core 0.19 asserts otherwise; it does the same for fsdp_dtensor).
 * ``compile_helpers`` is skipped when ``megatron.core.datasets.helpers_cpp`` imports (the
   wheel ships it compiled).
 
@@ -197,6 +199,27 @@ def _skip_compile_helpers():
     dsu.compile_helpers = lambda: None
 
 
+def _resume_torch_adam():
+    """Resuming the distributed optimizer without Apex/TE (torch's Adam, as here) asserts in
+    ``DistributedOptimizer.state_dict`` (no ``step`` before the first step): before loading,
+    give the optimizer its states the way megatron-core does for its fsdp_dtensor format
+    (``_init_optimizer_states_with_dummy_values``, overwritten by the load)."""
+    try:
+        from megatron.core.optimizer.distrib_optimizer import HAVE_APEX_OR_TE, DistributedOptimizer
+    except ImportError:
+        return
+    if HAVE_APEX_OR_TE:
+        return
+    orig = DistributedOptimizer.sharded_state_dict
+
+    def sharded_state_dict(self, model_sharded_state_dict={}, is_loading=False, *a, **k):  # noqa: B006
+        if is_loading and not self.optimizer.state:
+            self._init_optimizer_states_with_dummy_values()
+        return orig(self, model_sharded_state_dict, is_loading, *a, **k)
+
+    DistributedOptimizer.sharded_state_dict = sharded_state_dict
+
+
 def install() -> None:
     """Apply every piece above (idempotent). Call before importing ``megatron``."""
     global _installed
@@ -213,3 +236,4 @@ def install() -> None:
     _isolate_dataloader_seed()
     _CpuPlacement().__enter__()  # for the life of the process
     _skip_compile_helpers()
+    _resume_torch_adam()

@@ -105,8 +105,8 @@ def test_eval_end_records_logs_and_loss_dict(bridge, tmp_path, bridge_logs):
 
     recs = read_raw_records(str(tmp_path / "r.jsonl"))
     assert [(r["iteration"], r["consumed_samples"], r["dataset"]) for r in recs] == [(4, 64, "a"), (4, 64, "b")]
-    assert list(recs[0]) == ["iteration", "consumed_samples", "checkpoint", "run", "dataset", "time", "config",
-                             "metrics", "state"]
+    assert list(recs[0]) == ["iteration", "consumed_samples", "checkpoint", "run", "dataset", "time", "writer",
+                             "config", "metrics", "state"]
     assert recs[0]["checkpoint"] == "/ckpt/runB/iter_0000004" and recs[0]["run"] == "runB"
     assert recs[0]["config"]["seq_length"] == S and "loss_dict_metrics" not in recs[0]["config"]
     for rec, prefix in zip(recs, ("/d/a", "/d/b")):

@@ -98,7 +98,7 @@ def _layout(rank, world, li, tmpdir):
         assert [r["dataset"] for r in recs] == ["p1", "p2"]
         for r in recs:
             assert list(r) == ["iteration", "consumed_samples", "checkpoint", "run", "dataset", "time",
-                               "config", "metrics", "state"]
+                               "writer", "config", "metrics", "state"]
             assert r["iteration"] == 100 + li and r["consumed_samples"] == 1234
             assert r["checkpoint"] == f"{tmpdir}/ckpt/iter_{100 + li:07d}" and r["run"] == "ckpt"
             assert r["state"]["reduced"] is True

@@ -1,8 +1,10 @@
 #!/bin/bash
 # MoE mid-training at 32K context with HE-SNR at every evaluation (torchrun).
 #
-# One node:    bash moe_midtrain_32k_hesnr.sh
+# One node:    bash moe_midtrain_32k_hesnr.sh [megatron args...]
 # Many nodes:  NUM_NODES=4 NODE_RANK=<0..3> MASTER_ADDR=<node0> bash moe_midtrain_32k_hesnr.sh  (on each node)
+# Megatron arguments given to the script are appended after its own (the last occurrence of a
+# flag wins); GPUS_PER_NODE sets the processes per node.
 # Run from a Megatron-LM checkout (or set MEGATRON_LM_DIR); megatron-hesnr must be installed:
 #   pip install 'megatron-hesnr[megatron,triton]'
 # The HE-SNR sets come from `hesnr prepare` (one prefix per named set).
@@ -60,6 +62,13 @@ TRAINING_ARGS=(
     --pretrained-checkpoint $BASE_CHECKPOINT
     --save $CHECKPOINT_PATH
     --save-interval 500
+    # SIGURG makes Megatron finish the current step (and its evaluation), save a checkpoint
+    # and exit; the sbatch script sends it before the time limit.  Not SIGTERM: Slurm sends
+    # that to every process of the job, and the torch_dist writer's helper process (a spawned
+    # multiprocessing Manager) dies of it, so the save fails.  SIGURG is ignored by default
+    # by torchrun and every helper (docs/slurm.md).
+    --exit-signal-handler
+    --exit-signal SIGURG
 )
 
 DATA_ARGS=(
@@ -87,4 +96,4 @@ HESNR_ARGS=(
 
 torchrun "${DISTRIBUTED_ARGS[@]}" "${MEGATRON_HESNR_DIR:-$HERE/../..}/examples/pretrain_gpt_hesnr.py" \
     "${MODEL_ARGS[@]}" "${MOE_ARGS[@]}" "${TOKENIZER_ARGS[@]}" "${PARALLEL_ARGS[@]}" \
-    "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}" "${EVAL_AND_LOGGING_ARGS[@]}" "${HESNR_ARGS[@]}"
+    "${TRAINING_ARGS[@]}" "${DATA_ARGS[@]}" "${EVAL_AND_LOGGING_ARGS[@]}" "${HESNR_ARGS[@]}" "$@"

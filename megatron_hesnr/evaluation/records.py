@@ -2,8 +2,14 @@
 
 Shape (read by ``hesnr report``)::
 
-    {"iteration", "consumed_samples", "checkpoint", "run", "dataset", "time",
+    {"iteration", "consumed_samples", "checkpoint", "run", "dataset", "time", "writer",
      "config", "metrics": acc.compute(), "state": acc.state_dict()}
+
+``writer`` says which process wrote the record: ``{"job_id": SLURM_JOB_ID or null,
+"restart": SLURM_RESTART_COUNT (0 if unset), "host", "pid"}``.  A requeued Slurm job keeps its
+job id and counts restarts, so an iteration evaluated again after a restart is told apart
+from the first evaluation (the readers keep the last record per run, set and iteration).
+Records written before this field existed have no ``writer`` and stay valid.
 
 The evaluation pass keeps per-trajectory sums, so ``metrics`` carries the ``*_stderr``
 and ``num_documents`` and ``state`` the table ``trajectories`` (what ``hesnr compare``
@@ -15,6 +21,7 @@ import dataclasses
 import datetime
 import json
 import os
+import socket
 
 from ..accumulator import HESNRAccumulator
 from .config import HESNRConfig, flag_settings
@@ -32,6 +39,18 @@ def config_dict(config: HESNRConfig, **extra) -> dict:
     return d
 
 
+def writer_info(environ=None) -> dict:
+    """The ``writer`` of a record: Slurm job id and restart count (from the environment), host, pid."""
+    env = os.environ if environ is None else environ
+    job = env.get("SLURM_JOB_ID") or None
+    restart = env.get("SLURM_RESTART_COUNT", "").strip()
+    try:
+        restart_count = int(restart) if restart else 0
+    except ValueError:
+        raise ValueError(f"SLURM_RESTART_COUNT={restart!r} is not an integer") from None
+    return {"job_id": job, "restart": restart_count, "host": socket.gethostname(), "pid": os.getpid()}
+
+
 def make_record(*, iteration: int, consumed_samples: int | None, checkpoint: str | None, run: str | None,
                 dataset: str, config: dict, acc: HESNRAccumulator, metrics: dict, when: float | None = None) -> dict:
     """One record; ``metrics`` is ``acc.compute()`` (already made by the pass's reduction)."""
@@ -45,6 +64,7 @@ def make_record(*, iteration: int, consumed_samples: int | None, checkpoint: str
         "dataset": dataset,
         # ISO 8601 in UTC to the second, "Z": such strings sort by time (the report keeps the newest).
         "time": ts.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "writer": writer_info(),
         "config": config,
         "metrics": metrics,
         "state": acc.state_dict(),
