@@ -23,7 +23,7 @@ transformers = pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
-from test_megatron_e2e import checkout, hesnr_set, launch  # noqa: E402,F401  (fixtures)
+from test_megatron_e2e import checkout, launch  # noqa: E402,F401  (fixtures)  # hesnr_set: conftest
 from test_score import assert_records_agree, cli  # noqa: E402
 
 HIDDEN, FFN, HEADS, GROUPS, LAYERS, SEQ = 128, 256, 4, 2, 2, 128

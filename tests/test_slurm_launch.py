@@ -36,7 +36,7 @@ pytest.importorskip("megatron.training")
 
 from conftest import REPO  # noqa: E402
 from slurm_fixtures import Job, slurm_cluster  # noqa: E402,F401
-from test_megatron_e2e import assert_same_state, checkout, hesnr_set  # noqa: E402,F401
+from test_megatron_e2e import assert_same_state, checkout  # noqa: E402,F401  (hesnr_set: conftest)
 
 LAUNCH = REPO / "examples" / "launch"
 TRAIN_SBATCH = LAUNCH / "moe_midtrain_32k_hesnr.sbatch"
