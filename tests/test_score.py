@@ -297,6 +297,21 @@ def test_second_writer_is_refused(score_set, tmp_path):
         held.close()
 
 
+def test_a_finished_score_run_lets_another_process_append(score_set, tmp_path):
+    """A scoring run is the records file's writer only while it runs: once it has returned in this
+    process, another process (the next `hesnr score`, a Megatron job) appends to the same file."""
+    out = tmp_path / "out.jsonl"
+    with FakeServer() as srv:
+        assert _score_server(score_set, srv.url, out).returncode == 0
+    (rec,) = _records(out)
+    code = ("import json, sys; from megatron_hesnr.evaluation.records import append_records; "
+            "append_records(sys.argv[1], [json.loads(sys.argv[2])])")
+    r = subprocess.run([sys.executable, "-c", code, str(out), json.dumps(rec)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(_records(out)) == 2
+
+
 def test_rerun_with_other_settings_is_refused(score_set, tmp_path):
     out = tmp_path / "out.jsonl"
     with FakeServer(faults={2: "500"}) as srv:

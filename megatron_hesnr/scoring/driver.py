@@ -21,7 +21,7 @@ import torch
 
 from ..accumulator import HESNRAccumulator
 from ..evaluation.config import HESNRConfig
-from ..evaluation.records import append_records, config_dict, make_record, read_raw_records
+from ..evaluation.records import append_records, config_dict, make_record, read_raw_records, release_records
 from ..token_stats import TokenStats
 from .progress import Progress
 from .sets import ScoreError, ScoreSet, manifest_digest, window_targets
@@ -149,3 +149,6 @@ def score_sets(engine: Engine, sets: list[ScoreSet], config: HESNRConfig, *, seq
         return records
     finally:
         progress.close()
+        # A scoring run is the records file's writer for its own duration only (a training job
+        # stays the writer for its life): another run may append once this one has returned.
+        release_records(out)
