@@ -147,7 +147,9 @@ def test_item12_broken_pipe_ends_quietly(tmp_path):
                 print(f"line {i}")
             return 0
     """))
-    code = ("import sys; sys.path.insert(0, %r); import megatron_hesnr.cli as c; "
+    # As from a terminal: a shell's background job starts with SIGINT ignored, which Python keeps.
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.path.insert(0, %r); import megatron_hesnr.cli as c; "
             "c.COMMANDS['chatty'] = ('chatty_cmd', 'prints a lot'); sys.exit(c.main(['chatty']))" % str(tmp_path))
     proc = subprocess.run(["bash", "-c", f"{sys.executable} -c \"{code}\" | head -n 2; echo rc=${{PIPESTATUS[0]}} >&2"],
                           capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -161,7 +163,9 @@ def test_item13_ctrl_c_exits_130_with_one_line(tmp_path, recs):
     mod = tmp_path / "slow_cmd.py"
     mod.write_text("import time\ndef add_arguments(p):\n    pass\ndef run(args):\n    print('ready', flush=True)\n"
                    "    time.sleep(60)\n")
-    code = ("import sys; sys.path.insert(0, %r); import megatron_hesnr.cli as c; "
+    # As from a terminal: a shell's background job starts with SIGINT ignored, which Python keeps.
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "sys.path.insert(0, %r); import megatron_hesnr.cli as c; "
             "c.COMMANDS['slow'] = ('slow_cmd', 'sleeps'); sys.exit(c.main(['slow']))" % str(tmp_path))
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)))
