@@ -7,8 +7,9 @@ daemons of its own (PIDs recorded, stopped by PID, never by name):
 * ``munged`` on a private socket (``AuthInfo=socket=...``), as the ``munge`` user;
 * ``slurmctld`` on a free port, ``slurmd -N n1`` and ``slurmd -N n2`` (127.0.0.1, free ports,
   ``CPUs=<this machine's>``); each node declares ``Gres=gpu:8`` (``gres.conf``: eight
-  ``File=`` links to ``/dev/null``: gres/gpu drops GPUs without a device file), so the example scripts' ``#SBATCH --gpus-per-node=8``
-  is granted as written;
+  ``File=`` links to ``/dev/null``: gres/gpu drops GPUs without a device file), so the example
+  scripts' ``#SBATCH --gpus-per-node=8`` is granted as written; ``gpus_per_node=0`` gives nodes
+  without GPUs, where those scripts need ``sbatch --gpus-per-node=0`` on the command line;
 * the node names resolve while it runs: one marked line ``127.0.0.1 n1 n2`` is added to
   ``/etc/hosts`` and removed again by :meth:`SlurmCluster.stop` (also on interpreter exit).
 
@@ -92,8 +93,9 @@ class SlurmCluster:
             "SlurmctldDebug=info", f"SlurmdDebug={os.environ.get('HESNR_SLURMD_DEBUG', 'info')}",
         ]
         for i, n in enumerate(self.nodes):
+            gres = f" Gres=gpu:{self.gpus_per_node}" if self.gpus_per_node else ""
             lines.append(f"NodeName={n} NodeHostname={socket.gethostname()} NodeAddr=127.0.0.1 "
-                         f"Port={_free_port()} CPUs={cpus} Gres=gpu:{self.gpus_per_node} State=UNKNOWN")
+                         f"Port={_free_port()} CPUs={cpus}{gres} State=UNKNOWN")
         lines.append(f"PartitionName=test Nodes={','.join(self.nodes)} Default=YES MaxTime=INFINITE State=UP")
         self.conf.write_text("\n".join(lines) + "\n")
         # gres/gpu drops count-only (file-less) GPUs: each node's "devices" are links to /dev/null
@@ -102,7 +104,7 @@ class SlurmCluster:
         dev.mkdir(exist_ok=True)
         last = self.gpus_per_node - 1
         gres = ["AutoDetect=off"]
-        for n in self.nodes:
+        for n in self.nodes if self.gpus_per_node else ():
             for i in range(self.gpus_per_node):
                 f = dev / f"{n}-gpu{i}"
                 if not f.is_symlink():

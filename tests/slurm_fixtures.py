@@ -19,21 +19,32 @@ from slurm_cluster import ClusterError, SlurmCluster, install_slurm
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
 
-@pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
+def _cluster(tmp_path_factory, **kw):
     try:
         install_slurm()
     except ClusterError as exc:
         if IN_CI:
             pytest.fail(f"CI needs Slurm: {exc}")
         pytest.skip(str(exc))
-    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), kill_wait=20)
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), **kw)
     cluster.start()
     print(f"\n[slurm] cluster up in {cluster.start_seconds:.1f} s", flush=True)
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """Nodes that declare eight GPUs each (the example scripts' ``--gpus-per-node=8`` as written)."""
+    yield from _cluster(tmp_path_factory, kill_wait=20)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster_without_gpus(tmp_path_factory):
+    """Nodes that declare no GPUs (no ``Gres=``), as a CPU-only cluster."""
+    yield from _cluster(tmp_path_factory, kill_wait=20, gpus_per_node=0)
 
 
 class Job:
