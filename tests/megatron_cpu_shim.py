@@ -26,6 +26,8 @@ process torchrun starts. What it changes, and why:
   after the load gives each parameter its own Adam step with the checkpoint's value
   (megatron-core 0.19.2 restores the dummy step, shared by all parameters: see
   ``_resume_torch_adam``).
+* The alltoall MoE dispatcher's split sizes reach gloo as numpy arrays, as they reach NCCL
+  from a GPU (they stayed CPU tensors, which gloo refuses): expert parallelism runs.
 * ``compile_helpers`` is skipped when ``megatron.core.datasets.helpers_cpp`` imports (the
   wheel ships it compiled).
 
@@ -251,6 +253,33 @@ def _resume_torch_adam():
     DistributedOptimizer.load_state_dict = load_state_dict
 
 
+def _moe_splits_to_host():
+    """The alltoall MoE token dispatcher hands ``all_to_all_single`` its split sizes through
+    ``maybe_move_tensor_to_cpu(..., as_numpy=True)``, which converts only a *CUDA* tensor (on a
+    GPU the splits are copied to the host as numpy arrays); here they are CPU tensors already,
+    stay tensors, and gloo's ``all_to_all_single`` refuses tensors as split sizes (TypeError).
+    With the CPU as the device, a CPU tensor asked for as numpy is converted, as a device tensor
+    would be: expert parallelism runs over gloo."""
+    try:
+        from megatron.core.transformer.moe import moe_utils
+    except ImportError:
+        return
+    orig = moe_utils.maybe_move_tensor_to_cpu
+
+    def maybe_move_tensor_to_cpu(tensor, as_numpy=False, record_stream=False):
+        if as_numpy and torch.is_tensor(tensor):
+            return tensor.detach().cpu().numpy()
+        return orig(tensor, as_numpy=as_numpy, record_stream=record_stream)
+
+    moe_utils.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
+    try:
+        from megatron.core.transformer.moe import token_dispatcher
+    except ImportError:
+        return
+    if getattr(token_dispatcher, "maybe_move_tensor_to_cpu", None) is orig:
+        token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
+
+
 def install() -> None:
     """Apply every piece above (idempotent). Call before importing ``megatron``."""
     global _installed
@@ -268,3 +297,4 @@ def install() -> None:
     _CpuPlacement().__enter__()  # for the life of the process
     _skip_compile_helpers()
     _resume_torch_adam()
+    _moe_splits_to_host()
