@@ -8,6 +8,7 @@ fail instead.  ``Job`` submits, waits for and inspects batch jobs.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def _cluster(tmp_path_factory, **kw):
         pytest.skip(str(exc))
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), **kw)
     cluster.start()
-    print(f"\n[slurm] cluster up in {cluster.start_seconds:.1f} s", flush=True)
+    sys.__stderr__.write(f"\n[slurm] cluster up in {cluster.start_seconds:.1f} s\n")  # past pytest's capture
     try:
         yield cluster
     finally:

@@ -264,13 +264,26 @@ def _report_counts(jsonl: Path, out: Path, dataset: str) -> tuple[dict, str]:
     return json.loads((out / "summary.json").read_text()), p.stdout + p.stderr
 
 
-def _hurry_requeued(cluster, job: Job, timeout: float = 120) -> None:
+def _hurry_requeued(cluster, job: Job, timeout: float = 300) -> None:
     """A requeued job is held back before it is eligible again (BeginTime, about two minutes
-    on this Slurm); make it eligible now, as an administrator may (``StartTime=now``)."""
+    on this Slurm); make it eligible sooner, as an administrator may (``StartTime=now``), but
+    not too soon. The hold exists for a reason: when the previous run of the job ends, its
+    nodes revoke its credential, and a start whose credential dates from the same second is
+    refused ("Killing non-startable batch JobId=N: Job credential revoked"): the job ends
+    FAILED instead of running again. So: pending, its nodes idle again (done with the previous
+    run), a new second begun, then ``StartTime=now``."""
     deadline = time.monotonic() + timeout
     while job.info().get("JobState") != "PENDING":
         assert time.monotonic() < deadline, f"job {job.id} not requeued: {job.info()}"
         time.sleep(0.5)
+    while True:
+        q = cluster.run("sinfo", "-h", "-N", "-o", "%N %t", check=False, timeout=20)
+        states = dict(x.split() for x in q.stdout.splitlines() if x.strip())
+        if q.returncode == 0 and states and all(s == "idle" for s in states.values()):
+            break
+        assert time.monotonic() < deadline, f"nodes not idle after the requeue of job {job.id}: {q.stdout}"
+        time.sleep(0.5)
+    time.sleep(2)
     cluster.run("scontrol", "update", f"JobId={job.id}", "StartTime=now", check=False)
 
 
