@@ -264,7 +264,9 @@ def _moe_splits_to_host():
         from megatron.core.transformer.moe import moe_utils
     except ImportError:
         return
-    orig = moe_utils.maybe_move_tensor_to_cpu
+    orig = getattr(moe_utils, "maybe_move_tensor_to_cpu", None)
+    if orig is None:
+        return
 
     def maybe_move_tensor_to_cpu(tensor, as_numpy=False, record_stream=False):
         if as_numpy and torch.is_tensor(tensor):

@@ -7,6 +7,7 @@ fail instead.  ``Job`` submits, waits for and inspects batch jobs.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import time
@@ -20,7 +21,15 @@ from slurm_cluster import ClusterError, SlurmCluster, install_slurm
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
 
-def _cluster(tmp_path_factory, **kw):
+def say(config, line: str) -> None:
+    """A line on stderr past pytest's capture, whatever its mode (times for the CI log)."""
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        sys.stderr.write(f"\n{line}\n")
+        sys.stderr.flush()
+
+
+def _cluster(request, tmp_path_factory, **kw):
     try:
         install_slurm()
     except ClusterError as exc:
@@ -29,7 +38,7 @@ def _cluster(tmp_path_factory, **kw):
         pytest.skip(str(exc))
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), **kw)
     cluster.start()
-    sys.__stderr__.write(f"\n[slurm] cluster up in {cluster.start_seconds:.1f} s\n")  # past pytest's capture
+    say(request.config, f"[slurm] cluster up in {cluster.start_seconds:.1f} s")
     try:
         yield cluster
     finally:
@@ -37,15 +46,15 @@ def _cluster(tmp_path_factory, **kw):
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
+def slurm_cluster(request, tmp_path_factory):
     """Nodes that declare eight GPUs each (the example scripts' ``--gpus-per-node=8`` as written)."""
-    yield from _cluster(tmp_path_factory, kill_wait=20)
+    yield from _cluster(request, tmp_path_factory, kill_wait=20)
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster_without_gpus(tmp_path_factory):
+def slurm_cluster_without_gpus(request, tmp_path_factory):
     """Nodes that declare no GPUs (no ``Gres=``), as a CPU-only cluster."""
-    yield from _cluster(tmp_path_factory, kill_wait=20, gpus_per_node=0)
+    yield from _cluster(request, tmp_path_factory, kill_wait=20, gpus_per_node=0)
 
 
 class Job:

@@ -36,7 +36,7 @@ import pytest
 pytest.importorskip("megatron.training")
 
 from conftest import REPO  # noqa: E402
-from slurm_fixtures import Job, slurm_cluster  # noqa: E402,F401
+from slurm_fixtures import Job, say, slurm_cluster  # noqa: E402,F401
 from test_megatron_e2e import assert_same_state, checkout  # noqa: E402,F401  (hesnr_set: conftest)
 
 LAUNCH = REPO / "examples" / "launch"
@@ -142,11 +142,11 @@ def _finish(job: Job, name: str, timeout: float = JOB_TIMEOUT) -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _report_times():
+def _report_times(request):
     t0 = time.monotonic()
     yield
     TIMES["module"] = time.monotonic() - t0
-    sys.__stderr__.write("\n[slurm] wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in TIMES.items()) + "\n")
+    say(request.config, "[slurm] wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in TIMES.items()))
 
 
 @pytest.fixture(scope="module")
