@@ -3,9 +3,13 @@
 ``hook_outputs(tmp)`` / ``bridge_outputs(tmp)`` drive each front end over two evaluations
 (window policy, micro-batches of 2 windows, two sets, a report category) and return the
 JSONL records (without the wall-clock ``time`` and ``config.eval_seconds``), the validation lines and the TensorBoard / W&B
-scalars, one per line.  ``test_golden_outputs.py`` compares them byte for byte with the files
-under ``tests/golden/``; regenerate those deliberately with
-``PYTHONPATH=$PWD python tests/golden_outputs.py`` (only when a change of output is intended).
+scalars, one per line.  ``test_integration_golden.py`` compares them with the files under
+``tests/golden/``: text, keys, integers and strings exactly, every float to 1e-12 relative
+(``float_tolerance.py``: float results differ in the last bits from one CPU to the next).
+The model computes in float64, so its logits vary between CPUs by float64 ulps, well inside
+that tolerance (a float32 ulp would move the metrics by ~1e-7).  Regenerate the files
+deliberately with ``PYTHONPATH=$PWD python tests/golden_outputs.py`` (only when a change of
+output is intended).
 """
 from __future__ import annotations
 
@@ -30,16 +34,20 @@ V, S = 24, 8
 
 
 class _Model(torch.nn.Module):
-    """Full-vocabulary LM with GPTModel's calling convention; ``scale`` changes its logits."""
+    """Full-vocabulary float64 LM with GPTModel's calling convention; ``scale`` changes its
+    logits, ``nudge`` (logits -> logits) perturbs them."""
 
-    def __init__(self, scale: float = 1.0):
+    def __init__(self, scale: float = 1.0, nudge=None):
         super().__init__()
         g = torch.Generator().manual_seed(0)
-        self.emb = torch.nn.Parameter(torch.randn(V, 6, generator=g))
-        self.out = torch.nn.Parameter(torch.randn(V, 6, generator=g) * scale)
+        # float32 draws (the weights the files were first written with), computed in float64
+        self.emb = torch.nn.Parameter(torch.randn(V, 6, generator=g).double())
+        self.out = torch.nn.Parameter(torch.randn(V, 6, generator=g).double() * scale)
+        self.nudge = nudge
 
     def forward(self, input_ids, position_ids, attention_mask, labels=None):
-        return self.emb[input_ids] @ self.out.t()
+        logits = self.emb[input_ids] @ self.out.t()
+        return self.nudge(logits) if self.nudge else logits
 
 
 def _sets():
@@ -81,8 +89,8 @@ def _digits(v):
     return float(f"{v:.12g}") if isinstance(v, float) else v
 
 
-def hook_outputs(tmp: Path) -> str:
-    """Two evaluations (iterations 4 and 8) of the Megatron-LM hook."""
+def hook_outputs(tmp: Path, nudge=None) -> str:
+    """Two evaluations (iterations 4 and 8) of the Megatron-LM hook (``nudge``: see ``_Model``)."""
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.topology import Topology
     from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
@@ -97,12 +105,12 @@ def hook_outputs(tmp: Path) -> str:
     def run():
         for it, consumed, scale in ((4, 64, 1.0), (8, 128, 1.7)):
             args.curr_iteration, args.consumed_train_samples = it - 1, consumed
-            hook.process_non_loss_data_func(hook.non_loss_data_func([_Model(scale)]), it, writer)
+            hook.process_non_loss_data_func(hook.non_loss_data_func([_Model(scale, nudge)]), it, writer)
 
     return _capture(run, jsonl, writer, wandb)
 
 
-def bridge_outputs(tmp: Path) -> str:
+def bridge_outputs(tmp: Path, nudge=None) -> str:
     """Two evaluations (steps 4 and 8) of the Bridge callback fired by Bridge's callback manager."""
     from megatron_hesnr.evaluation.topology import Topology
 
@@ -123,11 +131,11 @@ def bridge_outputs(tmp: Path) -> str:
             manager.fire(event, callbacks.CallbackContext(state=state, model=[model], user_state=manager.user_state, **kw))
 
         def run():
-            fire("on_train_start", _Model())
+            fire("on_train_start", _Model(nudge=nudge))
             loss = {"lm loss": torch.tensor(2.5)}
-            fire("on_eval_end", _Model(), total_loss_dict=loss)
+            fire("on_eval_end", _Model(nudge=nudge), total_loss_dict=loss)
             state.train_state.step, state.train_state.consumed_train_samples = 8, 128
-            fire("on_eval_end", _Model(1.7), total_loss_dict=loss)
+            fire("on_eval_end", _Model(1.7, nudge), total_loss_dict=loss)
             writer.scalars.extend((f"loss_dict {k}", float(v), 0) for k, v in sorted(loss.items()))
 
         return _capture(run, jsonl, writer, wandb)

@@ -133,3 +133,10 @@ def test_report_without_per_trajectory_sums_says_so(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert all(r["vs_previous"] is None and "hesnr_stderr" not in r["metrics"] for r in summary["checkpoints"])
     assert any("2 record(s) without per-trajectory sums" in n for n in summary["notes"])
+
+
+def test_compare_of_an_empty_category_says_it_is_empty(records, capsys):
+    """Every token of these records is an action token: --category thought has nothing to compare."""
+    err = _refused(capsys, [records, "--a", "1000", "--b", "2000", "--category", "thought"])
+    assert "scored no thought token: category 'thought' is empty" in err and "share no" not in err, err
+    assert "iter_0001000" in err and "r.jsonl" in err, err

@@ -174,12 +174,19 @@ def test_worked_example_is_what_the_records_give():
 _SCRATCH: list[Path] = []
 _DONE: set[str] = set()   # commands that already ran here (README repeats the guides' first commands)
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_STATUS_BEFORE: list[str] = []   # the checkout's `git status --porcelain` before the first block
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
 
 
 def _scratch(tmp_path_factory) -> Path:
     """One folder for all documentation files, the repository's top-level entries linked in:
     outputs (data/, report-example/) land there, never in the checkout."""
     if not _SCRATCH:
+        status = _git("status", "--porcelain", "--untracked-files=all")
+        _STATUS_BEFORE.append(status.stdout if status.returncode == 0 else "")
         d = tmp_path_factory.mktemp("docs_scratch")
         for entry in REPO.iterdir():
             if entry.name != ".git" and not entry.name.startswith(".pytest"):
@@ -207,3 +214,19 @@ def test_documented_block_runs(block, tmp_path_factory):
     assert proc.returncode == 0, f"{block.id} exited {proc.returncode}:\n{script}\n---\n{out}"
     _DONE.update(block.commands)
     print(f"{block.id}: {time.perf_counter() - t0:.1f} s")
+
+
+def test_documented_blocks_leave_the_checkout_clean():
+    """The blocks wrote nothing into the checkout, and what they write beside it (``data/``,
+    ``report-example/``, ``doc0.txt``...) is ignored by git when a reader runs the guides in a
+    checkout."""
+    if not _SCRATCH:
+        pytest.skip("no documented block ran in this session")
+    if not _STATUS_BEFORE[0] and _git("rev-parse", "--git-dir").returncode != 0:
+        pytest.skip("not a git checkout")
+    after = _git("status", "--porcelain", "--untracked-files=all").stdout
+    assert after == _STATUS_BEFORE[0], f"the documented blocks changed the checkout:\n{after}"
+    written = sorted(p.name + ("/" if p.is_dir() else "") for p in _SCRATCH[0].iterdir() if not p.is_symlink())
+    assert written, "the blocks wrote no output at all: nothing was checked"
+    shown = [name for name in written if _git("check-ignore", "-q", name).returncode != 0]
+    assert not shown, f"outputs of the guides that `git status` would show: {shown} (add them to .gitignore)"

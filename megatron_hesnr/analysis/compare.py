@@ -69,8 +69,10 @@ def _present(rows: np.ndarray) -> np.ndarray:
 def shared_rows(a: EvalRecord, b: EvalRecord, category) -> tuple[np.ndarray, np.ndarray, dict]:
     """Per-trajectory rows of the trajectories both records scored, and what was dropped."""
     ra, rb = a.state.trajectory_rows(category), b.state.trajectory_rows(category)
-    if ra is None or rb is None:
-        raise CompareError(f"{a.label} and {b.label} share no scored trajectory")
+    for rec, rows in ((a, ra), (b, rb)):
+        if rows is None or not _present(rows).any():
+            what = f"no {category} token: category {category!r} is empty" if category is not None else "no token"
+            raise CompareError(f"{rec.label} ({rec.source}) scored {what}; nothing to compare")
     pa, pb = _present(ra), _present(rb)
     both = pa & pb
     f = list(SCALAR_FIELDS)

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from ..atomic_write import atomic_file
 from .correlation import linear_fit
+from .summary import ADAPTIVE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,60 @@ _RADII = (5, 9, 14)
 _MARKER = 4.5  # points: half the side of the square a labelled point keeps free
 
 
+def _obstacles(ax, renderer) -> tuple[np.ndarray, list]:
+    """What a label on ``ax`` must not touch, in display pixels: the segments of its lines and
+    error bars (``[n, 4]``: x0, y0, x1, y1) and the boxes of its markers and legend."""
+    px = ax.figure.dpi / 72.0
+    segs, boxes = [], []
+    for line in ax.lines:
+        if not line.get_visible():
+            continue
+        xy = line.get_transform().transform(np.column_stack([line.get_xdata(orig=False), line.get_ydata(orig=False)])
+                                             .astype(np.float64)) if len(line.get_xdata()) else np.zeros((0, 2))
+        if line.get_linestyle() not in ("None", "none", "", " ") and len(xy) > 1:
+            segs.append(np.hstack([xy[:-1], xy[1:]]))
+        if line.get_marker() not in (None, "None", "none", "", " "):
+            half = (line.get_markersize() / 2 + line.get_markeredgewidth() / 2) * px
+            boxes += [(X - half, Y - half, X + half, Y + half) for X, Y in xy if math.isfinite(X) and math.isfinite(Y)]
+    for coll in ax.collections:  # error bars (LineCollection)
+        if coll.get_visible() and hasattr(coll, "get_segments"):
+            tr = coll.get_transform()
+            segs += [np.hstack([p[:-1], p[1:]]) for p in (tr.transform(np.asarray(seg, dtype=np.float64))
+                                                         for seg in coll.get_segments()) if len(p) > 1]
+    legend = ax.get_legend()
+    if legend is not None and legend.get_visible():
+        b = legend.get_window_extent(renderer)
+        boxes.append((b.x0, b.y0, b.x1, b.y1))
+    segs = np.vstack(segs) if segs else np.zeros((0, 4))
+    return segs[np.isfinite(segs).all(axis=1)], boxes
+
+
+def _box_crosses(box, segs: np.ndarray, pad: float = 1.0) -> bool:
+    """Whether any segment touches ``box`` (x0, y0, x1, y1) grown by ``pad`` (Liang-Barsky clipping)."""
+    if not len(segs):
+        return False
+    x0, y0, x1, y1 = box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad
+    sx, sy = segs[:, 0], segs[:, 1]
+    dx, dy = segs[:, 2] - sx, segs[:, 3] - sy
+    t0, t1 = np.zeros(len(segs)), np.ones(len(segs))
+    ok = np.ones(len(segs), dtype=bool)
+    for p, q in ((-dx, sx - x0), (dx, x1 - sx), (-dy, sy - y0), (dy, y1 - sy)):
+        par = p == 0
+        ok &= ~(par & (q < 0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(par, 0.0, q / np.where(par, 1.0, p))
+        t0 = np.where(~par & (p < 0), np.maximum(t0, r), t0)
+        t1 = np.where(~par & (p > 0), np.minimum(t1, r), t1)
+    return bool((ok & (t0 <= t1)).any())
+
+
+def _boxes_touch(a, b, pad: float = 1.0) -> bool:
+    return a[0] < b[2] + pad and b[0] < a[2] + pad and a[1] < b[3] + pad and b[1] < a[3] + pad
+
+
 def place_labels(fig: Figure, labels: list) -> list:
-    """Place point labels so that none overlaps another label, a labelled point or the axes edge.
+    """Place point labels so that none overlaps another label, a point's marker, a line, an
+    error bar, a legend or the axes edge.
 
     ``labels``: ``(ax, x, y, text, kwargs)`` in drawing priority. Each label takes the first
     free candidate offset (a fixed list, nearest first, all within 14 points of the point),
@@ -136,7 +189,10 @@ def place_labels(fig: Figure, labels: list) -> list:
     px = fig.dpi / 72.0
     placed: dict = {}
     points: dict = {}
+    obstacles: dict = {}
     for ax, x, y, _text, _kw in labels:
+        if ax not in obstacles:
+            obstacles[ax] = _obstacles(ax, renderer)
         if math.isfinite(x) and math.isfinite(y):
             X, Y = ax.transData.transform((x, y))
             points.setdefault(ax, []).append((X - _MARKER * px, Y - _MARKER * px, X + _MARKER * px, Y + _MARKER * px))
@@ -161,9 +217,9 @@ def place_labels(fig: Figure, labels: list) -> list:
                 box = (x0, y0, x0 + w, y0 + h)
                 if box[0] < frame.x0 or box[2] > frame.x1 or box[1] < frame.y0 or box[3] > frame.y1:
                     continue
-                others = boxes + [p for p in points.get(ax, []) if p != own]
-                if any(box[0] < b[2] + 1 and b[0] < box[2] + 1 and box[1] < b[3] + 1 and b[1] < box[3] + 1
-                       for b in others):
+                segs, marks = obstacles[ax]
+                others = boxes + [p for p in points.get(ax, []) if p != own] + marks
+                if any(_boxes_touch(box, b) for b in others) or _box_crosses(box, segs):
                     continue
                 chosen = (dx, dy, r, box)
                 break
@@ -192,56 +248,105 @@ def label_overlaps(annotations, fig: Figure, draw: bool = True) -> list[tuple[st
             if ax1 is ax2 and b1.overlaps(b2)]
 
 
+def label_obstacle_hits(annotations, fig: Figure, draw: bool = True) -> list[str]:
+    """Texts of placed labels whose drawn extent touches a line, an error bar, a marker or a
+    legend of their axes (after a draw)."""
+    renderer = _canvas(fig)
+    if draw:
+        fig.canvas.draw()
+    bad = []
+    for a in annotations:
+        e = a.get_window_extent(renderer)
+        box = (e.x0, e.y0, e.x1, e.y1)
+        segs, marks = _obstacles(a.axes, renderer)
+        if _box_crosses(box, segs, pad=0.0) or any(_boxes_touch(box, m, pad=0.0) for m in marks):
+            bad.append(a.get_text())
+    return bad
+
+
 def _grid(n: int) -> tuple[int, int]:
     cols = min(3, n)
     return math.ceil(n / cols), cols
 
 
+def _finite_or_0(v) -> float:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else 0.0
+
+
+def _adaptive_note(rows: list[dict]) -> str:
+    eps = [r["adaptive"]["threshold"] for r in rows if isinstance(r.get("adaptive"), dict)
+           and isinstance(r["adaptive"].get("threshold"), float)]
+    span = f"{min(eps):.3f}-{max(eps):.3f} nats" if eps else "per checkpoint"
+    return (f"\neps chosen per checkpoint ({span}); no bars: the per-trajectory\n"
+            "sums are kept at the fixed eps only")
+
+
 def metrics_vs_step_figure(summary: dict):
-    """Each metric against the training step, one line per run; every evaluated
-    checkpoint is a marker, those with a score are ringed and labelled with it."""
+    """Each metric against the training step, one line per run; every evaluated checkpoint
+    is a marker, those with a score are ringed. The scores have a panel of their own (step
+    against score), never written beside the metric points, where they would read as metric
+    values."""
     labels = []
     metrics = summary["metrics"]
     rows = summary["checkpoints"]
-    nr, nc = _grid(len(metrics))
-    fig = Figure(figsize=(5.2 * nc, 3.4 * nr))
+    runs = summary["runs"]
+    scored = [r for r in rows if r["score"] is not None]
+    nr, nc = _grid(len(metrics) + bool(scored))
+    fig = Figure(figsize=(5.2 * nc, 3.4 * nr + (0.3 if scored else 0)))
     axes = fig.subplots(nr, nc, squeeze=False).ravel()
     for ax, m in zip(axes, metrics):
-        for run in summary["runs"]:
+        for ci, run in enumerate(runs):
             rr = sorted((r for r in rows if r["run"] == run), key=lambda r: r["iteration"])
             it = [r["iteration"] for r in rr]
             v = [r["metrics"][m["key"]] for r in rr]
             se = [r["metrics"].get(m["key"] + "_stderr") for r in rr]
+            style = {"color": f"C{ci % 10}", "label": run or "(no run name)"}
             if any(isinstance(s, float) and math.isfinite(s) for s in se):
                 # 95% intervals over trajectories (trajectory-clustered stderr).
                 yerr = [1.959964 * s if isinstance(s, float) and math.isfinite(s) else 0.0 for s in se]
-                ax.errorbar(it, v, yerr=yerr, fmt="o-", ms=4, capsize=3, elinewidth=1, label=run or "(no run name)")
+                ax.errorbar(it, v, yerr=yerr, fmt="o-", ms=4, capsize=3, elinewidth=1, **style)
             else:
-                ax.plot(it, v, "o-", ms=4, label=run or "(no run name)")
+                ax.plot(it, v, "o-", ms=4, **style)
             for r, x, y in zip(rr, it, v):
                 p = (r.get("vs_previous") or {})
                 if m["key"] == "hesnr" and p.get("significant"):
                     labels.append((ax, x, y, "*", {"fontsize": 12, "color": "C3"}))
-            for r, x, y in zip(rr, it, v):
-                if r["score"] is not None and math.isfinite(y):
-                    ax.plot([x], [y], "o", ms=10, mfc="none", mec="k", mew=1.2)
-                    labels.append((ax, x, y, f"{r['score']['mean']:.3g}", {"fontsize": 7}))
+            ring = [(x, y) for r, x, y in zip(rr, it, v) if r["score"] is not None and math.isfinite(y)]
+            if ring:
+                ax.plot(*zip(*ring), "o", ms=10, mfc="none", mec="k", mew=1.2)
         ax._hesnr_integer_x = True
         arrow = {1: "higher is better", -1: "lower is better", 0: ""}[m["direction"]]
-        ax.set_title(f"{m['name']}" + (f" ({arrow})" if arrow else ""), fontsize=10)
+        title = f"{m['name']}" + (f" ({arrow})" if arrow else "")
+        if m["key"] == ADAPTIVE_KEY:
+            title += _adaptive_note(rows)
+        ax.set_title(title, fontsize=10 if m["key"] != ADAPTIVE_KEY else 9)
         ax.set_xlabel("training step (iteration)")
         ax.grid(alpha=0.3)
         if m["key"] in ("ppl", "he_ppl"):
             vals = [r["metrics"][m["key"]] for r in rows if math.isfinite(r["metrics"][m["key"]])]
             if vals and min(vals) > 0 and max(vals) / min(vals) > 20:
                 ax.set_yscale("log")
-    for ax in axes[len(metrics):]:
+    if scored:
+        ax = axes[len(metrics)]
+        for ci, run in enumerate(runs):
+            rr = sorted((r for r in scored if r["run"] == run), key=lambda r: r["iteration"])
+            if rr:
+                ax.errorbar([r["iteration"] for r in rr], [r["score"]["mean"] for r in rr],
+                            yerr=[_finite_or_0(r["score"].get("std")) for r in rr], fmt="s-", ms=4, capsize=3, elinewidth=1,
+                            color=f"C{ci % 10}", mfc="none", label=run or "(no run name)")
+        ax._hesnr_integer_x = True
+        ax.set_title(f"{score_label(summary)} (the score, not a metric)", fontsize=10)
+        ax.set_xlabel("training step (iteration)")
+        ax.set_ylabel(score_label(summary), fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(metrics) + bool(scored):]:
         ax.set_visible(False)
-    if len(summary["runs"]) > 1:
-        axes[0].legend(fontsize=8)
+    if len(runs) > 1:
+        axes[0].legend(fontsize=8, loc="best")
     bars = any(isinstance(r["metrics"].get("hesnr_stderr"), float) for r in rows)
-    title = (f"Metrics per checkpoint (category: {summary['category']}); ringed: has a {score_label(summary)} "
-             "(value written beside it where there is room)")
+    title = f"Metrics per checkpoint (category: {summary['category']})"
+    if scored:
+        title += f"; ringed: has a {score_label(summary)} (its own panel: step against score)"
     if bars:
         title += ("\nbars: 95% interval over trajectories; red *: HE-SNR differs from the previous "
                   "checkpoint (paired p < 0.05)")
@@ -249,28 +354,30 @@ def metrics_vs_step_figure(summary: dict):
     return fig, labels
 
 
-def _rebin_factor(n: int, target: int = 128) -> int:
+def _rebin_factor(n: int, target: int = 64) -> int:
     g = 1
     while n // g > target and n % (2 * g) == 0:
         g *= 2
     return g
 
 
+_LINESTYLES = ("-", "--", "-.", ":")
+
+
 def histograms_figure(summary: dict, hists: dict[str, dict]):
-    """H_k density per checkpoint (colour = step), ln 1 .. ln 10 and the thresholds marked."""
+    """H_k density per checkpoint (a distinct colour and line style each, in step order; at
+    most 64 bins), ln 1 .. ln 10 and the thresholds marked; the legend sits right of the plot."""
     rows = sorted(summary["checkpoints"], key=lambda r: (r["iteration"], r["run"]))
     if len(rows) > MAX_HIST_CURVES:  # evenly spaced subset, first and last kept
         idx = np.unique(np.linspace(0, len(rows) - 1, MAX_HIST_CURVES).round().astype(int))
         rows = [rows[i] for i in idx]
-    fig = Figure(figsize=(11, 4.8))
+    fig = Figure(figsize=(12, 4.8))
     ax = fig.subplots()
-    its = [r["iteration"] for r in rows]
-    lo, hi = min(its), max(its)
     from matplotlib import colormaps
 
-    cmap = colormaps["viridis"]
+    cmap = colormaps["tab10" if len(rows) <= 10 else "tab20"]
     kmax = 0.0
-    for r in rows:
+    for i, r in enumerate(rows):
         h = hists[r["label"]]
         edges = np.asarray(h["edges"])
         counts = np.asarray(h["count"], dtype=np.float64)
@@ -282,8 +389,8 @@ def histograms_figure(summary: dict, hists: dict[str, dict]):
         if total <= 0:
             continue
         dens = counts / (total * (edges[1] - edges[0]))
-        t = 0.5 if hi == lo else (r["iteration"] - lo) / (hi - lo)
-        ax.stairs(dens, edges, color=cmap(t), lw=1.0, label=r["label"])
+        ax.stairs(dens, edges, color=cmap(i % cmap.N), ls=_LINESTYLES[i % len(_LINESTYLES)], lw=1.3,
+                  label=r["label"])
         kmax = max(kmax, float(edges[-1]))
     for j in range(1, 11):
         x = math.log(j)
@@ -297,9 +404,23 @@ def histograms_figure(summary: dict, hists: dict[str, dict]):
     ax.set_xlabel("top-k entropy H_k (nats)")
     ax.set_ylabel("density (log scale)")
     ax.set_title(f"H_k histograms across checkpoints (category: {summary['category']})", pad=16)
-    ax.legend(fontsize=7, ncol=2, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              title="checkpoint (step order)", title_fontsize=7)
     ax.grid(alpha=0.2)
     return fig, []
+
+
+def fit_line(fit, x: np.ndarray, y_lo: np.ndarray, y_hi: np.ndarray, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """The fit ``y = a x + b`` over the metric's range, cut where it leaves the scores' range
+    (lowest minus its bar to highest plus its bar; never below 0 when no score is negative)."""
+    a, b = fit
+    xs = np.linspace(float(np.min(x)), float(np.max(x)), n)
+    ys = a * xs + b
+    lo, hi = float(np.nanmin(y_lo)), float(np.nanmax(y_hi))
+    if np.nanmin(y_lo + (y_hi - y_lo) / 2) >= 0:  # scores (means) are all >= 0
+        lo = max(lo, 0.0)
+    keep = (ys >= lo) & (ys <= hi)
+    return xs[keep], ys[keep]
 
 
 def scatter_figure(summary: dict, group: str = "all"):
@@ -317,7 +438,7 @@ def scatter_figure(summary: dict, group: str = "all"):
     fig = Figure(figsize=(5.0 * nc, 3.8 * nr))
     axes = fig.subplots(nr, nc, squeeze=False).ravel()
     y = np.array([r["score"]["mean"] for r in rows])
-    yerr = np.array([r["score"]["std"] for r in rows])
+    yerr = np.array([_finite_or_0(r["score"].get("std")) for r in rows], dtype=np.float64)
     for ax, m in zip(axes, metrics):
         x = np.array([r["metrics"][m["key"]] for r in rows], dtype=np.float64)
         ok = np.isfinite(x)
@@ -331,8 +452,9 @@ def scatter_figure(summary: dict, group: str = "all"):
                 labels.append((ax, float(xi), float(yi), str(r["iteration"]), {"fontsize": 7}))
         fit = linear_fit(x, y)
         if fit is not None and ok.sum() >= 2:
-            xs = np.linspace(x[ok].min(), x[ok].max(), 50)
-            ax.plot(xs, fit[0] * xs + fit[1], "-", color="C3", lw=1.2, label="least-squares fit")
+            xs, ys = fit_line(fit, x[ok], y[ok] - yerr[ok], y[ok] + yerr[ok])
+            if len(xs):
+                ax.plot(xs, ys, "-", color="C3", lw=1.2, label="least-squares fit")
         c = summary["correlations"][group][m["key"]]
         if c["status"] == "ok":
             sub = (f"Pearson {c['pearson']['r']:+.3f}, Spearman {c['spearman']['r']:+.3f}, "
