@@ -116,7 +116,7 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
     lines = ["# HE-SNR report", "",
              f"- records: {inp['records']} checkpoint(s) from {inp['lines_read']} line(s) read; "
              f"{len(inp['bad_lines'])} unreadable, {len(inp['duplicates'])} set aside (re-evaluated iterations: "
-             "the latest of each (run, set, iteration) kept)",
+             "the latest of each (run, set, iteration, checkpoint) kept)",
              f"- category: `{summary['category']}`; dataset: `{summary['dataset']}`; runs: "
              + (", ".join(f"`{r or '(none)'}`" for r in summary["runs"])),
              f"- scores: `{inp['scores_file']}`; checkpoints with a score: {summary['n_scored']}",
