@@ -13,6 +13,7 @@ memory under 2x the file size; ``hesnr --help`` < 0.5 s, ``hesnr report --help``
 
     python benchmarks/bench_report.py --quick     # 3 cells incl. 40 x 20K, under a minute on 2 cores
     python benchmarks/bench_report.py             # 10/40/100 x 1K/20K/100K (about 10 minutes quiet, 1.1 GB of /tmp)
+    python benchmarks/bench_report.py --small-records 100000   # many small records (memory per record)
 
 Each time is the fastest of ``--repeat`` runs (default 2, 1 with ``--quick``); peak memory the largest.
 

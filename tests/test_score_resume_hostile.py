@@ -450,3 +450,36 @@ def test_prepare_on_a_full_disk_leaves_no_temporary_file(tmp_path):
     w2 = DatasetWriter(prefix, vocab_size=V)
     w2.add(np.arange(5), np.ones(5, dtype=np.int64))
     w2.finalize({"tokenizer": {"vocab_size": V}})
+
+
+# ------------------------------------------------------------------ item 12: report memory per record
+def test_report_memory_per_small_record_is_bounded(tmp_path):
+    """`hesnr report` of many small records (1.5 KB each): Python allocations at their peak stay under
+    9 KB per record (the report keeps each record's state and one row of results per checkpoint; it
+    held the whole summary twice more, as a strict-JSON copy and as text, at 16 KB per record).
+    benchmarks/bench_report.py --small-records measures the process's peak."""
+    import contextlib
+    import io
+    import tracemalloc
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_report import write_records
+
+    from megatron_hesnr.cli import main
+
+    n = 1000
+    path = tmp_path / "small.jsonl"
+    write_records(path, 3, 2, small=True)
+    with contextlib.redirect_stdout(io.StringIO()):   # every module imported before the count starts
+        assert main(["report", str(path), "--no-figures", "--output-dir", str(tmp_path / "warm")]) == 0
+    write_records(path, n, 2, small=True)
+    tracemalloc.start()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["report", str(path), "--no-figures", "--output-dir", str(tmp_path / "rep")]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / n < 9000, f"{peak / n:.0f} bytes per record ({peak / path.stat().st_size:.1f}x the file)"
+    summary = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert len(summary["checkpoints"]) == n and summary["input"]["records"] == n
