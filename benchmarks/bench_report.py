@@ -13,6 +13,7 @@ memory under 2x the file size; ``hesnr --help`` < 0.5 s, ``hesnr report --help``
 
     python benchmarks/bench_report.py --quick     # 3 cells incl. 40 x 20K, under a minute on 2 cores
     python benchmarks/bench_report.py             # 10/40/100 x 1K/20K/100K (about 10 minutes quiet, 1.1 GB of /tmp)
+    python benchmarks/bench_report.py --small-records 100000   # many small records (memory per record)
 
 Each time is the fastest of ``--repeat`` runs (default 2, 1 with ``--quick``); peak memory the largest.
 
@@ -49,8 +50,8 @@ MEASURE = (
 )
 
 
-def synth_state(n: int, rng: np.random.Generator) -> dict:
-    """A valid ``HESNRAccumulator.state_dict()`` with ``n`` trajectories, one category."""
+def synth_state(n: int, rng: np.random.Generator, num_bins: int = NUM_BINS, categories=CATEGORIES) -> dict:
+    """A valid ``HESNRAccumulator.state_dict()`` with ``n`` trajectories, one category with tokens."""
     f = {name: i for i, name in enumerate(SCALAR_FIELDS)}
     rows = np.zeros((n, len(SCALAR_FIELDS)))
     tokens = rng.integers(5, 40, n).astype(float)
@@ -67,27 +68,29 @@ def synth_state(n: int, rng: np.random.Generator) -> dict:
     rows[:, f["sum_q_over_h"]] = he * rng.uniform(0.1, 0.7, n)
     rows[:, f["sum_nll_he"]] = he * rng.uniform(0.5, 3.0, n)
     total = rows.sum(0)
-    scalars = np.zeros((len(CATEGORIES), len(SCALAR_FIELDS)))
+    scalars = np.zeros((len(categories), len(SCALAR_FIELDS)))
     scalars[0] = total
-    hist = np.zeros((len(CATEGORIES), NUM_BINS, len(BIN_FIELDS)))
+    hist = np.zeros((len(categories), num_bins, len(BIN_FIELDS)))
     b = {name: i for i, name in enumerate(BIN_FIELDS)}
-    hist[0, 100, b["count"]] = total[f["num_tokens"]]
-    hist[0, 100, b["count_in_topk"]] = total[f["num_in_topk"]]
+    hist[0, num_bins // 5, b["count"]] = total[f["num_tokens"]]
+    hist[0, num_bins // 5, b["count_in_topk"]] = total[f["num_in_topk"]]
     cols = {}
     for name, j in f.items():
         col = rows[:, j]
         cols[name] = [int(v) for v in col.tolist()] if name.startswith("num_") else col.tolist()
-    return {"version": 1, "config": {"k": K, "threshold": THRESHOLD, "num_bins": NUM_BINS,
-                                     "category_names": CATEGORIES, "num_documents": n},
+    return {"version": 1, "config": {"k": K, "threshold": THRESHOLD, "num_bins": num_bins,
+                                     "category_names": list(categories), "num_documents": n},
             "scalar_fields": list(SCALAR_FIELDS), "bin_fields": list(BIN_FIELDS),
             "scalars": scalars.tolist(), "hist": hist.tolist(), "reduced": True,
             "trajectories": {"fields": list(SCALAR_FIELDS), "num_documents": n,
                              "by_category": {"action": cols}}}
 
 
-def write_records(path: Path, checkpoints: int, n: int) -> None:
+def write_records(path: Path, checkpoints: int, n: int, small: bool = False) -> None:
+    """``small``: records of about 1.5 KB (2 trajectories, one category, 4 bins), as many as checkpoints."""
     rng = np.random.default_rng(n)
-    states = [json.dumps(synth_state(n, rng)) for _ in range(VARIANTS)]
+    kw = {"num_bins": 4, "categories": ["action"]} if small else {}
+    states = [json.dumps(synth_state(n, rng, **kw)) for _ in range(VARIANTS)]
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(checkpoints):
             it = (i + 1) * 1000
@@ -138,11 +141,16 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=None,
                     help="runs of each measurement; the fastest counts (a loaded machine is noisy; "
                          "default 1 with --quick, else 2)")
+    ap.add_argument("--small-records", type=int, nargs="+", default=None, metavar="N",
+                    help="instead of the grid: files of N small records (about 1.5 KB each: one checkpoint "
+                         "per record, 2 trajectories, 4 bins), e.g. 100000 300000")
     ap.add_argument("--workdir", default=None, help="where the JSONL files go (default: a temporary folder)")
     args = ap.parse_args()
     args.repeat = args.repeat or (1 if args.quick else 2)
     cells = ([(10, 1000), (10, 20000), (40, 20000)] if args.quick
              else [(c, t) for t in args.trajectories for c in args.checkpoints])
+    if args.small_records:
+        cells = [(c, 2) for c in args.small_records]
     h_top, h_report = help_seconds(["--help"]), help_seconds(["report", "--help"])
     print(f"hesnr --help {h_top:.2f} s (target < 0.5), hesnr report --help {h_report:.2f} s (target < 1)")
     head = (f"{'ckpts':>5} {'traj':>7} {'file MB':>8} {'json.loads s':>12} {'report s':>9} {'(cpu)':>6} {'x loads':>8} "
@@ -153,7 +161,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         for checkpoints, n in cells:
             path = Path(tmp) / f"records_{checkpoints}x{n}.jsonl"
-            write_records(path, checkpoints, n)
+            write_records(path, checkpoints, n, small=bool(args.small_records))
             size_mb = path.stat().st_size / 2 ** 20
             loads = min(json_loads_seconds(path) for _ in range(args.repeat))
             rep = [run_cli(["report", str(path), "--no-figures", "--output-dir", str(Path(tmp) / "rep")])

@@ -209,7 +209,7 @@ class PathLock:
 
 # ------------------------------------------------------------------ file sets
 
-class _DeferSignals:
+class DeferSignals:
     """Hold SIGINT / SIGTERM back during a commit (main thread only); re-deliver them after."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -329,7 +329,7 @@ class FileSet:
         for _, final in self.staged:
             if os.path.isdir(final):   # would fail the rename; refuse before anything is replaced
                 raise IsADirectoryError(errno.EISDIR, "a folder is in the way", final)
-        with _DeferSignals():
+        with DeferSignals():
             write_text(self.journal, json.dumps(body) + "\n")
             done = 0
             try:

@@ -190,13 +190,13 @@ def test_issue22_latest_record_of_each_run_set_iteration_is_kept(tmp_path, recs,
     again = _writer(recs[0], "77", 1, metrics=dict(recs[0]["metrics"], note="requeued"))
     for r in (first, again):
         r.pop("time")       # no times: file order decides
-    other_ckpt = dict(recs[1], checkpoint="/elsewhere/iter_0002000", time="2026-11-28T00:00:00Z")
-    path = _write(tmp_path / "r.jsonl", [first, recs[1], again, recs[2], other_ckpt])
+    later = dict(recs[1], metrics=dict(recs[1]["metrics"], note="later"), time="2026-11-28T00:00:00Z")
+    path = _write(tmp_path / "r.jsonl", [first, recs[1], again, recs[2], later])
     read = read_records(path)
     kept = {r.iteration: r for r in read.records}
-    assert kept[1000].metrics["note"] == "requeued" and kept[2000].checkpoint == "/elsewhere/iter_0002000"
+    assert kept[1000].metrics["note"] == "requeued" and kept[2000].metrics["note"] == "later"
     assert read.duplicates == [f"{path}:1", f"{path}:2"]
-    line = "set aside 2 record(s) of re-evaluated iterations (kept the latest of each (run, set, iteration))"
+    line = "set aside 2 record(s) of re-evaluated iterations (kept the latest of each (run, set, iteration, checkpoint))"
     assert read.set_aside_line() == line
     out = tmp_path / "rep"
     assert main(["report", path, "--no-figures", "--output-dir", str(out)]) == 0

@@ -319,7 +319,7 @@ def test_rerun_with_other_settings_is_refused(score_set, tmp_path):
     with FakeServer(faults={2: "500"}) as srv:
         assert _score_server(score_set, srv.url, out, "--retries", 0).returncode == 2
         r = _score_server(score_set, srv.url, out, "--k", 8)
-    assert r.returncode == 2 and "other settings (metric differ)" in _one_line(r.stderr)
+    assert r.returncode == 2 and "other settings (--k 10 then, 8 now)" in _one_line(r.stderr)
 
 
 @pytest.mark.parametrize("args, match", [

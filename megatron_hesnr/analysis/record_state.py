@@ -68,11 +68,35 @@ def _config(cfg) -> AccumulatorConfig:
         raise StateInvalid(f"state config.category_names must be a list of non-empty strings, got {names!r}")
     if cfg["num_bins"] > 1 << 20:
         raise StateInvalid(f"state config.num_bins {cfg['num_bins']} is not a histogram this project writes")
+    key = (cfg["k"], cfg["threshold"], cfg["num_bins"], tuple(names), cfg.get("num_documents"))
+    shared = _CONFIGS.get(key)
+    if shared is not None:
+        return shared
     try:
-        return AccumulatorConfig(k=cfg["k"], threshold=cfg["threshold"], num_bins=cfg["num_bins"],
+        made = AccumulatorConfig(k=cfg["k"], threshold=cfg["threshold"], num_bins=cfg["num_bins"],
                                  category_names=tuple(names), num_documents=cfg.get("num_documents"))
     except (TypeError, ValueError) as exc:
         raise StateInvalid(f"state config: {exc}") from None
+    if len(_CONFIGS) < 4096:
+        _CONFIGS[key] = made
+    return made
+
+
+#: Configs and bin edges shared by the records that have them (a report of a million records
+#: holds one of each per distinct config, not one per record). Read-only by convention / flag.
+_CONFIGS: dict[tuple, AccumulatorConfig] = {}
+_EDGES: dict[tuple, np.ndarray] = {}
+
+
+def _edges_of(config: AccumulatorConfig) -> np.ndarray:
+    key = (config.k, config.num_bins)
+    edges = _EDGES.get(key)
+    if edges is None:
+        edges = config.bin_edges_np()
+        edges.flags.writeable = False
+        if len(_EDGES) < 4096:
+            _EDGES[key] = edges
+    return edges
 
 
 def _nested(value, shape: tuple[int, ...], name: str) -> np.ndarray:
@@ -217,7 +241,7 @@ class RecordState:
                  table: dict[int, np.ndarray] | None):
         self.config, self.scalars, self.hist, self.reduced = config, scalars, hist, reduced
         self.table = table
-        self._edges = config.bin_edges_np()
+        self._edges = _edges_of(config)
 
     def _index(self, category):
         names = self.config.category_names

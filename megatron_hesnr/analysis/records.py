@@ -27,7 +27,7 @@ skipped with a warning naming the file and line (never fatal).  A line longer th
 ``max_line_bytes`` is bad.  Only regular files are read (a FIFO or a device is
 refused before it is opened).
 
-One record is kept per (dataset, run, iteration): a requeued job that evaluates an
+One record is kept per (dataset, run, iteration, checkpoint): a requeued job that evaluates an
 iteration again writes a later record, and the later one wins -- the higher
 ``writer.restart`` of the same ``writer.job_id``, else the later ``time`` when both
 have one and they differ, else the one read later (files in the order given).  The
@@ -53,7 +53,8 @@ REQUIRED_FIELDS = ("iteration", "metrics", "state")
 OPTIONAL_STR_FIELDS = ("checkpoint", "run", "dataset", "time")
 #: Longest record line read (bytes); a record of 1M trajectories x 3 categories is ~350 MB.
 MAX_LINE_BYTES = 1 << 30
-SET_ASIDE_TEXT = "record(s) of re-evaluated iterations (kept the latest of each (run, set, iteration))"
+SET_ASIDE_TEXT = ("record(s) of re-evaluated iterations (kept the latest of each (run, set, iteration, "
+                  "checkpoint))")
 
 
 class RecordError(ValueError):
@@ -110,9 +111,10 @@ class EvalRecord:
         return self.checkpoint if self.checkpoint is not None else f"iter_{self.iteration:07d}"
 
     @property
-    def key(self) -> tuple[str, str, int]:
-        """De-duplication key: (dataset, run, iteration)."""
-        return (self.dataset or "", self.run_name, self.iteration)
+    def key(self) -> tuple[str, str, int, str]:
+        """De-duplication key: (dataset, run, iteration, checkpoint): two checkpoints evaluated under
+        the same run and iteration (a Megatron record beside its served export) are both kept."""
+        return (self.dataset or "", self.run_name, self.iteration, self.checkpoint_name)
 
     label: str = ""
     """Short unique name for tables and figures, set by :func:`read_records`:
@@ -132,7 +134,7 @@ class ReadResult:
     bad_lines: list[BadLine] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     """Sources of the records set aside: another record of the same (dataset, run,
-    iteration) is later (see the module docstring)."""
+    iteration, checkpoint) is later (see the module docstring)."""
     torn_lines: list[BadLine] = field(default_factory=list)
     """Last lines cut short by an interrupted writer (skipped, not bad)."""
     lines_read: int = 0
@@ -233,7 +235,7 @@ def parse_time(text: str, source: str = "") -> datetime:
 
 
 def _newer(a: EvalRecord, b: EvalRecord) -> bool:
-    """Is ``a`` the later evaluation of the same (dataset, run, iteration) than ``b``?
+    """Is ``a`` the later evaluation of the same (dataset, run, iteration, checkpoint) than ``b``?
 
     A later requeue of the same Slurm job (``writer.restart``) wins; else the later
     ``time`` (as instants, whatever the offsets) when both have one and they differ;
@@ -323,7 +325,7 @@ def _header_only(raw: bytes, source: str) -> EvalRecord:
 def read_records(paths, *, strict: bool = False, select=None, max_line_bytes: int | None = None) -> ReadResult:
     """Read, validate and de-duplicate records from JSONL files.
 
-    A (dataset, run, iteration) seen twice keeps the later record (see the module
+    A (dataset, run, iteration, checkpoint) seen twice keeps the later record (see the module
     docstring) and lists the other in ``duplicates``.  Raises :class:`RecordError` on a
     bad line when ``strict``, and ``OSError`` naming the file when one cannot be
     opened or is not a regular file.

@@ -116,7 +116,7 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
     lines = ["# HE-SNR report", "",
              f"- records: {inp['records']} checkpoint(s) from {inp['lines_read']} line(s) read; "
              f"{len(inp['bad_lines'])} unreadable, {len(inp['duplicates'])} set aside (re-evaluated iterations: "
-             "the latest of each (run, set, iteration) kept)",
+             "the latest of each (run, set, iteration, checkpoint) kept)",
              f"- category: `{summary['category']}`; dataset: `{summary['dataset']}`; runs: "
              + (", ".join(f"`{r or '(none)'}`" for r in summary["runs"])),
              f"- scores: `{inp['scores_file']}`; checkpoints with a score: {summary['n_scored']}",
@@ -172,7 +172,20 @@ def render_markdown(summary: dict, figures: list[str], out_dir: Path) -> str:
 
 
 def write_json(summary: dict, path) -> None:
-    write_text(path, json.dumps(jsonable(summary), indent=1, allow_nan=False) + "\n")
+    """``summary.json``, written one checkpoint row at a time (a strict-JSON copy of one row in memory,
+    never of the whole summary nor its text: a report of a million checkpoints holds its rows once)."""
+    from ..atomic_write import atomic_file
+
+    rows = summary.get("checkpoints", [])
+    mark = "@@checkpoints@@"
+    head, _, tail = json.dumps(jsonable(dict(summary, checkpoints=mark)), indent=1,
+                               allow_nan=False).partition(json.dumps(mark))
+    with atomic_file(path, "w") as f:
+        f.write(head + "[")
+        for i, row in enumerate(rows):
+            text = json.dumps(jsonable(row), indent=1, allow_nan=False).replace("\n", "\n  ")
+            f.write(("," if i else "") + "\n  " + text)
+        f.write(("\n ]" if rows else "]") + tail + "\n")
 
 
 def terminal_table(summary: dict) -> str:

@@ -95,14 +95,25 @@ class DatasetWriter:
         return manifest
 
     def abort(self) -> None:
-        """Drop what was written so far; an earlier dataset under the prefix stays as it was."""
-        for builder in ("_tokens", "_mask"):
-            f = getattr(getattr(self, builder, None), "data_file", None)
-            if f is not None and not f.closed:
-                f.close()
-        if self._files is not None:
-            self._files.abort()
-        self._release()
+        """Drop what was written so far; an earlier dataset under the prefix stays as it was.
+
+        Closing a temporary file flushes its buffer, which fails on a full disk (ENOSPC): such an
+        error is ignored (the file is dropped anyway; Python has closed its descriptor), so the
+        temporary files are always removed and the lock released."""
+        try:
+            for builder in ("_tokens", "_mask"):
+                f = getattr(getattr(self, builder, None), "data_file", None)
+                if f is not None and not f.closed:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+        finally:
+            try:
+                if self._files is not None:
+                    self._files.abort()
+            finally:
+                self._release()
 
     def _release(self) -> None:
         if self._own_lock and self._lock is not None:

@@ -147,3 +147,28 @@ def read_raw_records(path: str) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not a JSON record ({exc})") from exc
     return out
+
+
+def holds_score_id(path: str, score_id: str) -> bool:
+    """Does ``path`` hold a whole record with ``config.score_id == score_id`` (a ``hesnr score`` run's)?
+
+    Read line by line (memory: the longest line, never the whole file); lines that are not a JSON
+    record (a torn line of an interrupted writer) are skipped, so a record is only taken as written
+    when its line is whole."""
+    needle = score_id.encode("utf-8")
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return False
+    with f:
+        for line in f:
+            if needle not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("config"), dict) \
+                    and rec["config"].get("score_id") == score_id:
+                return True
+    return False

@@ -8,6 +8,7 @@ and ``hesnr compare`` read both.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,7 +27,8 @@ def add_arguments(p) -> None:
     src.add_argument("--server", metavar="URL", help="running vLLM OpenAI-compatible server (http://host:port)")
     p.add_argument("--model", help="--server: the served model's name (default: the only one)")
     p.add_argument("--jsonl", required=True, metavar="OUT", help="append one record per set here")
-    p.add_argument("--run-name", help="records' run (default: the model directory's or model's name)")
+    p.add_argument("--run-name", help="records' run (default: the model directory's or served model's name and "
+                                      "a hash of its full path or name, e.g. model-1a2b3c4d)")
     p.add_argument("--step", type=int, default=0, help="records' iteration (e.g. the checkpoint's training step)")
     p.add_argument("--seq-length", type=int,
                    help="inputs per window, as the Megatron run's --seq-length (default: model context - 2)")
@@ -112,6 +114,49 @@ def build_engine(args, sets_vocab: int):
                         retries=args.retries, backoff=args.backoff)
 
 
+#: Files of a model directory whose size and time stand for its weights (read whole: only config.json).
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
+
+
+def model_fingerprint(model_dir: str) -> str:
+    """Stands for a model directory's weights in the resume check: its ``config.json`` and the name, size
+    and modification time of every weight file (re-saved weights under the same path differ)."""
+    h = hashlib.sha256()
+    try:
+        names = sorted(os.listdir(model_dir))
+    except OSError:
+        return ""
+    for name in names:
+        path = os.path.join(model_dir, name)
+        if name == "config.json":
+            with open(path, "rb") as f:
+                h.update(b"config.json\0" + f.read())
+        elif name.endswith(WEIGHT_SUFFIXES):
+            st = os.stat(path)
+            h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    return h.hexdigest()[:16]
+
+
+def default_run_name(checkpoint: str) -> str:
+    """``<last part>-<8 hex of the full path or served name>``: two models never share a default run
+    name (``/a/model`` and ``/b/model`` differ), and the same model always gets the same one."""
+    full = checkpoint.rstrip("/") or checkpoint
+    tag = hashlib.sha256(full.encode("utf-8")).hexdigest()[:8]
+    return f"{os.path.basename(full) or full}-{tag}"
+
+
+def resume_settings(args, run_name: str) -> dict:
+    """The settings of this front end that change a number or a label of the records (the resume
+    check's, beside the metric, window and set settings); a server's URL is not one (a restarted server
+    may listen elsewhere)."""
+    out = {"--step": args.step, "--run-name": run_name}
+    if args.hf:
+        out.update({"--dtype": args.dtype, "--device": args.device, "model files": model_fingerprint(args.hf)})
+    elif args.vllm:
+        out.update({"engine options": _engine_args(args), "model files": model_fingerprint(args.vllm)})
+    return out
+
+
 def run(args) -> int:
     import sys
 
@@ -146,10 +191,10 @@ def _run(args) -> int:
     if args.hf and seq_length > engine.context_length:
         raise ScoreError(f"--seq-length {seq_length}: exceeds the model's {engine.context_length} positions")
     sets = [s.plan(config, seq_length) for s in probe_sets]
-    run_name = args.run_name or os.path.basename(engine.checkpoint.rstrip("/"))
+    run_name = args.run_name or default_run_name(engine.checkpoint)
     engine_config = {"engine_args": _engine_args(args)} if args.vllm else {}
     if args.server:
         engine_config = {"url": engine.url, "model": engine.model}
     score_sets(engine, sets, config, seq_length=seq_length, out=args.jsonl, run=run_name, step=args.step,
-               engine_config=engine_config)
+               engine_config=engine_config, settings=resume_settings(args, run_name))
     return 0
