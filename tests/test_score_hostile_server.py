@@ -173,6 +173,20 @@ def test_no_queued_trajectory_starts_after_one_failed_for_good(small_set, tmp_pa
     assert done == [0]
 
 
+def test_a_failure_for_good_cancels_the_other_trajectories_in_flight(small_set, tmp_path):
+    """--concurrency 2: request 4 fails for good while another trajectory's request is in flight (each answer
+    takes 0.2 s): that one is cut short, and neither its next windows nor a queued trajectory are sent."""
+    out = tmp_path / "out.jsonl"
+    with FakeServer(fast=True, faults={4: "500"}, delay_s=0.2, lifetime_s=120) as srv:
+        t0 = time.monotonic()
+        r = _score(small_set, srv.url, out, "--retries", 0, "--concurrency", 2)
+        elapsed = time.monotonic() - t0
+        time.sleep(0.5)
+        assert r.returncode == 2 and "HTTP 500" in _one_line(r.stderr), r.stderr
+        assert srv.requests <= 5, f"{srv.requests - 4} requests after the failure"
+    assert elapsed < 20, elapsed
+
+
 def test_ctrl_c_stops_at_once_exits_130_and_the_rerun_gives_the_uninterrupted_record(small_set, tmp_path,
                                                                                      reference, windows):
     out = tmp_path / "out.jsonl"
