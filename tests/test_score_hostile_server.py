@@ -248,6 +248,25 @@ def test_retry_after_is_honoured_and_capped(fault, retry_after, low, high, small
     assert_records_agree(rec, reference, rel=1e-12)
 
 
+def test_retry_after_forms_and_body_encodings():
+    from megatron_hesnr.scoring.http_client import UndecodableBody, decode_body, parse_retry_after
+
+    now = 1_000_000_000.0
+    assert parse_retry_after("7", now) == 7 and parse_retry_after(" 1.5 ", now) == 1.5
+    assert parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) == pytest.approx(30, abs=1)
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0
+    assert parse_retry_after("soon", now) is None and parse_retry_after(None) is None
+    import gzip
+    import zlib
+
+    assert decode_body(gzip.compress(b'{"a": 1}'), "gzip") == b'{"a": 1}'
+    assert decode_body(zlib.compress(b"x"), "deflate") == b"x" and decode_body(b"x", None) == b"x"
+    with pytest.raises(UndecodableBody, match="Content-Encoding 'br'"):
+        decode_body(b"x", "br")
+    with pytest.raises(UndecodableBody, match="a broken gzip body"):
+        decode_body(gzip.compress(b"x" * 100)[:20], "gzip")
+
+
 def test_no_max_model_len_is_accepted_with_seq_length(small_set, tmp_path, reference):
     out = tmp_path / "out.jsonl"
     with FakeServer(fast=True, models_entry={"max_model_len": None}, lifetime_s=120) as srv:
