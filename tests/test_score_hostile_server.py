@@ -209,6 +209,7 @@ def test_ctrl_c_stops_at_once_exits_130_and_the_rerun_gives_the_uninterrupted_re
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=90)
             stopped = time.monotonic() - t0
+            print(f"Ctrl-C: the run stopped {stopped:.2f} s after SIGINT")
         finally:
             if proc.poll() is None:
                 proc.kill()
