@@ -16,7 +16,7 @@ import os
 from ..accumulator import AccumulatorConfig, AccumulatorConfigError
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
 from ..evaluation.config import HESNRConfig, HESNRConfigError, parse_data_specs
-from .sets import ScoreError, check_model_tokenizer, check_server_tokenizer, open_sets
+from .sets import ScoreError, ScoreInterrupted, check_model_tokenizer, check_server_tokenizer, open_sets
 
 
 def add_arguments(p) -> None:
@@ -49,9 +49,11 @@ def add_arguments(p) -> None:
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="--vllm: any other vllm.LLM option (VALUE read as JSON when it parses)")
     p.add_argument("--concurrency", type=int, default=8, help="--server: trajectories in flight")
-    p.add_argument("--timeout", type=float, default=300.0, help="--server: seconds per request")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="--server: seconds for a whole request (connect, send, the whole answer)")
     p.add_argument("--retries", type=int, default=4, help="--server: retries of a failed request")
-    p.add_argument("--backoff", type=float, default=1.0, help="--server: first retry delay (doubles)")
+    p.add_argument("--backoff", type=float, default=1.0,
+                   help="--server: first retry delay (doubles; a 429/503's Retry-After when longer)")
 
 
 def _engine_args(args) -> dict:
@@ -97,6 +99,8 @@ def _check_flags(args) -> None:
             raise ScoreError(f"--{name}: must be >= {1 if name == 'concurrency' else 0}")
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         raise ScoreError(f"--timeout: must be a positive number of seconds, got {args.timeout}")
+    if not (args.backoff >= 0 and math.isfinite(args.backoff)):
+        raise ScoreError(f"--backoff: must be a number of seconds >= 0, got {args.backoff}")
 
 
 def build_engine(args, sets_vocab: int):
@@ -111,7 +115,7 @@ def build_engine(args, sets_vocab: int):
     from .server import ServerEngine
 
     return ServerEngine(args.server, model=args.model, concurrency=args.concurrency, timeout=args.timeout,
-                        retries=args.retries, backoff=args.backoff)
+                        retries=args.retries, backoff=args.backoff, seq_length=args.seq_length, vocab_size=sets_vocab)
 
 
 #: Files of a model directory whose size and time stand for its weights (read whole: only config.json).
@@ -160,11 +164,13 @@ def resume_settings(args, run_name: str) -> dict:
 def run(args) -> int:
     import sys
 
+    from ..cli import EXIT_INTERRUPTED
+
     try:
         return _run(args)
     except ScoreError as exc:
         print(f"hesnr score: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return EXIT_INTERRUPTED if isinstance(exc, ScoreInterrupted) else 2
 
 
 def _run(args) -> int:

@@ -25,7 +25,7 @@ from ..evaluation.config import HESNRConfig
 from ..evaluation.records import append_records, config_dict, holds_score_id, make_record, release_records
 from ..token_stats import TENSOR_FIELDS, TokenStats
 from .progress import Progress
-from .sets import ScoreError, ScoreSet, manifest_digest, window_targets
+from .sets import ScoreError, ScoreInterrupted, ScoreSet, manifest_digest, window_targets
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +155,11 @@ def score_sets(engine: Engine, sets: list[ScoreSet], config: HESNRConfig, *, seq
                 if not isinstance(exc, (ScoreError, KeyboardInterrupt)):
                     raise
                 total = sum(len(d) for d in progress.done.values())
-                msg = str(exc) if isinstance(exc, ScoreError) else "interrupted"
-                raise ScoreError(f"{msg}; {total} scored trajectories are kept in {progress.path}: rerun the same "
-                                 "command to continue") from None
+                msg = "interrupted" if not isinstance(exc, ScoreError) else \
+                    str(exc) if str(exc).startswith("set ") else f"set {s.name!r}: {exc}"
+                raise (ScoreError if isinstance(exc, ScoreError) else ScoreInterrupted)(
+                    f"{msg}; {total} scored trajectories are kept in {progress.path}: rerun the same "
+                    "command to continue") from None
             finally:
                 if bar is not None:
                     bar.close()

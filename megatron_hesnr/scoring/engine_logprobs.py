@@ -15,15 +15,16 @@ import torch
 
 from ..token_stats import TokenStats
 from ..topk_stats import token_stats_from_topk
+from .answer_checks import ImpossibleAnswer, MalformedLogprobs, check_position
+
+__all__ = ["ImpossibleAnswer", "MalformedLogprobs", "stats_from_prompt_logprobs", "offline_positions",
+           "json_positions"]
 
 
-class MalformedLogprobs(ValueError):
-    """A response that does not hold what was asked for (truncated, wrong length, missing ids)."""
-
-
-def stats_from_prompt_logprobs(prompt: np.ndarray, positions, k: int) -> TokenStats:
+def stats_from_prompt_logprobs(prompt: np.ndarray, positions, k: int, id_bound: int | None = None) -> TokenStats:
     """``positions``: one entry per prompt token, each ``None`` (position 0) or an iterable of
-    ``(token_id, logprob, rank)``.  Returns the stats of targets ``1 .. len(prompt) - 1``."""
+    ``(token_id, logprob, rank)``.  Returns the stats of targets ``1 .. len(prompt) - 1``; every
+    position is checked first (:func:`~.answer_checks.check_position`; ids below ``id_bound``)."""
     n = len(prompt)
     if positions is None or len(positions) != n:
         got = None if positions is None else len(positions)
@@ -36,21 +37,12 @@ def stats_from_prompt_logprobs(prompt: np.ndarray, positions, k: int) -> TokenSt
         if entries is None:
             raise MalformedLogprobs(f"prompt_logprobs position {j} is empty")
         y = int(prompt[j])
-        rows = [(int(tok), float(lp), r) for tok, lp, r in entries]
-        found = [(lp, r) for tok, lp, r in rows if tok == y]
-        if not found:
-            raise MalformedLogprobs(f"prompt_logprobs position {j} lacks the prompt's token {y}")
-        if found[0][1] is None:
-            raise MalformedLogprobs(f"prompt_logprobs position {j} gives no rank for the prompt's token {y}")
-        if len(rows) == k + 1:  # the target lies outside the top k (or ties the k-th and was not picked)
-            top = [lp for tok, lp, _ in rows if tok != y]
-        elif len(rows) == k:    # the target is one of the top k
-            top = [lp for _, lp, _ in rows]
-        else:
-            raise MalformedLogprobs(f"prompt_logprobs position {j} holds {len(rows)} entries, expected k={k} "
-                                    f"or k+1")
+        try:
+            top, t, r = check_position(y, entries, k, id_bound)
+        except MalformedLogprobs as exc:
+            raise type(exc)(f"prompt_logprobs position {j} {exc}") from None
         topk[j - 1] = top
-        target[j - 1], rank[j - 1] = found[0][0], int(found[0][1])
+        target[j - 1], rank[j - 1] = t, r
     # The engine writes -inf as a large negative number or a string; anything non-finite is invalid.
     return token_stats_from_topk(torch.from_numpy(topk), torch.from_numpy(target), torch.from_numpy(rank))
 
@@ -74,9 +66,20 @@ def json_positions(prompt_logprobs) -> list:
         row = []
         for t, v in d.items():
             try:
-                lp = v["logprob"]
-                row.append((int(t), -math.inf if lp is None else float(lp), v.get("rank")))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise MalformedLogprobs(f"prompt_logprobs entry {t!r} is malformed ({exc})") from None
+                tok = int(t)
+            except (TypeError, ValueError):
+                raise MalformedLogprobs(f"prompt_logprobs key {t!r} is not a token id") from None
+            if not isinstance(v, dict) or "logprob" not in v:
+                raise MalformedLogprobs(f"prompt_logprobs entry {t!r} is malformed (no 'logprob')")
+            lp = v["logprob"]
+            if lp is None:
+                lp = -math.inf
+            elif type(lp) not in (int, float, str):
+                raise ImpossibleAnswer(f"token {tok}: field 'logprob' is {lp!r}, not a number")
+            try:
+                lp = float(lp)  # "-inf" written as a string is a number too
+            except ValueError:
+                raise ImpossibleAnswer(f"token {tok}: field 'logprob' is {lp!r}, not a number") from None
+            row.append((tok, lp, v.get("rank")))
         out.append(row)
     return out

@@ -23,6 +23,10 @@ class ScoreError(ValueError):
     """Bad input or a failed engine: one line naming the flag, file or server."""
 
 
+class ScoreInterrupted(ScoreError):
+    """Ctrl-C: what was done is kept; ``hesnr score`` exits 130, as ``hesnr prepare`` does."""
+
+
 #: Text whose encoding is compared when two tokenizer files differ byte-wise.
 PROBE_TEXT = ("def f(x):\n    return x ** 2  # ünïcödé, 中文, emoji 🙂\n\tdiff --git a/setup.py b/setup.py\n"
               "$ pytest -q tests/ && echo 'OK' <|EOT|> <think>\n")
