@@ -3,10 +3,16 @@
 The demo GPT (:mod:`.gpt`) is GPT-2's block exactly: pre-LayerNorm (eps 1e-5), one fused
 ``[q|k|v]`` projection with heads contiguous, causal softmax attention scaled by
 ``1/sqrt(head_dim)``, an exact (erf) GELU MLP, learned positions added to the token
-embeddings, a final LayerNorm and an untied output layer over the padded vocabulary.  So the
-export only renames and transposes (GPT-2 keeps its linear weights as ``[in, out]``); transformers
-(``AutoModelForCausalLM``) and vLLM load it as ``GPT2LMHeadModel`` and compute the demo model's
-logits on every input of up to ``seq_length`` tokens.
+embeddings, a final LayerNorm and an untied output layer.  So the export only renames and
+transposes (GPT-2 keeps its linear weights as ``[in, out]``); transformers (``AutoModelForCausalLM``)
+and vLLM load it as ``GPT2LMHeadModel`` and compute the demo model's logits of every token on every
+input of up to ``seq_length`` tokens.
+
+Vocabulary: the tokenizer's, as a Megatron-to-Hugging-Face conversion writes it: the rows Megatron
+padded the vocabulary with (ids >= the tokenizer's size, which no text encodes) are left out of the
+embedding and the output layer.  HE-SNR excludes those ids from every softmax (the Megatron pass and
+``hesnr score --hf`` by the tokenizer's vocabulary size), but a serving engine normalises over all the
+output rows it has, so an export that kept them would give vLLM other log-probabilities.
 
 Positions: the model was trained on ``seq_length`` positions; the export has two more rows, zeros
 (never trained, never read by a window of ``seq_length`` inputs). A serving engine reads a window of
@@ -41,7 +47,7 @@ def gpt2_config(cfg: GPTConfig, eod: int) -> dict:
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
-        "vocab_size": cfg.padded_vocab_size,
+        "vocab_size": cfg.vocab_size,
         "n_positions": cfg.seq_length + EXTRA_POSITIONS,
         "n_embd": cfg.hidden_size,
         "n_layer": cfg.num_layers,
@@ -56,17 +62,18 @@ def gpt2_config(cfg: GPTConfig, eod: int) -> dict:
         "tie_word_embeddings": False,
         "bos_token_id": eod, "eos_token_id": eod,
         "torch_dtype": "float32",
-        "hesnr_demo": {"trained_positions": cfg.seq_length, "tokenizer_vocab_size": cfg.vocab_size},
+        "hesnr_demo": {"trained_positions": cfg.seq_length, "padded_vocab_size": cfg.padded_vocab_size},
     }
 
 
 def gpt2_tensors(state: dict, cfg: GPTConfig) -> dict[str, torch.Tensor]:
-    """The demo model's ``state_dict`` under GPT-2's names and layouts."""
-    out = {"transformer.wte.weight": state["tok_emb.weight"],
+    """The demo model's ``state_dict`` under GPT-2's names and layouts (the tokenizer's vocabulary only)."""
+    v = cfg.vocab_size
+    out = {"transformer.wte.weight": state["tok_emb.weight"][:v],
            "transformer.wpe.weight": torch.cat([state["pos_emb.weight"],
                                                 state["pos_emb.weight"].new_zeros(EXTRA_POSITIONS, cfg.hidden_size)]),
            "transformer.ln_f.weight": state["ln_f.weight"], "transformer.ln_f.bias": state["ln_f.bias"],
-           "lm_head.weight": state["output_weight"]}
+           "lm_head.weight": state["output_weight"][:v]}
     renames = {"ln1": "ln_1", "ln2": "ln_2", "qkv": "attn.c_attn", "proj": "attn.c_proj", "fc1": "mlp.c_fc",
                "fc2": "mlp.c_proj"}
     for i in range(cfg.num_layers):
