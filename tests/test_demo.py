@@ -187,6 +187,16 @@ def _cli_main(*args) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
+def test_a_demo_training_checkpoint_points_at_its_export(quick_run, tmp_path):
+    _, out, _ = quick_run
+    ckpt = out / "work" / "checkpoints" / "iter_0000024"
+    rc, _, err = _score_cli("heldout=" + str(out / "work" / "data" / "heldout"), "--hf", ckpt, "--jsonl",
+                            tmp_path / "s.jsonl")
+    assert rc == 2
+    assert err.strip() == (f"hesnr score: --hf {ckpt}: no config.json in it (not a Hugging Face checkpoint folder); "
+                           "a `hesnr demo` checkpoint: its Hugging Face export is <demo output-dir>/hf/iter_0000024")
+
+
 @pytest.mark.parametrize("damage", ["garbage-tokenizer", "truncated-weights"])
 def test_a_damaged_export_is_one_line_naming_the_file(damage, quick_run, tmp_path):
     pytest.importorskip("transformers")

@@ -25,7 +25,11 @@ def check_model_dir(path: str, flag: str) -> dict:
         raise ScoreError(f"{where}: not a directory (give the checkpoint's folder, with config.json)")
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
-        raise ScoreError(f"{where}: no config.json in it (not a Hugging Face checkpoint folder)")
+        hint = ""
+        if os.path.isfile(os.path.join(path, "model.pt")):   # a `hesnr demo` training checkpoint
+            name = os.path.basename(os.path.normpath(path))
+            hint = f"; a `hesnr demo` checkpoint: its Hugging Face export is <demo output-dir>/hf/{name}"
+        raise ScoreError(f"{where}: no config.json in it (not a Hugging Face checkpoint folder){hint}")
     try:
         with open(cfg_path, encoding="utf-8") as f:
             cfg = json.load(f)
