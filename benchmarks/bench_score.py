@@ -9,6 +9,7 @@ every position, where a plain prefill computes logits for the last position only
 temporary folder; on a GPU pass a real checkpoint.
 
     python benchmarks/bench_score.py --quick                 # CPU, under a minute with a warm engine
+    python benchmarks/bench_score.py --hf --quick            # `hesnr score --hf` vs a plain transformers forward
     python benchmarks/bench_score.py --model /ckpt/Qwen2.5-7B --prompts 256 --length 4096
 """
 from __future__ import annotations
@@ -43,6 +44,55 @@ def tiny_model(path: str) -> str:
     return path
 
 
+def bench_hf(args) -> int:
+    """HFEngine.score (batched windows, logits through token_stats) against the model's plain forward of the
+    same prompts in the same batches (logits only), both on torch's threads."""
+    import torch
+
+    from megatron_hesnr.scoring.hf import HFEngine
+
+    tmp = None
+    model = args.model
+    if model is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_score_")
+        model = tiny_model(os.path.join(tmp.name, "model"))
+    engine = HFEngine(model, vocab_size=10 ** 9, dtype=args.dtype)
+    engine.vocab_size = engine.model_vocab
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(100, min(engine.model_vocab, 100000), args.length + 1) for _ in range(args.prompts)]
+    jobs = [(i, [p]) for i, p in enumerate(prompts)]
+    tokens = args.prompts * args.length
+    rows = engine._rows_per_forward(args.length)
+
+    @torch.no_grad()
+    def plain():
+        for i in range(0, len(prompts), rows):
+            ids = torch.from_numpy(np.stack([p[:-1] for p in prompts[i:i + rows]]).astype(np.int64))
+            engine.model(input_ids=ids.to(engine.device)).logits
+
+    def scored():
+        for _ in engine.score(iter(jobs), args.k):
+            pass
+
+    plain(), scored()  # warm-up
+    times = {}
+    for name, fn in (("plain forward", plain), ("hesnr score --hf", scored)):
+        ts = []
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        times[name] = float(np.median(ts))
+    print(f"model {'tiny Qwen2 (random)' if args.model is None else model}; {args.prompts} prompts x {args.length} "
+          f"tokens, k={args.k}, {rows} windows per forward, torch threads {torch.get_num_threads()}")
+    for name, t in times.items():
+        print(f"{name:17s} {t:8.2f} s  {tokens / t:10.0f} tokens/s")
+    print(f"hesnr score --hf / plain forward time: {times['hesnr score --hf'] / times['plain forward']:.2f}x")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="checkpoint directory (default: a tiny random Qwen2)")
@@ -53,9 +103,13 @@ def main() -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--quick", action="store_true", help="8 prompts of 512 tokens, 2 repeats")
     p.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--hf", action="store_true",
+                   help="time `hesnr score --hf` (HFEngine) against a plain transformers forward of the same tokens")
     args = p.parse_args()
     if args.quick:
         args.prompts, args.length, args.repeats = 8, 512, 2
+    if args.hf:
+        return bench_hf(args)
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     import json
 

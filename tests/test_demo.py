@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -123,6 +124,103 @@ def test_quick_demo_report_and_scores(quick_run):
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
     assert [r["checkpoint"] for r in rows] == [r["checkpoint"] for r in records]
     assert all(0.0 <= float(r["score"]) <= 1.0 for r in rows)
+
+
+def _score_cli(*args) -> tuple[int, str, str]:
+    """``hesnr score ARGS`` in this process: (exit status, stdout, stderr)."""
+    return _cli_main("score", *args)
+
+
+def assert_same_record(got: dict, want: dict, rel: float = 1e-4) -> None:
+    """Token counts exact, every metric and standard error to ``rel`` (relative)."""
+    gm, wm = got["metrics"], want["metrics"]
+    for key in ("num_tokens", "num_high_entropy", "num_invalid", "num_documents"):
+        assert gm[key] == wm[key], (key, gm[key], wm[key])
+    for key, w in wm.items():
+        if isinstance(w, float):
+            g = gm[key]
+            assert (math.isnan(g) and math.isnan(w)) or math.isclose(g, w, rel_tol=rel, abs_tol=1e-12), (key, g, w)
+
+
+def test_quick_demo_hf_export_scores_to_the_demo_record(quick_run, tmp_path):
+    """`hesnr score NAME=PREFIX --hf D/hf/iter_N --step N` (NAME, PREFIX from the demo's records) gives the
+    demo's record of iteration N; `hesnr compare` of the two finds no difference."""
+    pytest.importorskip("transformers")
+    _, out, stdout = quick_run
+    demo = _records(out / "records.jsonl")[-1]
+    (spec,) = demo["config"]["datasets"]
+    it = demo["iteration"]
+    hf = out / "hf" / f"iter_{it:07d}"
+    assert f"HF:      {hf}" in stdout
+    assert sorted(os.listdir(hf)) == ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
+    assert sorted(os.listdir(out / "hf")) == [f"iter_{r['iteration']:07d}" for r in _records(out / "records.jsonl")]
+    scored = tmp_path / "scored.jsonl"
+    rc, printed, err = _score_cli(f"{spec['name']}={spec['prefix']}", "--hf", hf, "--step", it, "--jsonl", scored)
+    assert rc == 0, err
+    (rec,) = _records(scored)
+    assert rec["iteration"] == it and rec["dataset"] == demo["dataset"]
+    assert rec["config"]["seq_length"] == demo["config"]["seq_length"]
+    assert_same_record(rec, demo)
+    lines = printed.strip().splitlines()
+    m = rec["metrics"]
+    assert lines[-2].startswith(f"hesnr score: {spec['name']}: HE-SNR {m['hesnr']:.6g} ± ")
+    assert f"{m['num_tokens']} scored tokens, {m['num_high_entropy']} high-entropy; {m['num_documents']} trajectories" \
+        in lines[-2]
+    assert lines[-1] == f"hesnr score: records in {scored}"
+    rc, cmp_out, err = _cli_main("compare", out / "records.jsonl", scored, "--a", f"hesnr-demo/iter_{it:07d}",
+                                 "--b", f"iter_{it:07d}/iter_{it:07d}", "--json", tmp_path / "cmp.json")
+    assert rc == 0, err
+    for metric, e in json.loads((tmp_path / "cmp.json").read_text()).items():
+        scale = max(abs(e["a"]), 1e-12)
+        assert abs(e["diff"]) <= 1e-4 * scale and max(map(abs, e["ci"])) <= 1e-4 * scale, (metric, e)
+
+
+def _cli_main(*args) -> tuple[int, str, str]:
+    """``hesnr ARGS`` in this process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from megatron_hesnr.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_a_demo_training_checkpoint_points_at_its_export(quick_run, tmp_path):
+    _, out, _ = quick_run
+    ckpt = out / "work" / "checkpoints" / "iter_0000024"
+    rc, _, err = _score_cli("heldout=" + str(out / "work" / "data" / "heldout"), "--hf", ckpt, "--jsonl",
+                            tmp_path / "s.jsonl")
+    assert rc == 2
+    assert err.strip() == (f"hesnr score: --hf {ckpt}: no config.json in it (not a Hugging Face checkpoint folder); "
+                           "a `hesnr demo` checkpoint: its Hugging Face export is <demo output-dir>/hf/iter_0000024")
+
+
+@pytest.mark.parametrize("damage", ["garbage-tokenizer", "truncated-weights"])
+def test_a_damaged_export_is_one_line_naming_the_file(damage, quick_run, tmp_path):
+    pytest.importorskip("transformers")
+    import shutil
+
+    _, out, _ = quick_run
+    demo = _records(out / "records.jsonl")[-1]
+    (spec,) = demo["config"]["datasets"]
+    hf = tmp_path / "model"
+    shutil.copytree(out / "hf" / f"iter_{demo['iteration']:07d}", hf)
+    if damage == "garbage-tokenizer":
+        (hf / "tokenizer.json").write_text("{not json at all")
+        want = f"hesnr score: --hf {hf}: tokenizers cannot read {hf / 'tokenizer.json'} ("
+    else:
+        w = hf / "model.safetensors"
+        w.write_bytes(w.read_bytes()[:w.stat().st_size // 2])
+        want = f"hesnr score: --hf {hf}: cannot load a causal LM from model.safetensors ("
+    rc, _, err = _score_cli(f"{spec['name']}={spec['prefix']}", "--hf", hf, "--jsonl", tmp_path / "s.jsonl")
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("hesnr score:")]
+    assert len(lines) == 1 and lines[0].startswith(want), err
+    assert "Traceback" not in err
+    assert not (tmp_path / "s.jsonl").exists()
 
 
 def _records(path: Path) -> list[dict]:

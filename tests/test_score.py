@@ -326,7 +326,8 @@ def test_rerun_with_other_settings_is_refused(score_set, tmp_path):
     (["--hf", "/nonexistent", "--model", "x"], "--model: only with --server"),
     (["--server", "ftp://x"], "--server ftp://x: give an http"),
     (["--server", "http://127.0.0.1:9", "--retries", 0], "/v1/models failed 1 times, last: cannot connect"),
-    (["--hf", "/nonexistent", "--k", 1], "--k: must be an integer >= 2"),
+    (["--server", "http://127.0.0.1:9", "--k", 1], "--k: must be an integer >= 2"),
+    (["--hf", "/nonexistent", "--k", 1], "--hf /nonexistent: no such directory"),   # MODEL_DIR first: no torch yet
     (["--hf", "/nonexistent", "--seq-length", 0], "--seq-length: must be >= 1"),
 ])
 def test_bad_flags_are_one_line(args, match, score_set, tmp_path):
@@ -335,7 +336,7 @@ def test_bad_flags_are_one_line(args, match, score_set, tmp_path):
 
 
 def test_missing_prefix_is_named(tmp_path):
-    r = cli("score", tmp_path / "nope", "--hf", tmp_path, "--jsonl", tmp_path / "o.jsonl")
+    r = cli("score", tmp_path / "nope", "--server", "http://127.0.0.1:9", "--jsonl", tmp_path / "o.jsonl")
     assert r.returncode == 2 and f"PREFIX {tmp_path / 'nope'}" in _one_line(r.stderr)
 
 

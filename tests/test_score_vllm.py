@@ -234,3 +234,28 @@ def test_server_matches_transformers_and_the_records_agree(work, server):
         assert_records_agree(recs["hf"], recs[a])
     for a, b in (("hf", "vllm"), ("hf", "server"), ("vllm", "server")):
         assert_compare_finds_no_difference(work["records"], f"{a}/model", f"{b}/model", work["dir"])
+
+
+def test_scoring_guide_vllm_block_gives_the_demo_record(tmp_path):
+    """docs/scoring.md's first vLLM block, verbatim: `hesnr demo --quick`, `hesnr score --vllm` of its last
+    exported checkpoint, `hesnr compare` against the demo's record (its own check of compare.json); then the
+    record: token counts exact, every metric and standard error to 1e-4 relative of the demo's."""
+    from test_demo import assert_same_record
+    from test_docs_commands import parse
+
+    from megatron_hesnr.scoring.summary import set_line
+
+    block = next(b for b in parse(REPO / "docs" / "scoring.md") if b.needs == "vllm")
+    assert "--vllm hesnr-demo-quick/hf/" in block.text
+    t0 = time.monotonic()
+    r = subprocess.run(["bash", "-e", "-c", block.text], cwd=tmp_path, capture_output=True, text=True, timeout=1200,
+                       env={**os.environ, **ENGINE_ENV, "PYTHONPATH": str(REPO),
+                            # this interpreter's `hesnr` and `python` (the leg's venv is not activated)
+                            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])})
+    print(f"docs/scoring.md vLLM block: {time.monotonic() - t0:.1f} s")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    demo = [json.loads(line) for line in (tmp_path / "hesnr-demo-quick" / "records.jsonl").read_text().splitlines()]
+    (rec,) = [json.loads(line) for line in (tmp_path / "scored-vllm.jsonl").read_text().splitlines()]
+    want = next(d for d in demo if d["iteration"] == rec["iteration"])
+    assert_same_record(rec, want)
+    assert f"hesnr score: {set_line(rec)}" in r.stdout

@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tp", type=int, choices=(1, 2), default=2,
                         help="evaluate with the output layer split over 2 gloo processes (2, default) or in one (1)")
     parser.add_argument("--threads", type=int, help="torch threads for training (default: torch's choice)")
+    parser.add_argument("--no-hf-export", dest="hf_export", action="store_false",
+                        help="do not write the checkpoints as Hugging Face checkpoints under OUTPUT_DIR/hf/ "
+                             "(written by default, for `hesnr score --hf`)")
     parser.add_argument("--quick", action="store_true",
                         help="the CI smoke test: same stages, tiny sizes, well under a minute")
 
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from .pipeline import DemoConfig, format_histogram, format_table, run_demo
 
     overrides = {"trajectories": args.trajectories, "tokenizer": args.tokenizer, "template": args.template,
-                 "tp": args.tp, "threads": args.threads}
+                 "tp": args.tp, "threads": args.threads, "hf_export": args.hf_export}
     cfg = DemoConfig.quick(args.output_dir, **overrides) if args.quick else DemoConfig(output_dir=args.output_dir, **overrides)
     if args.steps is not None or args.checkpoints is not None:
         from dataclasses import replace
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"proxy = {summary['proxy_score']['name']}: {summary['proxy_score']['description']}; "
           f"EM = the fraction of those actions reproduced exactly.")
     print(f"records: {summary['records']}")
+    if summary.get("hf_checkpoints"):
+        print(f"HF:      {summary['hf_checkpoints'][-1]} (and the other checkpoints beside it; `hesnr score --hf`)")
     print(f"report:  {summary['report_dir']}")
     print(f"total:   {time.perf_counter() - t0:.0f}s")
     return 0

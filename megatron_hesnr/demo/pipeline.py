@@ -66,12 +66,17 @@ class DemoConfig:
     max_eval_logits: float = 1.5e9
     """CPU budget per checkpoint: evaluated positions x padded vocabulary (whole held-out
     trajectories are dropped from the end beyond it, with a warning)."""
+    hf_export: bool = True
+    """Also write every checkpoint as a Hugging Face checkpoint under ``<output_dir>/hf/iter_NNNNNNN/``
+    (:mod:`.hf_export`), for ``hesnr score --hf`` / ``--vllm``."""
 
     @classmethod
     def quick(cls, output_dir: Path, **overrides) -> "DemoConfig":
         """The CI smoke-test size: the same stages, tiny sizes (well under a minute)."""
+        # One head of 32 (vLLM's CPU attention takes head sizes 32, 64, ...); windows seq_length / 2
+        # apart, the default of --hesnr-window-stride and `hesnr score --window-stride`.
         base = dict(output_dir=output_dir, vocab_size=1000, code_bytes=120_000, seq_length=64,
-                    hidden_size=32, num_layers=1, num_heads=2, eval_stride=48, eval_batch_size=32,
+                    hidden_size=32, num_layers=1, num_heads=1, eval_stride=32, eval_batch_size=32,
                     train=TrainConfig(steps=24, batch_size=4, warmup_steps=4, num_checkpoints=3),
                     # One thread: a model this small gains nothing from two, and a busy
                     # CI machine makes OpenMP's spinning threads very slow.
@@ -238,6 +243,7 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     checkpoints = train(model, streams, cfg.train, work / "checkpoints",
                         extra={"tokenizer": str(tok_path)}, progress=progress)
+    hf_dirs = export_hf(checkpoints, tok_path, out / "hf", eod, stages) if cfg.hf_export else []
 
     # 5. Evaluate every checkpoint.
     stages.start("evaluate", f"evaluate: HE-SNR, HE-PPL, PPL and the H_k histogram at {len(checkpoints)} checkpoints")
@@ -303,6 +309,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "tp": extras["tp"],
         "proxy_score": {"name": PROXY_NAME, "csv": str(scores_csv), "description": PROXY_DESCRIPTION},
         "timings_s": stages.timings,
+        "hf_checkpoints": [str(d) for d in hf_dirs],
         "total_s": total,
         "checkpoints": [
             {"iteration": r["iteration"], "train_loss": c.train_loss, "proxy": r["_proxy"]["score"],
@@ -317,6 +324,18 @@ def run_demo(cfg: DemoConfig) -> dict:
     with open(out / "demo_summary.json", "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2, allow_nan=True)
     return summary
+
+
+def export_hf(checkpoints: list, tokenizer: Path, out: Path, eod: int, stages: Stages) -> list[Path]:
+    """Every checkpoint as a Hugging Face checkpoint ``out/iter_NNNNNNN`` (timed as ``hf_export``)."""
+    from .hf_export import export_checkpoint
+
+    t0 = time.perf_counter()
+    dirs = [export_checkpoint(c.path, tokenizer, out / c.path.parent.name, eod) for c in checkpoints]
+    stages.timings["hf_export"] = time.perf_counter() - t0
+    log.info("      Hugging Face checkpoints (GPT2LMHeadModel) in %s, %.1fs: hesnr score --hf %s", out,
+             stages.timings["hf_export"], dirs[-1] if dirs else out)
+    return dirs
 
 
 def _histogram_of(record: dict) -> dict:

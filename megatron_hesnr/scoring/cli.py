@@ -4,7 +4,10 @@
                 --jsonl OUT [--run-name NAME] [--step N] [--seq-length N] ...
 
 Appends one record per set to OUT, of the kind the Megatron hook writes, so ``hesnr report``
-and ``hesnr compare`` read both.
+and ``hesnr compare`` read both, and ends with one line per set and the records' path.
+
+The flags and MODEL_DIR are checked before torch, the sets or the weights load (:mod:`.model_dir`):
+those modules are imported only once the checks pass.
 """
 from __future__ import annotations
 
@@ -13,10 +16,9 @@ import json
 import math
 import os
 
-from ..accumulator import AccumulatorConfig, AccumulatorConfigError
 from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
-from ..evaluation.config import HESNRConfig, HESNRConfigError, parse_data_specs
-from .sets import ScoreError, ScoreInterrupted, check_model_tokenizer, check_server_tokenizer, open_sets
+from .errors import ScoreError, ScoreInterrupted
+from .model_dir import check_hf_dtype, check_model_dir, check_transformers_config
 
 
 def add_arguments(p) -> None:
@@ -73,7 +75,10 @@ def _engine_args(args) -> dict:
     return out
 
 
-def _config(args) -> HESNRConfig:
+def _config(args):
+    from ..accumulator import AccumulatorConfig, AccumulatorConfigError
+    from ..evaluation.config import HESNRConfig, HESNRConfigError, parse_data_specs
+
     try:
         metric = AccumulatorConfig(k=args.k, threshold=args.threshold, num_bins=args.num_bins,
                                    category_names=tuple(args.category_names))
@@ -101,6 +106,8 @@ def _check_flags(args) -> None:
         raise ScoreError(f"--timeout: must be a positive number of seconds, got {args.timeout}")
     if not (args.backoff >= 0 and math.isfinite(args.backoff)):
         raise ScoreError(f"--backoff: must be a number of seconds >= 0, got {args.backoff}")
+    if args.hf:
+        check_hf_dtype(args.dtype)
 
 
 def build_engine(args, sets_vocab: int):
@@ -174,9 +181,15 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from .driver import default_seq_length, score_sets
-
     _check_flags(args)
+    if args.hf or args.vllm:
+        check_model_dir(args.hf or args.vllm, "--hf" if args.hf else "--vllm")
+    if args.hf:
+        check_transformers_config(args.hf, "--hf")
+    from .driver import default_seq_length, score_sets
+    from .sets import check_model_tokenizer, check_server_tokenizer, open_sets
+    from .summary import summary_lines
+
     config = _config(args)
     # Sets first (cheap, fails fast on a bad prefix), planned once the engine's context is known.
     probe_sets = open_sets(config)
@@ -201,6 +214,7 @@ def _run(args) -> int:
     engine_config = {"engine_args": _engine_args(args)} if args.vllm else {}
     if args.server:
         engine_config = {"url": engine.url, "model": engine.model}
-    score_sets(engine, sets, config, seq_length=seq_length, out=args.jsonl, run=run_name, step=args.step,
-               engine_config=engine_config, settings=resume_settings(args, run_name))
+    records = score_sets(engine, sets, config, seq_length=seq_length, out=args.jsonl, run=run_name,
+                         step=args.step, engine_config=engine_config, settings=resume_settings(args, run_name))
+    print("\n".join(summary_lines(records, args.jsonl)))
     return 0

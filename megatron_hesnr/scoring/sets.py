@@ -17,14 +17,7 @@ from ..evaluation.config import EvalDataset, HESNRConfig
 from ..evaluation.eval_pass import WindowedSet, plan_set
 from ..evaluation.evaluator import dataset_vocab_size, open_prepared_dataset
 from ..evaluation.windows import Window
-
-
-class ScoreError(ValueError):
-    """Bad input or a failed engine: one line naming the flag, file or server."""
-
-
-class ScoreInterrupted(ScoreError):
-    """Ctrl-C: what was done is kept; ``hesnr score`` exits 130, as ``hesnr prepare`` does."""
+from .errors import ScoreError, ScoreInterrupted  # noqa: F401  (re-exported: the scoring modules import them from here)
 
 
 #: Text whose encoding is compared when two tokenizer files differ byte-wise.
@@ -85,11 +78,19 @@ def tokenizer_file(model_dir: str) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _fingerprint(path: str) -> tuple:
-    """What decides token ids: the vocabulary with added tokens and the encoding of a probe text."""
+def load_tokenizer_file(path: str, what: str):
+    """``tokenizers.Tokenizer`` of ``path``; a file it cannot read is a :class:`ScoreError` naming ``what``."""
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(path)
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
+        raise ScoreError(f"{what}: tokenizers cannot read {path} ({' '.join(str(exc).split())[:200]})") from None
+
+
+def _fingerprint(path: str, what: str) -> tuple:
+    """What decides token ids: the vocabulary with added tokens and the encoding of a probe text."""
+    tok = load_tokenizer_file(path, what)
     return (tuple(sorted(tok.get_vocab(with_added_tokens=True).items())),
             tuple(tok.encode(PROBE_TEXT, add_special_tokens=False).ids))
 
@@ -117,7 +118,7 @@ def check_model_tokenizer(sets: list[ScoreSet], model_dir: str, flag: str, model
             raise ScoreError(f"{flag} {model_dir}: its tokenizer {mine} differs byte-wise from the one set {s.name!r} "
                              f"was prepared with ({theirs}, sha256 {sha}), and that file is not here to compare "
                              "vocabularies")
-        if _fingerprint(mine) != _fingerprint(theirs):
+        if _fingerprint(mine, f"{flag} {model_dir}") != _fingerprint(theirs, f"set {s.name!r}'s tokenizer"):
             raise ScoreError(f"{flag} {model_dir}: its tokenizer {mine} differs from the one set {s.name!r} was "
                              f"prepared with ({theirs}): other token ids")
 
