@@ -129,19 +129,30 @@ def test_a_model_dir_that_is_not_a_checkpoint_is_one_line_within_2_s(what, tmp_p
 
 
 def test_a_model_transformers_cannot_load_is_one_line_within_2_s(tmp_path):
-    """An unknown model_type: named with the installed transformers' version before the sets open (the
-    check itself, in a process that has imported transformers, as every `--hf` run does first)."""
-    import transformers  # noqa: F401  (imported once by any --hf run; not what this measures)
-
+    """An unknown model_type: named with the installed transformers' version before transformers, torch or
+    the sets load: the whole command (a new interpreter) ends in 2 s."""
     path = tmp_path / "model"
     path.mkdir()
     (path / "config.json").write_text(json.dumps({"model_type": "nonesuch_lm"}))
-    rc, err, dt = _hesnr_inprocess("demo=" + str(tmp_path / "no-such-set"), "--hf", path, "--jsonl",
-                                   tmp_path / "s.jsonl")
-    assert rc == 2
-    line = _one_line(err)
+    r, dt = _hesnr_subprocess("demo=" + str(tmp_path / "no-such-set"), "--hf", path, "--jsonl",
+                              tmp_path / "s.jsonl")
+    assert r.returncode == 2
+    line = _one_line(r.stderr)
     assert line.startswith(f"hesnr score: --hf {path}: transformers ") and "nonesuch_lm" in line, line
     assert dt < 2.0, f"{dt:.2f} s"
+
+
+def test_a_known_model_type_with_a_config_transformers_refuses_is_one_line(tmp_path):
+    """Past the fast model_type check, transformers' own reading of config.json still gives one line."""
+    path = tmp_path / "model"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "rope_scaling": {"rope_type": "nonesuch"},
+                                                  "n_layer": "two"}))
+    rc, err, _ = _hesnr_inprocess("demo=" + str(tmp_path / "no-such-set"), "--hf", path, "--jsonl",
+                                  tmp_path / "s.jsonl")
+    assert rc == 2
+    line = _one_line(err)
+    assert line.startswith(f"hesnr score: --hf {path}: transformers ") and "n_layer" in line, line
 
 
 def test_an_unknown_dtype_is_one_line(exported, tmp_path):

@@ -183,9 +183,9 @@ def run(args) -> int:
 def _run(args) -> int:
     _check_flags(args)
     if args.hf or args.vllm:
-        check_model_dir(args.hf or args.vllm, "--hf" if args.hf else "--vllm")
+        model_cfg = check_model_dir(args.hf or args.vllm, "--hf" if args.hf else "--vllm")
     if args.hf:
-        check_transformers_config(args.hf, "--hf")
+        check_transformers_config(args.hf, "--hf", model_cfg)
     from .driver import default_seq_length, score_sets
     from .sets import check_model_tokenizer, check_server_tokenizer, open_sets
     from .summary import summary_lines

@@ -7,6 +7,7 @@ comes before torch has loaded.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -40,8 +41,39 @@ def check_model_dir(path: str, flag: str) -> dict:
     return cfg
 
 
-def check_transformers_config(path: str, flag: str) -> None:
-    """The installed transformers reads ``path``'s configuration (a known ``model_type``, valid fields)."""
+def _known_model_type(model_type: str) -> bool | None:
+    """Whether the installed transformers names ``model_type`` in its auto tables, read as text (importing
+    transformers' configurations imports torch: seconds); ``None`` when that cannot be told, and then
+    transformers itself decides. The tables' file has moved between versions: every module of
+    ``models/auto`` is read, and the reading is trusted only if it finds a type every version knows."""
+    try:
+        spec = importlib.util.find_spec("transformers")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    auto = os.path.join(list(spec.submodule_search_locations)[0], "models", "auto")
+    try:
+        text = "".join(open(os.path.join(auto, n), encoding="utf-8").read()
+                       for n in sorted(os.listdir(auto)) if n.endswith(".py"))
+    except (OSError, UnicodeDecodeError):
+        return None
+    quoted = lambda name: f'"{name}"' in text or f"'{name}'" in text  # noqa: E731
+    if not (quoted("gpt2") and quoted("llama")):
+        return None
+    return quoted(model_type) or os.path.isdir(os.path.join(os.path.dirname(auto), model_type.replace("-", "_")))
+
+
+def check_transformers_config(path: str, flag: str, cfg: dict | None = None) -> None:
+    """The installed transformers reads ``path``'s configuration (a known ``model_type``, valid fields).
+    An unknown ``model_type`` (``cfg``, the parsed config.json) is told before transformers and torch load."""
+    model_type = (cfg or {}).get("model_type")
+    if isinstance(model_type, str) and _known_model_type(model_type) is False:
+        from importlib.metadata import version
+
+        raise ScoreError(f"{flag} {path}: transformers {version('transformers')} cannot load this model: it does "
+                         f"not know its model_type {model_type!r} (config.json; a newer transformers, or a "
+                         "model that needs its own code)")
     try:
         import transformers
         from transformers import AutoConfig
