@@ -387,7 +387,7 @@ def test_capture_resolution_and_fp32_output():
     assert resolve_capture(Plain()) == "labels_none"
     assert resolve_capture(Plain(), mtp=True) == "output_layer_hook"
     for capture in ("output_processor", "chunked"):
-        with pytest.raises(ValueError, match="Plain has no output_processor"):
+        with pytest.raises(ValueError, match=r"Plain\.forward has no output_processor"):
             resolve_capture(Plain(), capture)
     assert _fp32_output_kwargs(DDP(F16(Plain()))) == {"fp32_output": False}
     assert _fp32_output_kwargs(Plain()) == {}

@@ -270,7 +270,7 @@ class HESNRPass:
         self._acc.update(stats, mask.to(stats.valid.device), doc if tracked else None)
         if self.token_observer is not None:
             target = batch["hesnr_target"]
-            self.token_observer(self._set_name, stats, mask, doc, target.t() if layout == "sb" else target)
+            self.token_observer(self._set_name, stats, mask, doc, target.t() if layout in ("sb", "stats") else target)
         return int((mask != 0).sum())
 
     def run(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> HESNRAccumulator:
