@@ -3,8 +3,14 @@ time) equal those of the whole logits: one rank, and TP 2 with and without seque
 megatron-core's real ``ColumnParallelLinear`` (gloo, CPU)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
 import pytest
 import torch
+from conftest import REPO
 
 from megatron_hesnr.evaluation.chunked_stats import (
     LOGITS_BUDGET_BYTES,
@@ -147,3 +153,17 @@ def test_tp2_with_and_without_sequence_parallel(sequence_parallel, tmp_path):
         for chunk, packed in out.items():
             assert packed.shape == (S, B, len(TENSOR_FIELDS))
             _assert_equal(TokenStats.unpack(packed, k=10), want, f"rank {rank} chunk {chunk}")
+
+
+def test_bench_logits_memory_quick(tmp_path):
+    """``benchmarks/bench_logits_memory.py --quick`` runs to the end (a check of the script, not a
+    measurement): the real pass with the whole logits and chunked, TP 2, the metrics equal."""
+    pytest.importorskip("megatron.training")  # GPTModel with output_processor: megatron-core >= 0.18 (py312 leg)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_logits_memory.py"), "--quick"],
+                          cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert "full peak" in out and "metrics of every chunked pass equal the full pass's to 1e-06: True" in out, out[-4000:]
+    print(f"bench_logits_memory.py --quick: {time.perf_counter() - t0:.1f} s")
