@@ -167,3 +167,20 @@ def test_bench_logits_memory_quick(tmp_path):
     assert proc.returncode == 0, out[-4000:]
     assert "full peak" in out and "metrics of every chunked pass equal the full pass's to 1e-06: True" in out, out[-4000:]
     print(f"bench_logits_memory.py --quick: {time.perf_counter() - t0:.1f} s")
+
+
+def test_start_up_line_names_capture_and_chunk():
+    from megatron_hesnr.evaluation.capture import describe_capture
+
+    line = describe_capture("auto", "auto", has_output_processor=True, model_name="GPTModel")
+    assert line == ("logits capture chunked (statistics made inside GPTModel's output_processor, chunks of 256 MiB "
+                    "of logits per rank; the whole logits are never built)")
+    assert "chunks of 512 positions" in describe_capture("chunked", 512, has_output_processor=True)
+    # HybridModel has no output_processor: today's capture, and the line says why.
+    line = describe_capture("auto", "auto", has_output_processor=False, model_name="HybridModel")
+    assert line == ("logits capture labels_none (a micro-batch's whole logits [s, b, V/TP] are built; "
+                    "HybridModel.forward takes no output_processor; --hesnr-logits-chunk does not apply)")
+    assert describe_capture("auto", "auto", has_output_processor=False, mtp=True).startswith(
+        "logits capture output_layer_hook ")
+    assert describe_capture("output_processor", "auto", has_output_processor=True).startswith(
+        "logits capture output_processor (a micro-batch's whole logits")
