@@ -29,7 +29,7 @@ Test probes, off unless their variable is set (as in ``megatron_cpu_launch.py``)
   dropout uses, outside the callback's state guard (the negative control of the bit-identity test);
 * ``HESNR_E2E_TIMING=PATH``: write the seconds spent importing Bridge and running SCRIPT to
   ``PATH.<rank>`` (JSON).
-* ``HESNR_E2E_SECOND_CAPTURE=CAPTURE``: every HE-SNR evaluation again with that logits capture, its
+* ``HESNR_E2E_SECOND_CAPTURE=CAPTURE``: the first HE-SNR evaluation again with that logits capture, its
   records in ``<jsonl>.<CAPTURE>`` (:func:`megatron_cpu_shim.second_capture`).
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ as ``__main__`` with ARGS. Test probes, off unless their variable is set:
 * ``HESNR_E2E_LEAK_RNG=1``: after each HE-SNR evaluation, draw once from the RNG
   the training's dropout uses, outside the hook's state guard: the negative control
   showing that the bit-identity comparison catches a hook that disturbs training.
-* ``HESNR_E2E_SECOND_CAPTURE=CAPTURE``: every HE-SNR evaluation again with that logits capture, its
+* ``HESNR_E2E_SECOND_CAPTURE=CAPTURE``: the first HE-SNR evaluation again with that logits capture, its
   records in ``<jsonl>.<CAPTURE>`` (:func:`megatron_cpu_shim.second_capture`).
 """
 from __future__ import annotations

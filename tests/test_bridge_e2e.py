@@ -14,7 +14,7 @@ tokenizer (``conftest.hesnr_set``). Six launches, shared by all tests:
   for evaluation only (``validation.skip_train=true checkpoint.load=... checkpoint.ckpt_step=N``,
   the same example's path), against which every record of the three layouts is compared.
 
-Every evaluation of every launch runs twice (``HESNR_E2E_SECOND_CAPTURE``): with the default, chunked
+The first evaluation of every launch runs twice (``HESNR_E2E_SECOND_CAPTURE``): with the default, chunked
 capture and with the whole logits; ``launch`` checks that their records agree to 1e-6.
 
 At random initialisation no target is among the model's top-10 candidates, so the set has no
@@ -100,7 +100,7 @@ def launch(out: Path, args: list, *, nproc: int = 1, script: Path = EXAMPLE, env
     log = p.stdout + p.stderr + "".join(rank_logs.values())
     (out / "log").write_text(log)
     assert p.returncode == 0, f"rc {p.returncode}; log tail:\n{log[-6000:]}"
-    # Every evaluation ran twice, chunked and with the whole logits: the records agree.
+    # The first evaluation ran twice, chunked and with the whole logits: the records agree.
     compared = captures_agree(out, log)
     assert compared or not any("--hesnr-data-path" in str(a) for a in args) and script is not REFERENCE, out
     timing = [json.loads(f.read_text()) for f in sorted(out.glob("timing.*"))]
