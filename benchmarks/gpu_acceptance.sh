@@ -1,7 +1,7 @@
 #!/bin/bash
 # One-shot GPU acceptance: every measurement the project needs from a lent GPU, in one command.
 #
-#   bash benchmarks/gpu_acceptance.sh OUT_DIR          # one GPU, about 8 minutes at most
+#   bash benchmarks/gpu_acceptance.sh OUT_DIR          # one GPU, about 10 minutes at most
 #   bash benchmarks/gpu_acceptance.sh --cpu OUT_DIR    # every stage at tiny sizes on CPU (CI)
 #
 # Stages, each under its own time budget (a stage out of time is killed and reported as
@@ -13,6 +13,9 @@
 #   bench        benchmarks/bench_token_stats.py (S x V_local grid, every kernel variant, peers)
 #   integration  benchmarks/gpu_check_integration.py (MoE GPTModel, HybridModel: pass time,
 #                peak memory, overhead against the plain evaluation forward)
+#   logits_memory benchmarks/bench_logits_memory.py: one HE-SNR pass with the whole logits vs the
+#                chunked capture at 32K and 128K tokens (bf16, 129,280 vocabulary, TP 1): peak GPU
+#                memory, time, records equal; --cpu: tiny sizes (skipped before megatron-core 0.18)
 #   example      benchmarks/gpu_run_example.sh against the Megatron-LM entry files in
 #                .megatron-lm/ (MEGATRON_LM_DIR to override); --cpu: the two CPU end-to-end
 #                launch tests of tests/test_megatron_e2e.py that check the same things
@@ -20,7 +23,7 @@
 # OUT_DIR gets acceptance.json (every stage: status ok/failed/timeout/skipped, seconds,
 # budget, exit code, command; plus the benchmark's best kernel launch per size and the
 # integration checks), acceptance.log (all output), bench_token_stats.json,
-# integration.json and the example's logs and JSONL: at most 8 files, no folders, so that
+# integration.json, logits_memory.json and the example's logs and JSONL: at most 8 files, no folders, so that
 # all of it comes back from a lent machine.  Scratch files go to HESNR_SCRATCH (default:
 # a fresh temporary folder).
 # Exit status: 0 when every stage is ok or skipped, else 1.
@@ -32,7 +35,7 @@ OUT=""
 for arg in "$@"; do
     case "$arg" in
         --cpu) CPU=1 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
         -*) echo "gpu_acceptance.sh: unknown option $arg (expected --cpu and an output folder)" >&2; exit 2 ;;
         *) [ -z "$OUT" ] || { echo "gpu_acceptance.sh: one output folder, got '$OUT' and '$arg'" >&2; exit 2; }
            OUT=$arg ;;
@@ -71,15 +74,15 @@ fi
 # Time budgets (s) per stage; HESNR_BUDGET_<STAGE> overrides one (e.g. HESNR_BUDGET_BENCH=300).
 if [ "$CPU" = 1 ]; then
     # Sized for a loaded 2-core CI machine.
-    B_INSTALL=60 B_KERNEL=240 B_BENCH=300 B_INTEGRATION=300 B_EXAMPLE=300
+    B_INSTALL=60 B_KERNEL=240 B_BENCH=300 B_INTEGRATION=300 B_LOGITS=300 B_EXAMPLE=300
     export CUDA_VISIBLE_DEVICES=""
 else
-    # 8 minutes in all on one H200 (the lease is 15, start-up included).
-    B_INSTALL=20 B_KERNEL=75 B_BENCH=180 B_INTEGRATION=100 B_EXAMPLE=105
+    # 10 minutes in all on one H200 (the lease is 15, start-up included).
+    B_INSTALL=20 B_KERNEL=75 B_BENCH=180 B_INTEGRATION=100 B_LOGITS=120 B_EXAMPLE=105
 fi
 B_INSTALL=${HESNR_BUDGET_INSTALL:-$B_INSTALL} B_KERNEL=${HESNR_BUDGET_KERNEL_TESTS:-$B_KERNEL}
 B_BENCH=${HESNR_BUDGET_BENCH:-$B_BENCH} B_INTEGRATION=${HESNR_BUDGET_INTEGRATION:-$B_INTEGRATION}
-B_EXAMPLE=${HESNR_BUDGET_EXAMPLE:-$B_EXAMPLE}
+B_EXAMPLE=${HESNR_BUDGET_EXAMPLE:-$B_EXAMPLE} B_LOGITS=${HESNR_BUDGET_LOGITS_MEMORY:-$B_LOGITS}
 
 # run_stage NAME BUDGET_S COMMAND... : run under `timeout`, record status, seconds and rc.
 run_stage() {
@@ -157,6 +160,19 @@ else
         $INTEGRATION_FLAGS
 fi
 
+# ---------------------------------------------------------------- logits memory
+# The whole logits vs the chunked capture (statistics made inside GPTModel's output_processor).
+if ! "$PY" -c "from megatron_hesnr.evaluation.capture import core_has_output_processor as f; raise SystemExit(not f())" 2>/dev/null; then
+    skip_stage logits_memory "megatron-core's GPTModel takes no output_processor (needs megatron-core >= 0.18)"
+elif [ "$CPU" = 1 ]; then
+    run_stage logits_memory "$B_LOGITS" "$PY" benchmarks/bench_logits_memory.py --table --seq-lengths 256 \
+        --vocab-size 1024 --tps 1 --chunks 64 --json "$OUT/logits_memory.json"
+else
+    run_stage logits_memory "$B_LOGITS" "$PY" benchmarks/bench_logits_memory.py --table --device cuda --dtype bf16 \
+        --seq-lengths 32768 131072 --vocab-size 129280 --tps 1 --chunks auto --rtol 1e-5 \
+        --json "$OUT/logits_memory.json"
+fi
+
 # ---------------------------------------------------------------- example launch
 if [ "$CPU" = 1 ]; then
     # Megatron's pretrain() on CPU needs the test suite's CUDA-on-CPU shim: the end-to-end
@@ -201,7 +217,8 @@ try:
     summary["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 except Exception as exc:  # the summary must be written whatever happened
     summary["device"] = f"unknown ({exc})"
-for key, name in (("bench", "bench_token_stats.json"), ("integration", "integration.json")):
+for key, name in (("bench", "bench_token_stats.json"), ("integration", "integration.json"),
+                  ("logits_memory", "logits_memory.json")):
     path = out / name
     try:
         data = json.loads(path.read_text())
@@ -211,6 +228,8 @@ for key, name in (("bench", "bench_token_stats.json"), ("integration", "integrat
     if key == "bench":
         summary[key] = {"environment": data.get("environment"), "best_kernel": data.get("best_kernel"),
                         "verdicts": data.get("verdicts"), "not_measured": data.get("not_measured")}
+    elif key == "logits_memory":  # every measurement but the metrics (the log has the side-by-side table)
+        summary[key] = [{k: v for k, v in row.items() if k != "metrics"} for row in data]
     else:
         summary[key] = data
 (out / "acceptance.json").write_text(json.dumps(summary, indent=1, default=str))

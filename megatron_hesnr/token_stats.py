@@ -62,6 +62,20 @@ class TokenStats:
         """Apply ``fn`` to every tensor field (e.g. reshape, index, move)."""
         return TokenStats(**{name: fn(getattr(self, name)) for name in TENSOR_FIELDS}, k=self.k)
 
+    def pack(self) -> torch.Tensor:
+        """float64 ``[..., 6]``: the fields in :data:`TENSOR_FIELDS` order (bools as 0 / 1): what a
+        capture that computes the statistics inside the model returns instead of logits."""
+        return torch.stack([getattr(self, name).to(torch.float64) for name in TENSOR_FIELDS], dim=-1)
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor, k: int | None = None) -> "TokenStats":
+        """Inverse of :meth:`pack`."""
+        if packed.shape[-1] != len(TENSOR_FIELDS):
+            raise ValueError(f"packed token statistics have {packed.shape[-1]} fields, expected {len(TENSOR_FIELDS)}")
+        cols = packed.unbind(-1)
+        return cls(entropy=cols[0], logp=cols[1], logq=cols[2], in_topk=cols[3] != 0, top1=cols[4] != 0,
+                   valid=cols[5] != 0, k=k)
+
 
 TENSOR_FIELDS = ("entropy", "logp", "logq", "in_topk", "top1", "valid")
 

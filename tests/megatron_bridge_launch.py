@@ -29,6 +29,8 @@ Test probes, off unless their variable is set (as in ``megatron_cpu_launch.py``)
   dropout uses, outside the callback's state guard (the negative control of the bit-identity test);
 * ``HESNR_E2E_TIMING=PATH``: write the seconds spent importing Bridge and running SCRIPT to
   ``PATH.<rank>`` (JSON).
+* ``HESNR_E2E_SECOND_CAPTURE=CAPTURE``: the first HE-SNR evaluation again with that logits capture, its
+  records in ``<jsonl>.<CAPTURE>`` (:func:`megatron_cpu_shim.second_capture`).
 """
 from __future__ import annotations
 
@@ -196,6 +198,8 @@ def main() -> None:
         _trace(os.environ["HESNR_E2E_TRACE"])
     if os.environ.get("HESNR_E2E_LEAK_RNG") == "1":
         _leak_rng()
+    if os.environ.get("HESNR_E2E_SECOND_CAPTURE"):
+        megatron_cpu_shim.second_capture(os.environ["HESNR_E2E_SECOND_CAPTURE"])
     sys.argv = [script, *sys.argv[2:]]
     sys.path.insert(0, os.path.dirname(script))
     try:

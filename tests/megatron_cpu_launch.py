@@ -1,13 +1,15 @@
 """Run a Megatron entry script on the CPU: ``torchrun ... tests/megatron_cpu_launch.py SCRIPT ARGS...``.
 
 Installs :mod:`megatron_cpu_shim` in this (torchrun-started) process, then runs SCRIPT
-as ``__main__`` with ARGS. Two test probes, off unless their variable is set:
+as ``__main__`` with ARGS. Test probes, off unless their variable is set:
 
 * ``HESNR_E2E_TRACE=PATH``: every rank appends ``{"rank", "iteration", "losses", "grad_norm"}``
   per training step to ``PATH.<rank>``, numbers as ``float.hex`` (bit-exact comparisons);
 * ``HESNR_E2E_LEAK_RNG=1``: after each HE-SNR evaluation, draw once from the RNG
   the training's dropout uses, outside the hook's state guard: the negative control
   showing that the bit-identity comparison catches a hook that disturbs training.
+* ``HESNR_E2E_SECOND_CAPTURE=CAPTURE``: the first HE-SNR evaluation again with that logits capture, its
+  records in ``<jsonl>.<CAPTURE>`` (:func:`megatron_cpu_shim.second_capture`).
 """
 from __future__ import annotations
 
@@ -71,6 +73,8 @@ def main() -> None:
         _trace(os.environ["HESNR_E2E_TRACE"])
     if os.environ.get("HESNR_E2E_LEAK_RNG") == "1":
         _leak_rng()
+    if os.environ.get("HESNR_E2E_SECOND_CAPTURE"):
+        megatron_cpu_shim.second_capture(os.environ["HESNR_E2E_SECOND_CAPTURE"])
     sys.argv = [script, *sys.argv[2:]]
     sys.path.insert(0, os.path.dirname(script))
     runpy.run_path(script, run_name="__main__")

@@ -300,3 +300,36 @@ def install() -> None:
     _skip_compile_helpers()
     _resume_torch_adam()
     _moe_splits_to_host()
+
+
+def second_capture(capture: str) -> None:
+    """Test probe ``HESNR_E2E_SECOND_CAPTURE=CAPTURE`` (both launchers): the first HE-SNR evaluation of every
+    evaluator is run a second time, on the same weights and ranks, with ``--hesnr-logits-capture CAPTURE``;
+    its records go to ``<--hesnr-jsonl>.<CAPTURE>`` and its lines are not printed, so a test compares the two
+    captures in every layout a launch runs, without another launch (once per launch: the whole-logits pass
+    costs as much as the evaluation itself)."""
+    import dataclasses
+
+    from megatron_hesnr.evaluation import evaluator as ev
+
+    evaluate = ev.HESNREvaluator.evaluate
+
+    def both(self, model, ctx):
+        due = self.should_run(ctx) and not getattr(self, "_second_capture_done", False)
+        out = evaluate(self, model, ctx)
+        if not due:
+            return out
+        self._second_capture_done = True
+        saved = (self.config, self.last_iteration, self.capture_line, ev.print_validation_line, ev.print_note)
+        cfg = self.config
+        self.config = dataclasses.replace(cfg, logits_capture=capture, logits_chunk="auto",
+                                          jsonl=f"{cfg.jsonl}.{capture}" if cfg.jsonl else None)
+        self.last_iteration = None
+        ev.print_validation_line = ev.print_note = lambda *a, **k: None
+        try:
+            evaluate(self, model, ctx)
+        finally:
+            self.config, self.last_iteration, self.capture_line, ev.print_validation_line, ev.print_note = saved
+        return out
+
+    ev.HESNREvaluator.evaluate = both

@@ -14,6 +14,9 @@ tokenizer (``conftest.hesnr_set``). Six launches, shared by all tests:
   for evaluation only (``validation.skip_train=true checkpoint.load=... checkpoint.ckpt_step=N``,
   the same example's path), against which every record of the three layouts is compared.
 
+The first evaluation of every launch runs twice (``HESNR_E2E_SECOND_CAPTURE``): with the default, chunked
+capture and with the whole logits; ``launch`` checks that their records agree to 1e-6.
+
 At random initialisation no target is among the model's top-10 candidates, so the set has no
 high-entropy token: HE-SNR and HE-PPL are NaN (left out of Bridge's loggers, with a log line),
 while PPL, top-1 accuracy and their standard errors are finite and logged.
@@ -48,7 +51,14 @@ if _missing:
         raise RuntimeError(f"test_bridge_e2e needs {_missing}: the Python 3.12 CI leg must install them")
     pytest.skip(f"needs {_missing} (the Python 3.12 leg)", allow_module_level=True)
 
-from test_megatron_e2e import Run, assert_same_state, first_difference, training_hex  # noqa: E402
+from test_megatron_e2e import (  # noqa: E402
+    SECOND_CAPTURE,
+    Run,
+    assert_same_state,
+    captures_agree,
+    first_difference,
+    training_hex,
+)
 
 LAUNCH = REPO / "tests" / "megatron_bridge_launch.py"
 EXAMPLE = REPO / "examples" / "bridge_pretrain_hesnr.py"
@@ -76,7 +86,7 @@ def launch(out: Path, args: list, *, nproc: int = 1, script: Path = EXAMPLE, env
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "--log-dir", str(out / "ranks"), "--redirects", "3", str(LAUNCH), str(script), *args]
-    e = dict(os.environ, HESNR_E2E_TRACE=str(out / "trace"), HESNR_E2E_TIMING=str(out / "timing"),
+    e = dict(os.environ, HESNR_E2E_TRACE=str(out / "trace"), HESNR_E2E_TIMING=str(out / "timing"), **SECOND_CAPTURE,
              PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
              OMP_NUM_THREADS="1", CUDA_DEVICE_MAX_CONNECTIONS="1", PYTHONWARNINGS="ignore")
     e.update(env or {})
@@ -90,6 +100,9 @@ def launch(out: Path, args: list, *, nproc: int = 1, script: Path = EXAMPLE, env
     log = p.stdout + p.stderr + "".join(rank_logs.values())
     (out / "log").write_text(log)
     assert p.returncode == 0, f"rc {p.returncode}; log tail:\n{log[-6000:]}"
+    # The first evaluation ran twice, chunked and with the whole logits: the records agree.
+    compared = captures_agree(out, log)
+    assert compared or not any("--hesnr-data-path" in str(a) for a in args) and script is not REFERENCE, out
     timing = [json.loads(f.read_text()) for f in sorted(out.glob("timing.*"))]
     WALL[name or out.name] = {"wall_s": wall, "nproc": nproc,
                               "import_bridge_s": max((t["import_bridge_s"] for t in timing), default=None)}

@@ -346,7 +346,8 @@ def test_open_leading_keeps_the_first_trajectories(quick_run):
         open_leading(str(out / "work" / "data" / "nothing"), 3)
 
 
-def test_token_observer_sees_every_scored_target_once():
+@pytest.mark.parametrize("capture", ["labels_none", "auto"])  # auto: the chunked capture (output_processor)
+def test_token_observer_sees_every_scored_target_once(capture):
     """The evaluator's token observer (what the proxy score reads) gets each scored target once, at its
     trajectory and position, with its NLL, through bucketed windows and the demo's stand-in schedule."""
     vocab, seq = 50, 16
@@ -358,12 +359,13 @@ def test_token_observer_sees_every_scored_target_once():
              for n in (5, 17, 40, 9, 2, 33)]
     recorder = TokenRecorder()
     cfg = HESNRConfig(datasets=(EvalDataset("mem", "mem"),), micro_batch_size=3, window_stride=5, length_multiple=4,
-                      logits_capture="labels_none")
+                      logits_capture=capture, logits_chunk=4 if capture == "auto" else "auto")
     ev = HESNREvaluator(cfg, topology=Topology, forward_backward_func=demo_forward_only,
                         open_dataset=lambda _: MemoryDataset(items, vocab), token_observer=recorder)
     model = MegatronStyleGPT.for_rank(gpt, tp_rank=0, tp_size=1, megatron=False)
     data = ev.evaluate(model, EvalContext(iteration=1, consumed_samples=None, seq_length=seq, padded_vocab_size=64,
                                           run_dir=None, checkpoint=None))
+    assert ev.capture_line.startswith(f"logits capture {'chunked' if capture == 'auto' else capture} ")
     top1, nll = recorder.take([len(t) for t, _ in items])
     scored = 0
     for (tokens, mask), flags, loss in zip(items, top1, nll):

@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_acceptance.sh"
-STAGES = ["install", "kernel_tests", "bench", "integration", "example"]
+STAGES = ["install", "kernel_tests", "bench", "integration", "logits_memory", "example"]
 STATUSES = {"ok", "failed", "timeout", "skipped"}
 
 
@@ -52,6 +52,14 @@ def test_acceptance_cpu_runs_every_stage(tmp_path):
     assert [(b["tokens"], b["v_local"]) for b in best] == [(4, 300), (4, 97)]
     assert all(b["method"] and b["method"].startswith("kernel") for b in best), best
     assert [c["model"] for c in res["integration"]["checks"]][0].startswith("GPTModel")
+    from megatron_hesnr.evaluation.capture import core_has_output_processor
+
+    if core_has_output_processor():  # the whole logits vs the chunked capture, equal records
+        assert stages["logits_memory"]["status"] == "ok", (stages["logits_memory"], log[-4000:])
+        assert [(r["mode"], r["chunk"]) for r in res["logits_memory"]] == [("full", None), ("chunked", 64)]
+        assert "metrics of every chunked pass equal the full pass's to 1e-06: True" in log
+    else:
+        assert stages["logits_memory"]["status"] == "skipped", stages["logits_memory"]
     example = stages["example"]
     print("example stage:", example["status"], example["seconds"], "s")
     if importlib.util.find_spec("megatron.training") is None:
@@ -68,11 +76,13 @@ def test_acceptance_cpu_runs_every_stage(tmp_path):
 
 def test_stage_out_of_time_is_reported_and_the_rest_runs(tmp_path):
     proc = _run(tmp_path, timeout=300, HESNR_BUDGET_KERNEL_TESTS="1", HESNR_BUDGET_BENCH="1",
-                HESNR_BUDGET_INTEGRATION="1", HESNR_CPU_EXAMPLE_TESTS="tests/test_tp_merge.py")
+                HESNR_BUDGET_INTEGRATION="1", HESNR_BUDGET_LOGITS_MEMORY="1",
+                HESNR_CPU_EXAMPLE_TESTS="tests/test_tp_merge.py")
     res, stages = _summary(tmp_path)
     for name in ("kernel_tests", "bench", "integration"):
         assert stages[name]["status"] == "timeout", stages[name]
         assert stages[name]["seconds"] < 30
+    assert stages["logits_memory"]["status"] in ("timeout", "skipped"), stages["logits_memory"]
     assert stages["example"]["status"] == "ok", stages["example"]
     assert res["ok"] is False and proc.returncode == 1
     assert "missing" in res["bench"]

@@ -53,8 +53,9 @@ def _reference(model, wset, tp):
     return acc
 
 
-# (tp, ep, MoE layers, logits capture)
-LAYOUTS = [(1, 2, True, "labels_none"), (2, 1, False, "output_layer_hook")]
+# (tp, ep, MoE layers, logits capture); auto: chunked where GPTModel takes output_processor (sequence
+# parallelism needs a LayerNorm this CPU setup lacks: tests/test_chunked_stats.py covers it)
+LAYOUTS = [(1, 2, True, "labels_none"), (2, 1, False, "output_layer_hook"), (2, 1, False, "auto"), (1, 2, True, "auto")]
 
 
 def _layout(rank, world, tp, ep, moe, capture):
@@ -80,6 +81,11 @@ def _layout(rank, world, tp, ep, moe, capture):
             model.train()
             out = hook.non_loss_data_func([model])
             assert model.training
+            if capture == "auto":
+                from megatron_hesnr.evaluation.capture import core_has_output_processor
+
+                want = "chunked" if core_has_output_processor() else "labels_none"
+                assert hook.evaluator.capture_line.startswith(f"logits capture {want} "), hook.evaluator.capture_line
             model.eval()
             ref = _reference(model, hook._sets[0][0], tp)
     if rank == world - 1:

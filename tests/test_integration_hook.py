@@ -382,11 +382,13 @@ def test_capture_resolution_and_fp32_output():
         def forward(self, *a, **k):
             return self.module(*a, **k)
 
-    assert resolve_capture(DDP(F16(WithProc()))) == "output_processor"
+    assert resolve_capture(DDP(F16(WithProc()))) == "chunked"
+    assert resolve_capture(DDP(F16(WithProc())), "output_processor") == "output_processor"
     assert resolve_capture(Plain()) == "labels_none"
     assert resolve_capture(Plain(), mtp=True) == "output_layer_hook"
-    with pytest.raises(ValueError, match="output_processor"):
-        resolve_capture(Plain(), "output_processor")
+    for capture in ("output_processor", "chunked"):
+        with pytest.raises(ValueError, match=r"Plain\.forward has no output_processor"):
+            resolve_capture(Plain(), capture)
     assert _fp32_output_kwargs(DDP(F16(Plain()))) == {"fp32_output": False}
     assert _fp32_output_kwargs(Plain()) == {}
     # The hook capture returns the output layer's last call, as a copy.

@@ -21,12 +21,12 @@ pytest.importorskip("megatron.core")
 import hesnr_integration_helpers as H  # noqa: E402
 from distributed_harness import STDERR_REL, run_world  # noqa: E402
 
-# (tp, cp, pp, ep, logits capture)
+# (tp, cp, pp, ep, logits capture): auto is the chunked capture (TinyLM takes output_processor)
 LAYOUTS = [
     (2, 1, 1, 1, "labels_none"),
     (1, 2, 1, 1, "output_processor"),
     (2, 2, 1, 1, "output_layer_hook"),
-    (2, 1, 2, 1, "labels_none"),
+    (2, 1, 2, 1, "chunked"),
     (1, 2, 2, 1, "auto"),
     (1, 1, 1, 2, "output_processor"),
     (2, 1, 1, 2, "auto"),
@@ -55,6 +55,7 @@ def _layout(rank, world, li, tmpdir):
         cfg = HESNRConfig(datasets=(EvalDataset("p1", "p1"), EvalDataset("p2", "p2")),
                           metric=AccumulatorConfig(num_bins=64),
                           window_stride=5 if li % 2 else None, long_policy="window", logits_capture=capture,
+                          logits_chunk=3 if capture == "chunked" else "auto",  # auto: one chunk here
                           num_microbatches=2, jsonl=jsonl, impl="torch", report_categories=("action", "thought"))
         args = SimpleNamespace(seq_length=H.SEQ, padded_vocab_size=H.PADDED_VOCAB, iteration=100 + li,
                                skip_train=True, load=f"{tmpdir}/ckpt", consumed_train_samples=1234)

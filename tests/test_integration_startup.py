@@ -67,10 +67,12 @@ def test_output_processor_checked_against_the_model_class(monkeypatch):
 
     classes = {"gpt": WithProc, "hybrid": WithoutProc}
     monkeypatch.setattr(capture, "model_class", lambda family="gpt": classes[family])
-    args = megatron_args(*ON, "--hesnr-logits-capture", "output_processor")
-    assert MegatronHESNRHook(model_family="gpt").validate(args) is not None
-    with pytest.raises(HESNRConfigError, match=r"^--hesnr-logits-capture: .*HybridModel\.forward takes no output_processor"):
-        MegatronHESNRHook(model_family="hybrid").validate(args)
+    for capture in ("output_processor", "chunked"):
+        args = megatron_args(*ON, "--hesnr-logits-capture", capture)
+        assert MegatronHESNRHook(model_family="gpt").validate(args) is not None
+        with pytest.raises(HESNRConfigError,
+                           match=rf"^--hesnr-logits-capture: {capture}: .*HybridModel\.forward takes no output_processor"):
+            MegatronHESNRHook(model_family="hybrid").validate(args)
 
 
 def test_forward_step_takes_the_partial_checkpoint_argument():

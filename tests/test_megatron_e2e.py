@@ -5,7 +5,9 @@ the processes are started by torchrun through ``tests/megatron_cpu_launch.py``
 (:mod:`megatron_cpu_shim`). A tiny GPT (2 layers, hidden 64, the deepseek tokenizer's
 129280-token vocabulary) trains 4 iterations on Megatron's mock data with
 ``--eval-interval 2``; the HE-SNR set is two real mini-swe-agent trajectories prepared
-with the real tokenizer. Needs megatron.training (megatron-core >= 0.19 wheel, the
+with the real tokenizer. The first evaluation of every launch runs twice, with the default (chunked)
+capture and with the whole logits, and ``launch`` checks that their records agree to 1e-6 (per-trajectory
+tables included). Needs megatron.training (megatron-core >= 0.19 wheel, the
 Python 3.12 CI leg); skipped elsewhere.
 """
 from __future__ import annotations
@@ -80,7 +82,7 @@ def launch(out: Path, checkout: Path, args: list, *, nproc: int = 1, script: Pat
            str(LAUNCH), str(script or REPO / "examples" / "pretrain_gpt_hesnr.py"), *MODEL, *TRAIN, *CPU, *args]
     if hesnr is not None:
         cmd += ["--hesnr-data-path", f"swe={hesnr}", "--hesnr-jsonl", str(out / "hesnr.jsonl")]
-    e = dict(os.environ, MEGATRON_LM_DIR=str(checkout), HESNR_E2E_TRACE=str(out / "trace"),
+    e = dict(os.environ, MEGATRON_LM_DIR=str(checkout), HESNR_E2E_TRACE=str(out / "trace"), **SECOND_CAPTURE,
              PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
              OMP_NUM_THREADS="1", CUDA_DEVICE_MAX_CONNECTIONS="1", PYTHONWARNINGS="ignore")
     e.update(env or {})
@@ -88,7 +90,41 @@ def launch(out: Path, checkout: Path, args: list, *, nproc: int = 1, script: Pat
     log = p.stdout + p.stderr
     (out / "log").write_text(log)
     assert p.returncode == expect_rc, f"rc {p.returncode} (expected {expect_rc}); log tail:\n{log[-6000:]}"
+    if hesnr is not None and expect_rc == 0:
+        assert captures_agree(out, log), "no HE-SNR record to compare"
     return Run(out, log)
+
+
+#: Every launch runs its first evaluation twice (``HESNR_E2E_SECOND_CAPTURE``, see tests/megatron_cpu_shim.py):
+#: with the default capture -- chunked: the statistics made inside GPTModel's output_processor, no whole
+#: logits -- and with the whole logits (``--hesnr-logits-capture output_processor``).
+SECOND_CAPTURE = {"HESNR_E2E_SECOND_CAPTURE": "output_processor"}
+
+
+def captures_agree(out: Path, log: str) -> int:
+    """The records of each JSONL under ``out`` that the whole-logits capture also made (the first evaluation)
+    equal its records (state, per-trajectory tables included, and metrics to 1e-6 relative); returns how
+    many records were compared."""
+    n = 0
+    for jsonl in sorted(out.rglob("*.jsonl")):
+        full = jsonl.with_name(f"{jsonl.name}.{SECOND_CAPTURE['HESNR_E2E_SECOND_CAPTURE']}")
+        got = [json.loads(x) for x in jsonl.read_text().splitlines()]
+        ref = [json.loads(x) for x in full.read_text().splitlines()] if full.exists() else []
+        assert ref or not got, f"{jsonl}: {len(got)} records, none of the whole-logits capture"
+        assert len(ref) == len({r["dataset"] for r in got}), f"{full}: one record per set expected"
+        for b in ref:
+            [a] = [r for r in got if (r["iteration"], r["dataset"]) == (b["iteration"], b["dataset"])]
+            what = f"{jsonl.name} iteration {a['iteration']} set {a['dataset']}: chunked vs whole logits"
+            assert (a["config"]["logits_capture"], b["config"]["logits_capture"]) == ("auto", "output_processor")
+            assert (a["iteration"], a["dataset"], a["checkpoint"]) == (b["iteration"], b["dataset"], b["checkpoint"])
+            assert_same_state(a, b, rel=1e-6, what=what)
+            for key, value in a["metrics"].items():
+                if isinstance(value, float):
+                    np.testing.assert_allclose(value, b["metrics"][key], rtol=1e-6, err_msg=f"{what}: {key}")
+            n += 1
+    if n:
+        assert "HE-SNR logits capture chunked (statistics made inside GPTModel's output_processor" in log
+    return n
 
 
 def by_iteration(run: Run) -> dict:

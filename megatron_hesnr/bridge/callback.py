@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..evaluation.capture import unwrap
+from ..evaluation.capture import takes_output_processor, unwrap
 from ..evaluation.evaluator import EvalContext, HESNREvaluator, Layout, checkpoint_path, is_last_rank
 from ..evaluation.logging_sinks import scalars
 from ..stderr import STDERR_SUFFIX
@@ -112,7 +112,9 @@ class HESNRBridgeAdapter:
                            padded_vocab_size=padded if isinstance(padded, int) else None,
                            run_dir=run_dir, checkpoint=checkpoint, skip_train=skip_train,
                            mtp=bool(container_get(cfg, "model.mtp_num_layers")),
-                           make_attention_mask=bool(container_get(cfg, "dataset.create_attention_mask")))
+                           make_attention_mask=bool(container_get(cfg, "dataset.create_attention_mask")),
+                           has_output_processor=takes_output_processor(model[-1]),
+                           model_name=type(unwrap(model[-1])).__name__)
 
     def _layout(self, context) -> Layout | None:
         """The model's parallel layout, for the start-up bucket plan (``None`` with injected groups)."""

@@ -3,7 +3,9 @@ this rank's shard of the vocabulary-parallel output layer.
 
 :class:`MegatronStyleGPT` takes ``forward(input_ids, position_ids, attention_mask, labels=None)``
 and returns logits ``[b, s, V / TP]`` like ``GPTModel`` with ``labels=None`` (the
-evaluator's ``labels_none`` capture), has the ``config`` / ``model_type`` /
+evaluator's ``labels_none`` capture) or, given ``output_processor=f`` as ``GPTModel`` (core >= 0.18),
+what ``f`` makes of the final hidden states and the output layer (the ``chunked`` capture: the
+statistics a chunk of positions at a time, the evaluator's default), has the ``config`` / ``model_type`` /
 ``set_input_tensor`` that megatron-core's schedule reads, and holds the output layer
 split over tensor-parallel ranks: megatron-core's ``ColumnParallelLinear`` (the layer
 ``GPTModel`` uses) when it is installed, this rank's rows of the weight otherwise.
@@ -62,6 +64,20 @@ class MegatronOutputLayer(torch.nn.Module):
         return out
 
 
+class LinearContract:
+    """The demo's output layer called as ``ColumnParallelLinear`` is (what an ``output_processor`` is handed):
+    ``(hidden, weight=None, runtime_gather_output=None) -> (logits shard, None)``, ``.weight`` this rank's rows."""
+
+    def __init__(self, layer: torch.nn.Module):
+        self.layer = layer
+        self.weight = layer.layer.weight if isinstance(layer, MegatronOutputLayer) else layer.weight
+
+    def __call__(self, hidden_sbh, weight=None, runtime_gather_output=None):
+        if weight is not None or runtime_gather_output:
+            raise ValueError("the demo's output layer has its own weight and never gathers its output")
+        return self.layer(hidden_sbh), None
+
+
 def megatron_config(tp: int, dtype: torch.dtype = torch.float32):
     """The ``ModelParallelConfig`` the output layer and megatron-core's schedule read."""
     from megatron.core.model_parallel_config import ModelParallelConfig
@@ -95,10 +111,14 @@ class MegatronStyleGPT(torch.nn.Module):
     def set_input_tensor(self, tensor) -> None:
         """A single stage: nothing arrives from a previous one (the schedule calls it anyway)."""
 
-    def forward(self, input_ids, position_ids, attention_mask, labels=None):
+    def forward(self, input_ids, position_ids, attention_mask, labels=None, output_processor=None):
         if labels is not None:
             raise NotImplementedError("the demo model returns logits only: evaluate it with labels=None "
                                       "(--hesnr-logits-capture labels_none)")
         hidden = self.gpt.hidden(input_ids, position_ids)                  # [b, s, h]; causal attention
+        if output_processor is not None:                                   # GPTModel's hook (the chunked capture)
+            return output_processor(hidden_states=hidden.transpose(0, 1).contiguous(),
+                                    output_layer=LinearContract(self.output_layer), output_weight=None,
+                                    scale_logits=None)
         logits = self.output_layer(hidden.transpose(0, 1).contiguous())    # [s, b, V / TP], as GPTModel's head
         return logits.transpose(0, 1).contiguous()                         # [b, s, V / TP], GPTModel's labels=None

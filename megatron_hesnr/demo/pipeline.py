@@ -182,8 +182,7 @@ def evaluator_config(cfg: DemoConfig, prefix: Path, records: Path) -> HESNRConfi
     (``heldout=<prefix>``), sliding windows ``eval_stride`` apart, micro-batches of ``eval_batch_size``
     windows, the records appended to ``records``; the metric's defaults."""
     return HESNRConfig(datasets=(EvalDataset("heldout", str(prefix)),), jsonl=str(records),
-                       micro_batch_size=cfg.eval_batch_size, window_stride=cfg.eval_stride, run_name=RECORD_RUN,
-                       logits_capture="labels_none")
+                       micro_batch_size=cfg.eval_batch_size, window_stride=cfg.eval_stride, run_name=RECORD_RUN)
 
 
 def run_demo(cfg: DemoConfig) -> dict:

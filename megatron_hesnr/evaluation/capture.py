@@ -1,8 +1,11 @@
-"""Taking the vocab-parallel logits out of any Megatron language model.
+"""Taking the per-token statistics, or the vocab-parallel logits, out of any Megatron language model.
 
 The evaluation needs only what the output layer produces, so nothing here depends
 on the model class (``GPTModel``, ``HybridModel``, wrapped in DDP / Float16Module):
 
+* ``chunked`` (``GPTModel`` in megatron-core >= 0.18; ``auto`` there): an ``output_processor``
+  runs the output layer a chunk of positions at a time and returns the per-token statistics
+  ``[s, b, 6]`` (:mod:`.chunked_stats`); the logits of the whole micro-batch never exist.
 * ``output_processor`` (``GPTModel`` in megatron-core >= 0.18): ``forward(..., output_processor=f)``
   hands ``f`` the final hidden states and the output layer; ``f`` runs the output
   layer itself and returns logits ``[s, b, V/TP]`` without the ``[b, s]`` transposed
@@ -50,19 +53,46 @@ def _fp32_output_kwargs(model) -> dict:
         m = inner
 
 
+def takes_output_processor(model) -> bool:
+    """Whether ``model``'s (innermost) ``forward`` takes ``output_processor``."""
+    return _accepts(type(unwrap(model)).forward, "output_processor")
+
+
 def resolve_capture(model, requested: str = "auto", *, mtp: bool = False) -> str:
     """The strategy to use for ``model`` (a chunk, possibly wrapped)."""
     inner = unwrap(model)
-    has_proc = _accepts(type(inner).forward, "output_processor")
+    has_proc = takes_output_processor(inner)
     if requested == "auto":
-        if has_proc:
-            return "output_processor"
-        return "output_layer_hook" if mtp else "labels_none"
-    if requested == "output_processor" and not has_proc:
+        return planned_capture("auto", has_proc, mtp=mtp)
+    if requested in ("output_processor", "chunked") and not has_proc:
         raise ValueError(f"{type(inner).__name__}.forward has no output_processor (GPTModel in megatron-core >= 0.18 has it)")
     if requested == "output_layer_hook" and getattr(inner, "post_process", True) and not hasattr(inner, "output_layer"):
         raise ValueError(f"{type(inner).__name__} has no output_layer to hook")
     return requested
+
+
+def planned_capture(requested: str, has_output_processor: bool, *, mtp: bool = False) -> str:
+    """The capture ``requested`` (``auto`` or a name) gives a model class with / without ``output_processor``."""
+    if requested != "auto":
+        return requested
+    if has_output_processor:
+        return "chunked"
+    return "output_layer_hook" if mtp else "labels_none"
+
+
+def describe_capture(requested: str, chunk, *, has_output_processor: bool, model_name: str = "GPTModel",
+                     mtp: bool = False) -> str:
+    """The start-up line's words on the capture and the chunk."""
+    from .chunked_stats import LOGITS_BUDGET_BYTES
+
+    strategy = planned_capture(requested, has_output_processor, mtp=mtp)
+    if strategy == "chunked":
+        size = (f"{LOGITS_BUDGET_BYTES // 2**20} MiB of logits per rank" if chunk == "auto" else f"{chunk} positions")
+        return (f"logits capture chunked (statistics made inside {model_name}'s output_processor, chunks of "
+                f"{size}; the whole logits are never built)")
+    why = "" if has_output_processor else f"; {model_name}.forward takes no output_processor"
+    return (f"logits capture {strategy} (a micro-batch's whole logits [s, b, V/TP] are built"
+            f"{why}; --hesnr-logits-chunk does not apply)")
 
 
 def _skip_mtp_kwargs(model) -> dict:
@@ -83,14 +113,33 @@ class LogitsCapture:
     """Runs one forward of a model chunk and returns ``(output, layout)``.
 
     ``layout`` is ``"bs"`` or ``"sb"``: the order of the leading dims of the logits on
-    the last stage; other stages get the chunk's output (hidden states) unchanged.
+    the last stage, or ``"stats"``: packed per-token statistics ``[s, b, 6]``
+    (:meth:`~megatron_hesnr.token_stats.TokenStats.pack`); other stages get the chunk's
+    output (hidden states) unchanged.
     """
 
     def __init__(self, strategy: str):
         self.strategy = strategy
 
-    def __call__(self, model, tokens, position_ids, attention_mask, labels):
+    @property
+    def makes_stats(self) -> bool:
+        """Whether the model returns per-token statistics (it then needs a :class:`~.chunked_stats.StatsRequest`)."""
+        return self.strategy == "chunked"
+
+    def __call__(self, model, tokens, position_ids, attention_mask, labels, stats=None):
+        """``stats``: the :class:`~.chunked_stats.StatsRequest` of this micro-batch (``chunked`` only)."""
         kwargs = {**_fp32_output_kwargs(model), **_skip_mtp_kwargs(model)}
+        if self.strategy == "chunked":
+            if stats is None:
+                raise ValueError("the chunked capture needs the micro-batch's StatsRequest")
+            from .chunked_stats import chunked_token_stats
+
+            def processor(*, hidden_states, output_layer, output_weight=None, scale_logits=None, **_unused):
+                return chunked_token_stats(hidden_states=hidden_states, output_layer=output_layer, request=stats,
+                                           output_weight=output_weight, scale_logits=scale_logits)
+
+            return model(tokens, position_ids, attention_mask, labels=None, output_processor=processor,
+                         **kwargs), "stats"
         if self.strategy == "output_processor":
             out = model(tokens, position_ids, attention_mask, labels=None,
                         output_processor=_output_processor, **kwargs)

@@ -18,7 +18,9 @@ from ..token_stats import IMPLS
 from .buckets import DEFAULT_LENGTH_MULTIPLE, MAX_BUCKETS
 
 LONG_POLICIES = ("truncate", "window")
-LOGITS_CAPTURES = ("auto", "output_processor", "labels_none", "output_layer_hook")
+LOGITS_CAPTURES = ("auto", "chunked", "output_processor", "labels_none", "output_layer_hook")
+#: The captures that take a micro-batch's whole logits out of the model (``--hesnr-logits-chunk`` does not apply).
+FULL_LOGITS_CAPTURES = ("output_processor", "labels_none", "output_layer_hook")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -158,10 +160,19 @@ class HESNRConfig:
          "giving it the most context (>= seq-length - stride)"), type=int)
     logits_capture: str = setting(
         "auto", "--hesnr-logits-capture",
-        "How logits are taken: output_processor (core >= 0.19), labels_none "
+        "How the statistics are taken: chunked (made inside GPTModel's output_processor, core >= 0.18, "
+        "a chunk of positions at a time: the whole logits never exist; auto where the model has "
+        "output_processor), or from the whole logits of a micro-batch: output_processor, labels_none "
         "(forward(labels=None)), output_layer_hook (forward hook on output_layer).",
-        ("{auto,output_processor,labels_none,output_layer_hook}", "auto", "how logits are taken"),
+        ("{auto,chunked,output_processor,labels_none,output_layer_hook}", "auto",
+         "how the statistics are taken (see below)"),
         choices=LOGITS_CAPTURES)
+    logits_chunk: int | str = setting(
+        "auto", "--hesnr-logits-chunk",
+        "Positions per chunk of the chunked capture (auto: as many as keep a chunk's logits at 256 MiB "
+        "per rank).",
+        ("{auto,N}", "auto", "positions per chunk of the chunked capture (auto: 256 MiB of logits per rank)"),
+        metavar="{auto,N}")
     run_name: str | None = setting(
         None, "--hesnr-run-name", "Run name written into the JSONL records.",
         ("NAME", "checkpoint dir name", "`run` field of the records"))
@@ -217,6 +228,10 @@ class HESNRConfig:
             raise HESNRConfigError("--hesnr-max-buckets", f"must be an integer >= 1, got {self.max_buckets}")
         if self.logits_capture not in LOGITS_CAPTURES:
             raise HESNRConfigError("--hesnr-logits-capture", f"must be one of {LOGITS_CAPTURES}, got {self.logits_capture!r}")
+        self.logits_chunk = checked_chunk(self.logits_chunk)
+        if self.logits_chunk != "auto" and self.logits_capture in FULL_LOGITS_CAPTURES:
+            raise HESNRConfigError("--hesnr-logits-chunk", f"applies to the chunked capture only, not to "
+                                   f"--hesnr-logits-capture {self.logits_capture} (which builds the whole logits)")
         if self.enabled:
             parse_data_specs([f"{d.name}={d.prefix}" for d in self.datasets])  # names valid and distinct
 
@@ -258,15 +273,26 @@ class HESNRConfig:
         if cp > 1 and seq % (2 * cp):
             raise HESNRConfigError(name("seq_length"),
                                    f"{seq} must be divisible by 2 x {name('context_parallel_size')} = {2 * cp}")
-        if self.logits_capture == "output_processor" and not host.has_output_processor:
+        if self.logits_capture in ("output_processor", "chunked") and not host.has_output_processor:
             raise own(
                 "logits_capture",
-                f"output_processor: this megatron-core's {host.model_name}.forward takes no output_processor "
+                f"{self.logits_capture}: this megatron-core's {host.model_name}.forward takes no output_processor "
                 "(GPTModel has it from core 0.18, HybridModel not yet); use auto",
             )
         if host.mtp and self.logits_capture == "labels_none" and not host.has_output_processor:
             raise own("logits_capture", f"labels_none with {name('mtp')} fails before "
                                         "megatron-core 0.19; use auto or output_layer_hook")
+
+
+def checked_chunk(value) -> int | str:
+    """``--hesnr-logits-chunk``: ``"auto"`` or a positive number of positions (a string of digits too)."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise HESNRConfigError("--hesnr-logits-chunk", f"must be a positive number of positions or auto, got {value!r}")
+    return value
 
 
 #: How Megatron-LM spells the host settings :meth:`HESNRConfig.check_against` reads.

@@ -14,7 +14,8 @@ rank 0 reads the data; the micro-batch (tokens, labels, scoring mask, trajectory
 index of every token) is broadcast over the TP group in one call and then split for
 context parallelism by the same function that splits the loss mask, so the scoring
 mask and the trajectory indices go where their tokens go.  The logits of the last
-pipeline stage go to :func:`token_stats` (merged over TP) and into one accumulator
+pipeline stage go to :func:`token_stats` (merged over TP) -- or, under the ``chunked`` capture,
+the model returns those per-token statistics itself (:mod:`.chunked_stats`) -- and into one accumulator
 per set that keeps per-trajectory sums (``num_documents`` = the set's trajectories),
 reduced once over data x context parallel: the windows of one trajectory, on
 whichever ranks they ran, add up in its row.
@@ -37,9 +38,10 @@ import torch
 
 from ..accumulator import HESNRAccumulator
 from ..reduction import reduce_on_last_stage
-from ..token_stats import token_stats
+from ..token_stats import TokenStats, token_stats
 from .buckets import BucketPlan, ScheduleShape, alignment, plan_buckets
 from .capture import LogitsCapture, unwrap
+from .chunked_stats import StatsRequest
 from .config import HESNRConfig
 from .topology import Topology
 from .windows import Window, plan_windows, window_sample
@@ -231,8 +233,15 @@ class HESNRPass:
     # ------------------------------------------------------------- schedule
     def _forward_step(self, data_iterator, model, checkpoint_activations_microbatch=None):
         batch = self._materialize(next(data_iterator))
+        request = None
+        if self.capture.makes_stats:
+            topo = self.topo
+            request = StatsRequest(labels=batch["labels"], k=self.config.metric.k, vocab_size=self.vocab_size,
+                                   padded_vocab_size=self.padded_vocab_size,
+                                   tp_group=topo.tp_group if topo.tp_size > 1 else None, tp_size=topo.tp_size,
+                                   impl=self.config.impl, chunk=self.config.logits_chunk)
         output, layout = self.capture(model, batch["tokens"], batch["position_ids"], batch["attention_mask"],
-                                      batch["labels"])
+                                      batch["labels"], **({"stats": request} if request is not None else {}))
         return output, partial(self._consume, batch, layout)
 
     def _tp_group_for(self, logits: torch.Tensor):
@@ -246,19 +255,22 @@ class HESNRPass:
 
     def _consume(self, batch, layout, output_tensor, non_loss_data=False):
         labels, mask, doc = batch["labels"], batch["hesnr_mask"], batch["hesnr_doc_ids"]
-        if layout == "sb":
+        if layout in ("sb", "stats"):
             labels, mask, doc = labels.t(), mask.t(), doc.t()
         logits = output_tensor
         if tuple(logits.shape[:-1]) != tuple(labels.shape):
-            raise RuntimeError(f"logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)} "
-                               f"(layout {layout!r}, capture {self.capture.strategy!r})")
-        stats = token_stats(logits, labels, k=self.config.metric.k, vocab_size=self.vocab_size,
-                            tp_group=self._tp_group_for(logits), impl=self.config.impl)
+            raise RuntimeError(f"{'statistics' if layout == 'stats' else 'logits'} {tuple(logits.shape)} do not "
+                               f"match labels {tuple(labels.shape)} (layout {layout!r}, capture {self.capture.strategy!r})")
+        if layout == "stats":  # made inside the model, merged over TP already
+            stats = TokenStats.unpack(output_tensor, k=self.config.metric.k)
+        else:
+            stats = token_stats(logits, labels, k=self.config.metric.k, vocab_size=self.vocab_size,
+                                tp_group=self._tp_group_for(logits), impl=self.config.impl)
         tracked = self._acc.config.num_documents is not None
         self._acc.update(stats, mask.to(stats.valid.device), doc if tracked else None)
         if self.token_observer is not None:
             target = batch["hesnr_target"]
-            self.token_observer(self._set_name, stats, mask, doc, target.t() if layout == "sb" else target)
+            self.token_observer(self._set_name, stats, mask, doc, target.t() if layout in ("sb", "stats") else target)
         return int((mask != 0).sum())
 
     def run(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> HESNRAccumulator:

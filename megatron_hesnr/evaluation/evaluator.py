@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .capture import LogitsCapture, resolve_capture
+from .capture import LogitsCapture, describe_capture, resolve_capture, unwrap
 from .config import HESNRConfig, HESNRConfigError
 from .eval_pass import HESNRPass, TokenObserver, WindowedSet, plan_for_layout, plan_set
 from .guard import training_state_preserved
@@ -63,6 +63,9 @@ class EvalContext:
     mtp: bool = False
     make_attention_mask: bool = False
     layout: Layout | None = None
+    has_output_processor: bool | None = None
+    """Whether the host's model class takes ``output_processor`` (``None``: unknown until the first evaluation)."""
+    model_name: str = "GPTModel"
 
 
 def checkpoint_path(run_dir: str | None, step: int) -> tuple[str | None, str | None]:
@@ -113,6 +116,8 @@ class HESNREvaluator:
         self.sets: list[tuple[WindowedSet, int]] | None = None
         self.last_iteration: int | None = None
         self.plans: dict = {}
+        self.capture_line: str | None = None
+        """The logits capture and chunk in words (logged at start-up and again if the first evaluation differs)."""
         """Bucket plan of each set at the last evaluation (logged once, recorded in every JSONL config)."""
 
     def setup(self, ctx: EvalContext) -> None:
@@ -120,6 +125,11 @@ class HESNREvaluator:
         if self.sets is not None:
             return
         cfg, sets = self.config, []
+        if ctx.has_output_processor is not None:
+            self.capture_line = describe_capture(cfg.logits_capture, cfg.logits_chunk, mtp=ctx.mtp,
+                                                 has_output_processor=ctx.has_output_processor,
+                                                 model_name=ctx.model_name)
+            log.info("HE-SNR %s", self.capture_line)
         for spec in cfg.datasets:
             ds = self._open_dataset(spec.prefix)
             vocab = dataset_vocab_size(ds, spec.prefix)
@@ -162,6 +172,12 @@ class HESNREvaluator:
         model = model if isinstance(model, (list, tuple)) else [model]
         topo = self._topology()
         strategy = resolve_capture(model[-1], cfg.logits_capture, mtp=ctx.mtp)
+        if self.capture_line is None or not self.capture_line.startswith(f"logits capture {strategy} "):
+            inner = unwrap(model[-1])
+            self.capture_line = describe_capture(strategy, cfg.logits_chunk, mtp=ctx.mtp,
+                                                 has_output_processor=strategy in ("chunked", "output_processor"),
+                                                 model_name=type(inner).__name__)
+            log.info("HE-SNR %s", self.capture_line)
         out = {}
         with training_state_preserved(model):
             for wset, vocab in self.sets:

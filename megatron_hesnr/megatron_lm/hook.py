@@ -51,8 +51,9 @@ def layout_of(args) -> Layout | None:
                   vp_group=(getattr(args, "microbatch_group_size_per_vp_stage", None) or pp) if vp else None)
 
 
-def eval_context(args) -> EvalContext:
-    """Megatron-LM's ``args`` as the evaluator's context."""
+def eval_context(args, model_family: str | None = None) -> EvalContext:
+    """Megatron-LM's ``args`` as the evaluator's context (``model_family``: ``"gpt"`` / ``"hybrid"``, for
+    the start-up line's capture; ``None``: not known)."""
     iteration = MegatronHESNRHook._iteration(args)
     run_dir, checkpoint = checkpoint_of(args, iteration)
     return EvalContext(iteration=iteration, consumed_samples=getattr(args, "consumed_train_samples", None),
@@ -60,7 +61,15 @@ def eval_context(args) -> EvalContext:
                        run_dir=run_dir, checkpoint=checkpoint, skip_train=bool(getattr(args, "skip_train", False)),
                        mtp=bool(getattr(args, "mtp_num_layers", None)),
                        make_attention_mask=bool(getattr(args, "create_attention_mask_in_dataloader", False)),
-                       layout=layout_of(args))
+                       layout=layout_of(args), **_model_class_facts(model_family))
+
+
+def _model_class_facts(family: str | None) -> dict:
+    if family is None:
+        return {}
+    from ..evaluation.capture import MODEL_CLASSES, core_has_output_processor
+
+    return {"has_output_processor": core_has_output_processor(family), "model_name": MODEL_CLASSES[family][0][1]}
 
 
 class MegatronHESNRHook:
@@ -137,7 +146,7 @@ class MegatronHESNRHook:
             return
         evaluator = HESNREvaluator(cfg, topology=self._topology, forward_backward_func=self._forward_backward,
                                    open_dataset=self._open_dataset)
-        evaluator.setup(eval_context(args))
+        evaluator.setup(eval_context(args, self._model_family))
         self.evaluator = evaluator
 
     def _forward_backward(self, **kwargs):
