@@ -147,3 +147,17 @@ def read_raw_records(path: str) -> list[dict]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{n}: not a JSON record ({exc})") from exc
     return out
+
+
+def recorded_keys(path: str) -> set[tuple]:
+    """``{(run, dataset, iteration)}`` of the whole records in ``path``; a line that is not one
+    (torn by a writer that died, or not JSON) holds no record and is passed over."""
+    keys = set()
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+                keys.add((r["run"], r["dataset"], int(r["iteration"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return keys
