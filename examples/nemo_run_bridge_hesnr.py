@@ -57,7 +57,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                    help="SIGTERM this many seconds before the time limit, Bridge saves and exits (0: off)")
     p.add_argument("--account", default=None)
     p.add_argument("--partition", default=None)
-    p.add_argument("--job-dir", default=None, help="where NeMo-Run keeps the job script and logs (Slurm)")
+    p.add_argument("--job-dir", default=None,
+                   help="NeMo-Run's folder (experiments/<title>/<id>: job script, logs); Slurm: one the nodes see "
+                        "(default for --executor local: NeMo-Run's home, $NEMORUN_HOME or ~/.nemo_run)")
     p.add_argument("--container-image", default=None)
     p.add_argument("--container-mounts", nargs="*", default=[])
     p.add_argument("--rdzv-port", type=int, default=29500, help="torchrun rendezvous port on the first node")
@@ -75,15 +77,21 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
         p.error(f"--env takes KEY=VALUE, got {bad}")
     if args.executor == "slurm" and not args.job_dir:
         p.error("--executor slurm needs --job-dir (a folder the nodes see)")
+    if args.job_dir and "/nemo_run" in os.path.abspath(args.job_dir):
+        # NeMo-Run replaces every "/nemo_run" (its container's run folder) in a job script it writes
+        # for a run without a container by the job folder: such a path would be mangled.
+        p.error(f"--job-dir {args.job_dir}: NeMo-Run rewrites '/nemo_run' in its job scripts; choose a "
+                "path without it (e.g. nemo-run)")
     return args, script_args
 
 
 def slurm_executor(args, run):
     gpus = args.nproc_per_node if args.gpus_per_node is None else args.gpus_per_node
     return run.SlurmExecutor(
-        account=args.account or "", partition=args.partition, nodes=args.nodes,
+        account=args.account, job_name_prefix="hesnr.", partition=args.partition, nodes=args.nodes,
         ntasks_per_node=args.nproc_per_node, gpus_per_node=gpus or None, time=args.time,
-        tunnel=run.LocalTunnel(job_dir=args.job_dir), packager=run.Packager(),
+        # LocalTunnel: this machine submits; the job reads the experiment folder NeMo-Run writes here
+        tunnel=run.LocalTunnel(job_dir=os.path.join(args.job_dir, "experiments")), packager=run.Packager(),
         launcher=run.Torchrun(rdzv_port=args.rdzv_port), retries=args.retries,
         container_image=args.container_image, container_mounts=list(args.container_mounts),
         env_vars=dict(e.split("=", 1) for e in args.env),
@@ -103,7 +111,7 @@ def main(argv=None) -> None:
     script = run.Script(path=os.path.abspath(args.script), args=script_args, entrypoint="python")
     executor = slurm_executor(args, run) if args.executor == "slurm" else local_executor(args, run)
     plugins = [PreemptionPlugin(preempt_time=args.preempt_time)] if args.preempt_time else []
-    with run.Experiment(args.experiment, executor=executor) as exp:
+    with run.Experiment(args.experiment, executor=executor, base_dir=args.job_dir) as exp:
         exp.add(script, executor=executor, plugins=plugins, name=args.experiment, tail_logs=False)
         if args.dryrun:
             exp.dryrun()

@@ -28,7 +28,11 @@ Test probes, off unless their variable is set (as in ``megatron_cpu_launch.py``)
 * ``HESNR_E2E_LEAK_RNG=1``: after each HE-SNR evaluation, draw once from the RNG the training's
   dropout uses, outside the callback's state guard (the negative control of the bit-identity test);
 * ``HESNR_E2E_TIMING=PATH``: write the seconds spent importing Bridge and running SCRIPT to
-  ``PATH.<rank>`` (JSON).
+  ``PATH.<rank>`` (JSON);
+* ``HESNR_E2E_HOLD_AFTER_START=DIR:RESTART``: in the start RESTART of a Slurm job
+  (``SLURM_RESTART_COUNT``, 0 if unset), once the callback's ``on_train_start`` (its evaluation at
+  start) has returned, write ``DIR/held.<rank>`` and sleep, before the first training step, so a
+  test can end the job there (no newer checkpoint than the one it started from).
 """
 from __future__ import annotations
 
@@ -48,7 +52,10 @@ import megatron_cpu_shim  # noqa: E402
 megatron_cpu_shim.install()
 
 #: Packages whose ``__init__`` reaches Transformer Engine or every HF bridge: registered bare.
-BARE_PACKAGES = ("megatron.bridge", "megatron.bridge.models", "megatron.bridge.models.conversion")
+#: (``megatron.bridge.recipes`` imports every model family's recipes: the NeMo-Run launcher imports
+#: ``recipes.run_plugins`` from it; the tests name their recipe as ``module:function``.)
+BARE_PACKAGES = ("megatron.bridge", "megatron.bridge.models", "megatron.bridge.models.conversion",
+                 "megatron.bridge.recipes")
 
 
 def _stub_resiliency_ext() -> None:
@@ -183,6 +190,23 @@ def _leak_rng() -> None:
     HESNRBridgeAdapter._evaluate = leaky
 
 
+def _hold_after_start(spec: str) -> None:
+    directory, _, restart = spec.rpartition(":")
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) != int(restart):
+        return
+    from megatron_hesnr.bridge.callback import HESNRBridgeAdapter
+
+    orig = HESNRBridgeAdapter.on_train_start
+
+    def on_train_start(self, context):
+        orig(self, context)
+        with open(os.path.join(directory, f"held.{os.environ.get('RANK', '0')}"), "w") as f:
+            f.write(str(time.time()))
+        time.sleep(900)
+
+    HESNRBridgeAdapter.on_train_start = on_train_start
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit("usage: megatron_bridge_launch.py SCRIPT [ARGS...]")
@@ -196,6 +220,8 @@ def main() -> None:
         _trace(os.environ["HESNR_E2E_TRACE"])
     if os.environ.get("HESNR_E2E_LEAK_RNG") == "1":
         _leak_rng()
+    if os.environ.get("HESNR_E2E_HOLD_AFTER_START"):
+        _hold_after_start(os.environ["HESNR_E2E_HOLD_AFTER_START"])
     sys.argv = [script, *sys.argv[2:]]
     sys.path.insert(0, os.path.dirname(script))
     try:
