@@ -31,8 +31,9 @@ Test probes, off unless their variable is set (as in ``megatron_cpu_launch.py``)
   ``PATH.<rank>`` (JSON);
 * ``HESNR_E2E_HOLD_AFTER_START=DIR:RESTART``: in the start RESTART of a Slurm job
   (``SLURM_RESTART_COUNT``, 0 if unset), once the callback's ``on_train_start`` (its evaluation at
-  start) has returned, write ``DIR/held.<rank>`` and sleep, before the first training step, so a
-  test can end the job there (no newer checkpoint than the one it started from).
+  start) has returned, write ``DIR/held.<rank>`` and wait, before the first training step, so a
+  test can end the job there (no newer checkpoint than the one it started from); the process
+  exits when its torchrun is gone (it ignores SIGTERM: Bridge's exit handler).
 """
 from __future__ import annotations
 
@@ -200,9 +201,13 @@ def _hold_after_start(spec: str) -> None:
 
     def on_train_start(self, context):
         orig(self, context)
+        parent = os.getppid()
         with open(os.path.join(directory, f"held.{os.environ.get('RANK', '0')}"), "w") as f:
             f.write(str(time.time()))
-        time.sleep(900)
+        deadline = time.monotonic() + 900
+        while os.getppid() == parent and time.monotonic() < deadline:   # until torchrun is gone
+            time.sleep(0.5)
+        os._exit(1)
 
     HESNRBridgeAdapter.on_train_start = on_train_start
 

@@ -134,8 +134,9 @@ def hurry_requeued(cluster, job: Job, timeout: float = 300) -> None:
     cluster.run("scontrol", "update", f"JobId={job.id}", "StartTime=now", check=False)
 
 
-def node_pids(job_id: str, node: str) -> list[int]:
-    """The job's processes that node started (its environment names both)."""
+def node_pids(cluster: SlurmCluster, job_id: str, node: str) -> list[int]:
+    """The job's processes that node started (their environment names both, and this cluster's
+    ``SLURM_CONF``: another test cluster on the machine numbers its jobs and names its nodes alike)."""
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
@@ -145,7 +146,8 @@ def node_pids(job_id: str, node: str) -> list[int]:
                        if "=" in x)
         except OSError:
             continue
-        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node and "SLURM_STEP_ID" in env:
+        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node and "SLURM_STEP_ID" in env \
+                and env.get("SLURM_CONF") == str(cluster.conf):
             pids.append(int(d.name))
     return pids
 

@@ -171,7 +171,7 @@ def preempted(world, slurm_cluster):  # noqa: F811
     while len(list(probe.glob("held.*"))) < 2:                # restart 1 evaluated at start, now held
         assert time.monotonic() < deadline and job.info().get("JobState") not in FINAL, job.log()[-5000:]
         time.sleep(0.5)
-    pids = node_pids(job.id, "n2")
+    pids = node_pids(slurm_cluster, job.id, "n2")
     assert pids, "no processes of the job on n2"
     for pid in pids:
         try:

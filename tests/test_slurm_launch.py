@@ -265,13 +265,15 @@ def _report_counts(jsonl: Path, out: Path, dataset: str) -> tuple[dict, str]:
     return json.loads((out / "summary.json").read_text()), p.stdout + p.stderr
 
 
-def _batch_shell_pid(job_id: str) -> int:
-    """The PID of the job's batch shell (slurmd runs ``.../job<id>/slurm_script``)."""
+def _batch_shell_pid(cluster, job_id: str) -> int:
+    """The PID of the job's batch shell (slurmd runs ``.../job<id>/slurm_script``) in ``cluster``
+    (its environment names the cluster's ``SLURM_CONF``)."""
     mark = f"job{int(job_id):05d}/slurm_script"
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if mark in (d / "cmdline").read_bytes().decode(errors="replace"):
+                if mark in (d / "cmdline").read_bytes().decode(errors="replace") and \
+                        f"SLURM_CONF={cluster.conf}\0".encode() in (d / "environ").read_bytes() + b"\0":
                     return int(d.name)
             except OSError:
                 pass
@@ -293,7 +295,7 @@ def requeued(world, trained, slurm_cluster):  # noqa: F811
     job = world.submit(slurm_cluster, "requeue", TRAIN_SBATCH, ckpt, TINY,
                        HESNR_TEST_SLOW_PASS=f"6:300:{probe}:1")
     job.wait_for(ITER, JOB_TIMEOUT, count=4)                 # restart 0 reached iteration 4
-    os.kill(_batch_shell_pid(job.id), signal.SIGUSR1)
+    os.kill(_batch_shell_pid(slurm_cluster, job.id), signal.SIGUSR1)
     hurry_requeued(slurm_cluster, job)
     job.wait_for("job " + job.id + " restart 1", JOB_TIMEOUT)
     deadline = time.monotonic() + JOB_TIMEOUT
@@ -371,7 +373,7 @@ def node_lost(world, trained, slurm_cluster):  # noqa: F811
     ckpt = world.root / "run_n"
     job = world.submit(slurm_cluster, "node_lost", TRAIN_SBATCH, ckpt, TINY)
     job.wait_for(ITER, JOB_TIMEOUT, count=4)
-    pids = node_pids(job.id, "n2")
+    pids = node_pids(slurm_cluster, job.id, "n2")
     assert pids, "no processes of the job on n2"
     for pid in pids:
         try:

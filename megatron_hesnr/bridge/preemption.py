@@ -9,7 +9,7 @@ which the same SIGTERM ends. Bridge's exit handler then saves on the signal and 
 with ``BrokenPipeError`` (seen on the test cluster: the job is requeued, but resumes from the
 checkpoint before). :func:`keep_checkpoint_writer_alive` starts that Manager before Bridge does,
 its server process ignoring the exit signal (it still ends with the worker: the Manager's
-finalizer shuts it down at exit, the step's end kills what is left).
+finalizer shuts it down at exit, and it ends itself when the worker is gone).
 """
 from __future__ import annotations
 
@@ -23,7 +23,21 @@ _MANAGER = None   # kept for the process's life: the queue's server
 
 
 def _ignore(signum: int) -> None:
+    """The Manager's server: ignore ``signum``; end when the training process is gone (a SIGKILL
+    leaves no one to shut it down)."""
+    import os
+    import threading
+    import time
+
     signal.signal(signum, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="hesnr-parent-watch").start()
 
 
 def keep_checkpoint_writer_alive(exit_signal: int = signal.SIGTERM) -> bool:
