@@ -29,8 +29,8 @@ Test probes, off unless their variable is set (as in ``megatron_cpu_launch.py``)
   dropout uses, outside the callback's state guard (the negative control of the bit-identity test);
 * ``HESNR_E2E_TIMING=PATH``: write the seconds spent importing Bridge and running SCRIPT to
   ``PATH.<rank>`` (JSON);
-* ``HESNR_E2E_HOLD_AFTER_START=DIR:RESTART``: in the start RESTART of a Slurm job
-  (``SLURM_RESTART_COUNT``, 0 if unset), once the callback's ``on_train_start`` (its evaluation at
+* ``HESNR_E2E_HOLD_AFTER_START=DIR``: in a restart of a Slurm job (``SLURM_RESTART_COUNT`` >= 1)
+  while ``DIR/released`` does not exist, once the callback's ``on_train_start`` (its evaluation at
   start) has returned, write ``DIR/held.<rank>`` and wait, before the first training step, so a
   test can end the job there (no newer checkpoint than the one it started from); the process
   exits when its torchrun is gone (it ignores SIGTERM: Bridge's exit handler).
@@ -191,9 +191,8 @@ def _leak_rng() -> None:
     HESNRBridgeAdapter._evaluate = leaky
 
 
-def _hold_after_start(spec: str) -> None:
-    directory, _, restart = spec.rpartition(":")
-    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) != int(restart):
+def _hold_after_start(directory: str) -> None:
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1 or os.path.exists(os.path.join(directory, "released")):
         return
     from megatron_hesnr.bridge.callback import HESNRBridgeAdapter
 

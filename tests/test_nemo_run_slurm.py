@@ -9,13 +9,14 @@ Bridge's import workarounds, then the example) with the tiny recipe (``tests/bri
 real trajectories under two names) and ``--hesnr-eval-at-start``. Each start runs 2 nodes x 1 process.
 
 * ``uninterrupted``: one job; records at 0 (start), 3 and 6 for each set.
-* ``preempted``: one job, three starts. Restart 0: after iteration 4 the steps get SIGTERM the way
-  the plugin's ``#SBATCH --signal=TERM@60`` delivers it (``scancel --signal=TERM``): Bridge's exit
-  handler saves (4 or 5) and exits, torchrun ends non-zero and NeMo-Run's job script requeues the
-  job. Restart 1 resumes from that checkpoint, evaluates it at start, and is held there
+* ``preempted``: one job, three starts (``retries=4``: a start lost early on a loaded machine is
+  tolerated). Restart 0: after iteration 4 the steps get SIGTERM the way the plugin's
+  ``#SBATCH --signal=TERM@60`` delivers it (``scancel --signal=TERM``): Bridge's exit handler
+  saves (4 or 5) and exits, torchrun ends non-zero and NeMo-Run's job script requeues the job.
+  The next start resumes from that checkpoint, evaluates it at start, and is held there
   (``HESNR_E2E_HOLD_AFTER_START``) until the test kills its processes on n2: the job script
-  requeues again. Restart 2 resumes from the same checkpoint, finds its records and does not
-  evaluate it again, then trains to 6.
+  requeues again. The last start resumes from the same checkpoint, finds its records and does
+  not evaluate it again, then trains to 6.
 * ``reference``: one local process evaluating the saved checkpoints 3 and 6 of ``uninterrupted``
   and the resumed one of ``preempted`` (``validation.skip_train=true``).
 
@@ -163,16 +164,18 @@ def uninterrupted(world):
 def preempted(world, slurm_cluster):  # noqa: F811
     probe = world.root / "probe"
     probe.mkdir()
-    job, run = world.submit("preempted", retries=2, HESNR_E2E_HOLD_AFTER_START=f"{probe}:1")
+    # retries 4: the test needs 2 requeues; a loaded machine may cost one more (a start lost early)
+    job, run = world.submit("preempted", retries=4, HESNR_E2E_HOLD_AFTER_START=str(probe))
     job.wait_for(re.compile(r"iteration +4/ +6 \|"), TIMEOUT)
     slurm_cluster.run("scancel", "--signal=TERM", job.id)     # what --signal=TERM@60 sends the steps
     hurry_requeued(slurm_cluster, job)
     deadline = time.monotonic() + TIMEOUT
-    while len(list(probe.glob("held.*"))) < 2:                # restart 1 evaluated at start, now held
+    while len(list(probe.glob("held.*"))) < 2:                # a restart evaluated at start, now held
         assert time.monotonic() < deadline and job.info().get("JobState") not in FINAL, job.log()[-5000:]
         time.sleep(0.5)
     pids = node_pids(slurm_cluster, job.id, "n2")
     assert pids, "no processes of the job on n2"
+    (probe / "released").write_text("")                        # the next start trains on
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -180,18 +183,17 @@ def preempted(world, slurm_cluster):  # noqa: F811
             pass
     hurry_requeued(slurm_cluster, job)
     info = _finish(job, "preempted and requeued twice (3 starts)")
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "2", f"{info}\n{job.log()[-5000:]}"
+    assert info["JobState"] == "COMPLETED" and int(info["Restarts"]) >= 2, f"{info}\n{job.log()[-5000:]}"
     return job, run
 
 
 @pytest.fixture(scope="module")
 def resumed_at(preempted) -> int:
-    """The iteration restart 0 saved on the signal (restarts 1 and 2 load it)."""
+    """The iteration restart 0 saved on the signal (every later start loads it: none saves before 6)."""
     job, _ = preempted
-    starts = job.starts()
-    loaded = [[int(x) for x in LOADED.findall(starts[r])] for r in (1, 2)]
-    assert len(loaded[0]) == 1 and loaded[0] == loaded[1], loaded
-    return loaded[0][0]
+    loaded = [LOADED.findall(text) for r, text in job.starts().items() if r > 0]
+    assert all(len(x) <= 1 for x in loaded) and len({x[0] for x in loaded if x}) == 1, loaded
+    return int(next(x[0] for x in loaded if x))
 
 
 @pytest.fixture(scope="module")
@@ -247,16 +249,20 @@ def test_preemption_requeue_resumes_and_eval_at_start_is_not_repeated(world, uni
     not again after the second requeue; every record equal to the uninterrupted run's."""
     job, run = preempted
     starts = job.starts()
-    assert sorted(starts) == [0, 1, 2]
+    last = max(starts)
     assert "exiting program after receiving SIGTERM" in starts[0]
     assert resumed_at in (4, 5)
     assert (run / "ckpt" / f"iter_{resumed_at:07d}").is_dir()
-    assert "HE-SNR at start: gym, swe already recorded at iteration " f"{resumed_at} of run ckpt" in starts[2]
     recs = _records(run / "hesnr.jsonl")
-    got = sorted((r["dataset"], r["iteration"], r["writer"]["restart"]) for r in recs)
-    assert got == sorted([(s, it, 0) for s in SETS for it in (0, 3)] + [(s, resumed_at, 1) for s in SETS]
-                         + [(s, 6, 2) for s in SETS]), got
-    assert len(set(_keys(recs))) == len(recs)                                   # none repeated
+    by_key = {(r["dataset"], r["iteration"]): r["writer"]["restart"] for r in recs}
+    assert len(by_key) == len(recs), sorted(_keys(recs))                        # none repeated
+    assert sorted(by_key) == sorted((s, it) for s in SETS for it in (0, 3, resumed_at, 6))
+    assert {by_key[(s, it)] for s in SETS for it in (0, 3)} == {0}
+    held = by_key[(SETS[0], resumed_at)]                 # the start that evaluated the checkpoint, then held
+    assert held >= 1 and {by_key[(s, resumed_at)] for s in SETS} == {held}
+    assert {by_key[(s, 6)] for s in SETS} == {last} and last > held
+    # the start after the kill resumed from the same checkpoint and did not evaluate it again
+    assert "HE-SNR at start: gym, swe already recorded at iteration " f"{resumed_at} of run ckpt" in starts[last]
     ref = {(r["dataset"], r["iteration"]): r for r in _records(uninterrupted[1] / "hesnr.jsonl")}
     for r in recs:
         what = f"{r['dataset']} {r['iteration']} restart {r['writer']['restart']}"
