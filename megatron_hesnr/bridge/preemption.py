@@ -4,7 +4,7 @@ Slurm delivers a job's ``--signal`` (what NeMo-Run's ``PreemptionPlugin`` asks f
 ``TERM@<seconds>``), ``scancel --signal`` and a requeue's SIGTERM to *every* process of the job
 step, and torchrun forwards SIGTERM to its workers' process groups. megatron-core's
 ``torch_dist`` checkpoint writer collects its results through a ``multiprocessing`` Manager that
-it starts at the first save (``filesystem_async.get_write_results_queue``): a process of its own,
+it starts at the first save (``filesystem_async.get_write_results_queue``; ``_get_write_results_queue`` before 0.19): a process of its own,
 which the same SIGTERM ends. Bridge's exit handler then saves on the signal and the save fails
 with ``BrokenPipeError`` (seen on the test cluster: the job is requeued, but resumes from the
 checkpoint before). :func:`keep_checkpoint_writer_alive` starts that Manager before Bridge does,
@@ -20,6 +20,7 @@ import signal
 log = logging.getLogger(__name__)
 
 _MANAGER = None   # kept for the process's life: the queue's server
+QUEUE_GETTERS = ("get_write_results_queue", "_get_write_results_queue")
 
 
 def _ignore(signum: int) -> None:
@@ -48,7 +49,8 @@ def keep_checkpoint_writer_alive(exit_signal: int = signal.SIGTERM) -> bool:
         from megatron.core.dist_checkpointing.strategies import filesystem_async as fa
     except ImportError:
         return False
-    if not hasattr(fa, "_results_queue") or not hasattr(fa, "get_write_results_queue"):
+    # the queue getter is get_write_results_queue in core 0.19, _get_write_results_queue in 0.16
+    if not hasattr(fa, "_results_queue") or not any(hasattr(fa, n) for n in QUEUE_GETTERS):
         log.warning("HE-SNR: megatron-core has no filesystem_async._results_queue: a save on signal %d may fail "
                     "if its writer's helper process gets the signal too", int(exit_signal))
         return False
