@@ -28,9 +28,14 @@ Test probes, off unless their variable is set (as in ``megatron_cpu_launch.py``)
 * ``HESNR_E2E_LEAK_RNG=1``: after each HE-SNR evaluation, draw once from the RNG the training's
   dropout uses, outside the callback's state guard (the negative control of the bit-identity test);
 * ``HESNR_E2E_TIMING=PATH``: write the seconds spent importing Bridge and running SCRIPT to
-  ``PATH.<rank>`` (JSON).
+  ``PATH.<rank>`` (JSON);
 * ``HESNR_E2E_SECOND_CAPTURE=CAPTURE``: the first HE-SNR evaluation again with that logits capture, its
-  records in ``<jsonl>.<CAPTURE>`` (:func:`megatron_cpu_shim.second_capture`).
+  records in ``<jsonl>.<CAPTURE>`` (:func:`megatron_cpu_shim.second_capture`);
+* ``HESNR_E2E_HOLD_AFTER_START=DIR``: in a restart of a Slurm job (``SLURM_RESTART_COUNT`` >= 1)
+  while ``DIR/released`` does not exist, once the callback's ``on_train_start`` (its evaluation at
+  start) has returned, write ``DIR/held.<rank>`` and wait, before the first training step, so a
+  test can end the job there (no newer checkpoint than the one it started from); the process
+  exits when its torchrun is gone (it ignores SIGTERM: Bridge's exit handler).
 """
 from __future__ import annotations
 
@@ -50,7 +55,10 @@ import megatron_cpu_shim  # noqa: E402
 megatron_cpu_shim.install()
 
 #: Packages whose ``__init__`` reaches Transformer Engine or every HF bridge: registered bare.
-BARE_PACKAGES = ("megatron.bridge", "megatron.bridge.models", "megatron.bridge.models.conversion")
+#: (``megatron.bridge.recipes`` imports every model family's recipes: the NeMo-Run launcher imports
+#: ``recipes.run_plugins`` from it; the tests name their recipe as ``module:function``.)
+BARE_PACKAGES = ("megatron.bridge", "megatron.bridge.models", "megatron.bridge.models.conversion",
+                 "megatron.bridge.recipes")
 
 
 def _stub_resiliency_ext() -> None:
@@ -185,6 +193,26 @@ def _leak_rng() -> None:
     HESNRBridgeAdapter._evaluate = leaky
 
 
+def _hold_after_start(directory: str) -> None:
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) < 1 or os.path.exists(os.path.join(directory, "released")):
+        return
+    from megatron_hesnr.bridge.callback import HESNRBridgeAdapter
+
+    orig = HESNRBridgeAdapter.on_train_start
+
+    def on_train_start(self, context):
+        orig(self, context)
+        parent = os.getppid()
+        with open(os.path.join(directory, f"held.{os.environ.get('RANK', '0')}"), "w") as f:
+            f.write(str(time.time()))
+        deadline = time.monotonic() + 900
+        while os.getppid() == parent and time.monotonic() < deadline:   # until torchrun is gone
+            time.sleep(0.5)
+        os._exit(1)
+
+    HESNRBridgeAdapter.on_train_start = on_train_start
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit("usage: megatron_bridge_launch.py SCRIPT [ARGS...]")
@@ -200,6 +228,8 @@ def main() -> None:
         _leak_rng()
     if os.environ.get("HESNR_E2E_SECOND_CAPTURE"):
         megatron_cpu_shim.second_capture(os.environ["HESNR_E2E_SECOND_CAPTURE"])
+    if os.environ.get("HESNR_E2E_HOLD_AFTER_START"):
+        _hold_after_start(os.environ["HESNR_E2E_HOLD_AFTER_START"])
     sys.argv = [script, *sys.argv[2:]]
     sys.path.insert(0, os.path.dirname(script))
     try:

@@ -8,7 +8,9 @@ fail instead.  ``Job`` submits, waits for and inspects batch jobs.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import socket
 import sys
 import time
 from pathlib import Path
@@ -107,3 +109,69 @@ class Job:
                 raise AssertionError(f"job {self.id} not finished after {timeout} s ({info.get('JobState')}); "
                                      f"output tail:\n{self.log()[-5000:]}")
             time.sleep(1)
+
+
+def hurry_requeued(cluster, job: Job, timeout: float = 300) -> None:
+    """A requeued job is held back before it is eligible again (BeginTime, about two minutes
+    on this Slurm); make it eligible sooner, as an administrator may (``StartTime=now``), but
+    not too soon. The hold exists for a reason: when the previous run of the job ends, its
+    nodes revoke its credential, and a start whose credential dates from the same second is
+    refused ("Killing non-startable batch JobId=N: Job credential revoked"): the job ends
+    FAILED instead of running again. So: pending, its nodes idle again (done with the previous
+    run), a new second begun, then ``StartTime=now``."""
+    deadline = time.monotonic() + timeout
+    while job.info().get("JobState") != "PENDING":
+        assert time.monotonic() < deadline, f"job {job.id} not requeued: {job.info()}"
+        time.sleep(0.5)
+    while True:
+        q = cluster.run("sinfo", "-h", "-N", "-o", "%N %t", check=False, timeout=20)
+        states = dict(x.split() for x in q.stdout.splitlines() if x.strip())
+        if q.returncode == 0 and states and all(s == "idle" for s in states.values()):
+            break
+        assert time.monotonic() < deadline, f"nodes not idle after the requeue of job {job.id}: {q.stdout}"
+        time.sleep(0.5)
+    time.sleep(2)
+    cluster.run("scontrol", "update", f"JobId={job.id}", "StartTime=now", check=False)
+
+
+def node_pids(cluster: SlurmCluster, job_id: str, node: str) -> list[int]:
+    """The job's processes that node started (their environment names both, and this cluster's
+    ``SLURM_CONF``: another test cluster on the machine numbers its jobs and names its nodes alike)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            env = dict(x.split("=", 1) for x in (d / "environ").read_bytes().decode(errors="replace").split("\0")
+                       if "=" in x)
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node and "SLURM_STEP_ID" in env \
+                and env.get("SLURM_CONF") == str(cluster.conf):
+            pids.append(int(d.name))
+    return pids
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def finish(job: Job, name: str, times: dict, timeout: float) -> dict:
+    """Wait for ``job`` to end; its wall time goes into ``times`` as ``job <name>``."""
+    info = job.wait(timeout)
+    times[f"job {name}"] = job.seconds
+    return info
+
+
+def report_wall_times(request, label: str, times: dict):
+    """Body of a module fixture: the module's and each job's wall time, past pytest's capture."""
+    t0 = time.monotonic()
+    yield
+    times["module"] = time.monotonic() - t0
+    say(request.config, f"{label} wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()))

@@ -61,3 +61,29 @@ def test_recipe_run_passes_the_callback(monkeypatch):
     finally:
         if shimmed:
             B.drop_bridge_modules()
+
+
+def test_checkpoint_writer_helper_outlives_the_exit_signal(monkeypatch):
+    """megatron-core's torch_dist writer queue, made before Bridge's first save, lives through the
+    SIGTERM that Slurm / torchrun send every process of the step (see bridge/preemption.py)."""
+    import os
+    import signal
+
+    fa = pytest.importorskip("megatron.core.dist_checkpointing.strategies.filesystem_async")
+    from megatron_hesnr.bridge import preemption
+
+    monkeypatch.setattr(fa, "_results_queue", None)
+    assert preemption.keep_checkpoint_writer_alive(signal.SIGTERM)
+    manager = preemption._MANAGER
+    try:
+        getter = next(getattr(fa, n) for n in preemption.QUEUE_GETTERS if hasattr(fa, n))
+        assert getter() is fa._results_queue                            # megatron-core takes ours
+        os.kill(manager._process.pid, signal.SIGTERM)
+        manager._process.join(1.0)
+        assert manager._process.is_alive()
+        fa._results_queue.put(("ok", 1))
+        assert fa._results_queue.get(timeout=10) == ("ok", 1)
+        assert not preemption.keep_checkpoint_writer_alive(signal.SIGTERM)   # made already: left alone
+    finally:
+        manager.shutdown()
+        preemption._MANAGER = None

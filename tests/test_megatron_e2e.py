@@ -315,4 +315,5 @@ def test_launch_scripts_pass_megatron_parse_and_validate(tmp_path):
             assert "--finetune" not in argv, script   # requeue-safe: resume from --load, base via --pretrained-checkpoint
             assert argv[argv.index("--load") + 1] == argv[argv.index("--save") + 1], script
             assert "--pretrained-checkpoint" in argv, script
+            assert "--hesnr-eval-at-start" in argv, script   # the base model (or resumed checkpoint) first
     assert parsed["context_extension_128k_cp.sbatch"][1] == "False"   # no S x S mask at 128K

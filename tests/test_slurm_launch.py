@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,9 @@ import pytest
 pytest.importorskip("megatron.training")
 
 from conftest import REPO  # noqa: E402
-from slurm_fixtures import Job, say, slurm_cluster  # noqa: E402,F401
+from slurm_fixtures import (  # noqa: E402,F401
+    Job, finish, free_port as _free_port, hurry_requeued, node_pids, read_records as _records, report_wall_times,
+    slurm_cluster)
 from test_megatron_e2e import assert_same_state, checkout  # noqa: E402,F401  (hesnr_set: conftest)
 
 LAUNCH = REPO / "examples" / "launch"
@@ -62,16 +63,6 @@ TINY = [
 ]
 ITER = re.compile(r"\] iteration +(\d+)/ +6 \|")
 LOADED = re.compile(r"successfully loaded checkpoint from (\S+) .*? at iteration (\d+)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _records(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def _by_key(records: list[dict]) -> dict:
@@ -136,17 +127,12 @@ class World:
 
 
 def _finish(job: Job, name: str, timeout: float = JOB_TIMEOUT) -> dict:
-    info = job.wait(timeout)
-    TIMES[f"job {name}"] = job.seconds
-    return info
+    return finish(job, name, TIMES, timeout)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_times(request):
-    t0 = time.monotonic()
-    yield
-    TIMES["module"] = time.monotonic() - t0
-    say(request.config, "[slurm] wall times: " + ", ".join(f"{k} {v:.0f} s" for k, v in TIMES.items()))
+    yield from report_wall_times(request, "[slurm]", TIMES)
 
 
 @pytest.fixture(scope="module")
@@ -172,34 +158,49 @@ def trained(world, slurm_cluster):  # noqa: F811
     return ckpt, job
 
 
-def _check_training_job(world, ckpt: Path, job: Job, ref_name: str) -> None:
+def _check_training_job(world, ckpt: Path, job: Job, ref_name: str, base_reference: dict) -> None:
     """Item 1: records at each evaluation, the line on the last rank only, and the metrics of
-    step 6 equal to one process (EP 1) loading the saved step with ``--skip-train``."""
+    step 6 equal to one process (EP 1) loading the saved step with ``--skip-train``; the script's
+    ``--hesnr-eval-at-start`` record of the base weights (iteration 0) equal to one process
+    evaluating the base checkpoint with ``--skip-train``."""
     log = job.log()
     assert "attempting to finetune with checkpoint in " + str(world.base) in log   # first start: base weights
     recs = _records(ckpt / "hesnr.jsonl")
-    assert sorted(_by_key(recs)) == sorted((s, it) for s in SETS for it in (3, 6)) and len(recs) == 4
+    assert sorted(_by_key(recs)) == sorted((s, it) for s in SETS for it in (0, 3, 6)) and len(recs) == 6
     for r in recs:
-        assert r["writer"]["job_id"] == job.id and r["writer"]["restart"] == 0
-        assert r["checkpoint"] == str(ckpt / f"iter_{r['iteration']:07d}") and r["metrics"]["num_tokens"] == 221
+        assert r["writer"]["job_id"] == job.id and r["writer"]["restart"] == 0 and r["metrics"]["num_tokens"] == 221
+        assert r["checkpoint"] == (str(world.base) if r["iteration"] == 0 else str(ckpt / f"iter_{r['iteration']:07d}"))
     for s in SETS:
-        for it in (3, 6):   # the line once per set and evaluation: the last rank only
+        for it in (0, 3, 6):   # the line once per set and evaluation: the last rank only
             assert log.count(f"validation hesnr-{s} at iteration {it} |") == 1, (s, it)
+        assert_same_state(_by_key(recs)[(s, 0)], base_reference[s], what=f"{s}: at start vs --skip-train of the base")
     ref_dir = world.root / ref_name
     argv = world.script_argv(ckpt, [*TINY, "--skip-train", "--no-load-optim", "--no-load-rng",
                                     "--hesnr-jsonl", str(ref_dir / "hesnr.jsonl"),
                                     "--tensorboard-dir", str(ref_dir / "tb")])
     world.local(ref_name, ckpt, argv)
     ref = _by_key(_records(ref_dir / "hesnr.jsonl"))
-    assert sorted(ref) == [(s, 6) for s in sorted(SETS)]
+    assert sorted(ref) == [(s, 6) for s in sorted(SETS)]   # --hesnr-eval-at-start does nothing under --skip-train
     for key, r in ref.items():
         assert r["checkpoint"] == str(ckpt / "iter_0000006")
         assert_same_state(_by_key(recs)[key], r, what=f"train vs --skip-train {key}")
 
 
-def test_training_script_records_and_reference(world, trained):
+@pytest.fixture(scope="module")
+def base_reference(world) -> dict:
+    """``{set: record}``: one process evaluating the base checkpoint (its step 1) with ``--skip-train``."""
+    out = world.root / "ref_base"
+    argv = world.script_argv(world.base, [*TINY, "--skip-train", "--no-load-optim", "--no-load-rng",
+                                          "--hesnr-jsonl", str(out / "hesnr.jsonl"), "--tensorboard-dir", str(out / "tb")])
+    world.local("ref_base", world.base, argv)
+    recs = _records(out / "hesnr.jsonl")
+    assert sorted(_by_key(recs)) == [(s, 1) for s in sorted(SETS)]
+    return {r["dataset"]: r for r in recs}
+
+
+def test_training_script_records_and_reference(world, trained, base_reference):
     ckpt, job = trained
-    _check_training_job(world, ckpt, job, "ref")
+    _check_training_job(world, ckpt, job, "ref", base_reference)
 
 
 @pytest.fixture(scope="module")
@@ -213,10 +214,10 @@ def trained_ep2(world, slurm_cluster):  # noqa: F811
     return ckpt, job
 
 
-def test_training_script_with_expert_parallel_2(world, trained_ep2):
+def test_training_script_with_expert_parallel_2(world, trained_ep2, base_reference):
     ckpt, job = trained_ep2
     assert re.search(r"expert_model_parallel_size \.+ 2\n", job.log()), "the job did not run EP 2"
-    _check_training_job(world, ckpt, job, "ref_ep2")
+    _check_training_job(world, ckpt, job, "ref_ep2", base_reference)
 
 
 @pytest.fixture(scope="module")
@@ -264,36 +265,15 @@ def _report_counts(jsonl: Path, out: Path, dataset: str) -> tuple[dict, str]:
     return json.loads((out / "summary.json").read_text()), p.stdout + p.stderr
 
 
-def _hurry_requeued(cluster, job: Job, timeout: float = 300) -> None:
-    """A requeued job is held back before it is eligible again (BeginTime, about two minutes
-    on this Slurm); make it eligible sooner, as an administrator may (``StartTime=now``), but
-    not too soon. The hold exists for a reason: when the previous run of the job ends, its
-    nodes revoke its credential, and a start whose credential dates from the same second is
-    refused ("Killing non-startable batch JobId=N: Job credential revoked"): the job ends
-    FAILED instead of running again. So: pending, its nodes idle again (done with the previous
-    run), a new second begun, then ``StartTime=now``."""
-    deadline = time.monotonic() + timeout
-    while job.info().get("JobState") != "PENDING":
-        assert time.monotonic() < deadline, f"job {job.id} not requeued: {job.info()}"
-        time.sleep(0.5)
-    while True:
-        q = cluster.run("sinfo", "-h", "-N", "-o", "%N %t", check=False, timeout=20)
-        states = dict(x.split() for x in q.stdout.splitlines() if x.strip())
-        if q.returncode == 0 and states and all(s == "idle" for s in states.values()):
-            break
-        assert time.monotonic() < deadline, f"nodes not idle after the requeue of job {job.id}: {q.stdout}"
-        time.sleep(0.5)
-    time.sleep(2)
-    cluster.run("scontrol", "update", f"JobId={job.id}", "StartTime=now", check=False)
-
-
-def _batch_shell_pid(job_id: str) -> int:
-    """The PID of the job's batch shell (slurmd runs ``.../job<id>/slurm_script``)."""
+def _batch_shell_pid(cluster, job_id: str) -> int:
+    """The PID of the job's batch shell (slurmd runs ``.../job<id>/slurm_script``) in ``cluster``
+    (its environment names the cluster's ``SLURM_CONF``)."""
     mark = f"job{int(job_id):05d}/slurm_script"
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if mark in (d / "cmdline").read_bytes().decode(errors="replace"):
+                if mark in (d / "cmdline").read_bytes().decode(errors="replace") and \
+                        f"SLURM_CONF={cluster.conf}\0".encode() in (d / "environ").read_bytes() + b"\0":
                     return int(d.name)
             except OSError:
                 pass
@@ -315,8 +295,8 @@ def requeued(world, trained, slurm_cluster):  # noqa: F811
     job = world.submit(slurm_cluster, "requeue", TRAIN_SBATCH, ckpt, TINY,
                        HESNR_TEST_SLOW_PASS=f"6:300:{probe}:1")
     job.wait_for(ITER, JOB_TIMEOUT, count=4)                 # restart 0 reached iteration 4
-    os.kill(_batch_shell_pid(job.id), signal.SIGUSR1)
-    _hurry_requeued(slurm_cluster, job)
+    os.kill(_batch_shell_pid(slurm_cluster, job.id), signal.SIGUSR1)
+    hurry_requeued(slurm_cluster, job)
     job.wait_for("job " + job.id + " restart 1", JOB_TIMEOUT)
     deadline = time.monotonic() + JOB_TIMEOUT
     while not list(probe.glob("pass-started.*")):
@@ -326,7 +306,7 @@ def requeued(world, trained, slurm_cluster):  # noqa: F811
     slurm_cluster.set_kill_wait(2)
     try:
         slurm_cluster.run("scontrol", "requeue", job.id)
-        _hurry_requeued(slurm_cluster, job)
+        hurry_requeued(slurm_cluster, job)
         job.wait_for("job " + job.id + " restart 2", JOB_TIMEOUT)
     finally:
         slurm_cluster.set_kill_wait(20)
@@ -352,40 +332,39 @@ def test_requeue_resumes_from_own_checkpoint_and_counts_each_iteration_once(worl
     assert "exiting program after receiving" not in starts[2]  # ended inside the evaluation
     raw = _records(ckpt / "hesnr.jsonl")
     # iteration 6 was evaluated twice (restart 1 wrote its records and was ended before its
-    # checkpoint; restart 2 evaluated it again); iteration 3 once
+    # checkpoint; restart 2 evaluated it again); iteration 3 once; --hesnr-eval-at-start: the base
+    # weights at 0 by restart 0, the checkpoint of the signal by restart 1 and not again by restart 2
+    k = saved[-1]
     assert sorted((r["dataset"], r["iteration"], r["writer"]["restart"]) for r in raw) == sorted(
-        [(s, 3, 0) for s in SETS] + [(s, 6, 1) for s in SETS] + [(s, 6, 2) for s in SETS])
+        [(s, it, 0) for s in SETS for it in (0, 3)] + [(s, k, 1) for s in SETS] + [(s, 6, 1) for s in SETS]
+        + [(s, 6, 2) for s in SETS])
+    assert f"HE-SNR at start: swe_gym, swe_verified already recorded at iteration {k} of run run_r" in starts[3]
     assert all(r["writer"]["job_id"] == job.id for r in raw)
-    _compare_with_uninterrupted(raw, trained[0])
+    _compare_with_uninterrupted([r for r in raw if r["iteration"] != k], trained[0])
+    # the record at start equals one process evaluating that checkpoint with --skip-train
+    ref_dir = world.root / "ref_requeue"
+    world.local("ref_requeue", ckpt, world.script_argv(ckpt, [
+        *TINY, "--skip-train", "--no-load-optim", "--no-load-rng", "--ckpt-step", str(k),
+        "--hesnr-jsonl", str(ref_dir / "hesnr.jsonl"), "--tensorboard-dir", str(ref_dir / "tb")]))
+    ref = _by_key(_records(ref_dir / "hesnr.jsonl"))
+    assert sorted(ref) == [(s, k) for s in sorted(SETS)]
+    for r in raw:
+        if r["iteration"] == k:
+            assert r["checkpoint"] == ref[(r["dataset"], k)]["checkpoint"] == str(ckpt / f"iter_{k:07d}")
+            assert_same_state(r, ref[(r["dataset"], k)], what=f"{r['dataset']} {k}: at start vs --skip-train")
     for s in SETS:   # the iteration evaluated twice: both starts resumed from the same checkpoint
         twice = [r for r in raw if (r["dataset"], r["iteration"]) == (s, 6)]
         assert_same_state(twice[0], twice[1], what=f"{s} 6: restart 1 vs restart 2")
     for s in SETS:
         summary, text = _report_counts(ckpt / "hesnr.jsonl", tmp_path / f"report_{s}", s)
         assert summary["input"]["set_aside"] == 2 and "set aside 2 record(s)" in text, text
-        assert summary["input"]["records"] == 2 and not summary["input"]["torn_lines"]
-        assert sorted(row["iteration"] for row in summary["checkpoints"]) == [3, 6]
+        assert summary["input"]["records"] == 4 and not summary["input"]["torn_lines"]
+        assert sorted(row["iteration"] for row in summary["checkpoints"]) == [0, 3, k, 6]
     p = _hesnr("compare", str(ckpt / "hesnr.jsonl"), "--a", "3", "--b", "6", "--dataset", "swe_verified",
                "--bootstrap", "10", "--json", str(tmp_path / "cmp.json"))
     assert p.returncode == 0, p.stdout + p.stderr
     # compare reads one set (--dataset): its one re-evaluated record is set aside
     assert "set aside 1 record(s)" in p.stderr and json.loads((tmp_path / "cmp.json").read_text())["set_aside"] == 1
-
-
-def _node_pids(job_id: str, node: str) -> list[int]:
-    """The job's processes that node started (its environment names both)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            env = dict(x.split("=", 1) for x in (d / "environ").read_bytes().decode(errors="replace").split("\0")
-                       if "=" in x)
-        except OSError:
-            continue
-        if env.get("SLURM_JOB_ID") == job_id and env.get("SLURMD_NODENAME") == node and "SLURM_STEP_ID" in env:
-            pids.append(int(d.name))
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -394,7 +373,7 @@ def node_lost(world, trained, slurm_cluster):  # noqa: F811
     ckpt = world.root / "run_n"
     job = world.submit(slurm_cluster, "node_lost", TRAIN_SBATCH, ckpt, TINY)
     job.wait_for(ITER, JOB_TIMEOUT, count=4)
-    pids = _node_pids(job.id, "n2")
+    pids = node_pids(slurm_cluster, job.id, "n2")
     assert pids, "no processes of the job on n2"
     for pid in pids:
         try:
@@ -417,9 +396,11 @@ def test_node_lost_fails_clearly_and_resubmission_continues(trained, node_lost, 
     [(where, it)] = LOADED.findall(again.log())
     assert where == str(ckpt) and it == "3"                      # the last checkpoint the failed job saved
     recs = _records(ckpt / "hesnr.jsonl")                        # readable: every line whole
+    # the resubmitted job starts from checkpoint 3, whose records the failed job wrote: not again
     assert sorted((r["dataset"], r["iteration"], r["writer"]["job_id"]) for r in recs) == sorted(
-        [(s, 3, job.id) for s in SETS] + [(s, 6, again.id) for s in SETS])
+        [(s, it, job.id) for s in SETS for it in (0, 3)] + [(s, 6, again.id) for s in SETS])
+    assert "HE-SNR at start: swe_gym, swe_verified already recorded at iteration 3 of run run_n" in again.log()
     _compare_with_uninterrupted(recs, trained[0])
     summary, _ = _report_counts(ckpt / "hesnr.jsonl", tmp_path / "report", "swe_verified")
     assert summary["input"]["set_aside"] == 0 and not summary["input"]["torn_lines"]
-    assert sorted(row["iteration"] for row in summary["checkpoints"]) == [3, 6]
+    assert sorted(row["iteration"] for row in summary["checkpoints"]) == [0, 3, 6]

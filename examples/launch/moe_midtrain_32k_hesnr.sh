@@ -85,13 +85,15 @@ EVAL_AND_LOGGING_ARGS=(
     --wandb-exp-name ${WANDB_NAME:-moe-30b-a3b-32k}
 )
 
-# HE-SNR: action tokens of SWE-bench trajectories, scored at every evaluation.
+# HE-SNR: action tokens of SWE-bench trajectories, scored at every evaluation and, before the
+# first step, the loaded weights (the base model at 0; a resumed job's checkpoint unless recorded).
 HESNR_ARGS=(
     --hesnr-data-path swe_verified=$HESNR_DIR/swe_verified swe_gym=$HESNR_DIR/swe_gym
     --hesnr-long-policy window
     --hesnr-window-stride 16384
     --hesnr-report-categories action thought
     --hesnr-jsonl $CHECKPOINT_PATH/hesnr.jsonl
+    --hesnr-eval-at-start
 )
 
 torchrun "${DISTRIBUTED_ARGS[@]}" "${MEGATRON_HESNR_DIR:-$HERE/../..}/examples/pretrain_gpt_hesnr.py" \

@@ -84,6 +84,8 @@ class HESNRBridgeAdapter:
                                               "never evaluates and HE-SNR would never run: give the dataset a "
                                               "validation split")
         self._startup(context)
+        if self.hesnr.enabled and self.hesnr.eval_at_start:
+            self._evaluate_at_start(context)
 
     def on_eval_end(self, context) -> None:
         self._evaluate(context)
@@ -115,6 +117,18 @@ class HESNRBridgeAdapter:
                            make_attention_mask=bool(container_get(cfg, "dataset.create_attention_mask")),
                            has_output_processor=takes_output_processor(model[-1]),
                            model_name=type(unwrap(model[-1])).__name__)
+
+    def start_context(self, context) -> EvalContext:
+        """The context before the first step: the loaded step (0 for a base model), the run of
+        ``checkpoint.save``, the loaded checkpoint (``checkpoint.load/iter_N``; for a base model
+        ``checkpoint.pretrained_checkpoint``, else none: random initialisation)."""
+        cfg = context.state.cfg
+        ctx = self.eval_context(context)
+        if ctx.iteration > 0:
+            checkpoint = checkpoint_path(container_get(cfg, "checkpoint.load"), ctx.iteration)[1]
+        else:
+            checkpoint = container_get(cfg, "checkpoint.pretrained_checkpoint")
+        return dataclasses.replace(ctx, checkpoint=checkpoint)
 
     def _layout(self, context) -> Layout | None:
         """The model's parallel layout, for the start-up bucket plan (``None`` with injected groups)."""
@@ -168,6 +182,14 @@ class HESNRBridgeAdapter:
         self._checked = True
 
     # ------------------------------------------------------------ evaluation
+    def _evaluate_at_start(self, context) -> None:
+        """``eval_at_start``: the loaded weights, before Bridge's first step (``on_train_start``)."""
+        ctx = self.start_context(context)
+        self._refresh_groups(context)
+        data = self._evaluator_for().evaluate_at_start(context.model, ctx)  # every rank; data on the last
+        if data:
+            self._evaluator.log(data, ctx.iteration, context.state.tensorboard_logger, context.state.wandb_logger)
+
     def _evaluate(self, context) -> None:
         if not self.hesnr.enabled:
             return

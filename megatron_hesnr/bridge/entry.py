@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 
-from .compat import BridgeCompatError, bridge_symbol
+from .compat import BridgeCompatError, bridge_symbol, container_get
 from .config import add_hesnr_bridge_args, bridge_config_from_args
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,11 @@ def run_bridge_recipe(argv=None) -> None:
         from . import HESNRCallback
 
         callbacks.append(HESNRCallback(hesnr))
+    if container_get(cfg, "train.exit_signal_handler"):
+        # a save on the signal (NeMo-Run's PreemptionPlugin) needs the checkpoint writer's helper alive
+        from .preemption import keep_checkpoint_writer_alive
+
+        keep_checkpoint_writer_alive(container_get(cfg, "train.exit_signal") or signal.SIGTERM)
     forward_step = bridge_symbol("megatron.bridge.training.gpt_step", "forward_step")
     pretrain = bridge_symbol("megatron.bridge.training.pretrain", "pretrain")
     pretrain(config=cfg, forward_step_func=forward_step, callbacks=callbacks or None)

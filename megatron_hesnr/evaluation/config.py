@@ -148,6 +148,13 @@ class HESNRConfig:
     jsonl: str | None = setting(
         None, "--hesnr-jsonl", "Append one JSON record per evaluation and set (also under --skip-train).",
         ("PATH", "none", "append the records here (also under `--skip-train`)"), metavar="PATH")
+    eval_at_start: bool = setting(
+        False, "--hesnr-eval-at-start",
+        "Before the first training step, evaluate the loaded weights and record them at the loaded iteration "
+        "(0 for a base model, N after loading iteration N); skipped for a set whose records file already holds "
+        "that run and iteration (a resumed or requeued job).",
+        ("", "off", "evaluate the loaded weights before the first training step, at the loaded iteration "
+         "(once per run, set and iteration: a requeued job does not repeat it)"), action="store_true")
     long_policy: str = setting(
         "window", "--hesnr-long-policy",
         "Trajectories longer than --seq-length: truncate, or sliding windows that score "

@@ -29,7 +29,8 @@ from .logging_sinks import (
     write_tensorboard,
     write_wandb,
 )
-from .records import append_records, config_dict, make_record
+from ..rank_agreement import device_backend
+from .records import append_records, config_dict, make_record, recorded_keys
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,9 @@ class HESNREvaluator:
             return True
         return ctx.iteration % cfg.eval_interval == 0
 
-    def run(self, model, ctx: EvalContext) -> dict:
-        """Evaluate every set now: ``{name: (reduced accumulator, metrics)}`` on the last stage, else ``{}``."""
+    def run(self, model, ctx: EvalContext, only: list[str] | None = None) -> dict:
+        """Evaluate every set (those named in ``only``) now: ``{name: (reduced accumulator, metrics)}``
+        on the last stage, else ``{}``."""
         self.setup(ctx)
         cfg = self.config
         model = model if isinstance(model, (list, tuple)) else [model]
@@ -181,6 +183,8 @@ class HESNREvaluator:
         out = {}
         with training_state_preserved(model):
             for wset, vocab in self.sets:
+                if only is not None and wset.name not in only:
+                    continue
                 p = HESNRPass(cfg, vocab_size=vocab, seq_length=ctx.seq_length, topology=topo,
                               forward_backward_func=self._fb, capture=LogitsCapture(strategy),
                               padded_vocab_size=ctx.padded_vocab_size, make_attention_mask=ctx.make_attention_mask,
@@ -193,21 +197,76 @@ class HESNREvaluator:
                     out[wset.name] = (acc, p.metrics)
         return out
 
+    def run_name(self, ctx: EvalContext) -> str | None:
+        """The records' ``run``: ``--hesnr-run-name``, else the run directory's name."""
+        return self.config.run_name or (os.path.basename(os.path.normpath(ctx.run_dir)) if ctx.run_dir else None)
+
     def evaluate(self, model, ctx: EvalContext) -> dict | None:
         """On every rank: run if due; on the last rank print the lines, append the records and
         return ``{"iteration", "consumed_samples", "sets": {name: {"metrics", "hist"}}}``."""
         if not self.should_run(ctx):
             return None
+        return self._evaluate(model, ctx)
+
+    def evaluate_at_start(self, model, ctx: EvalContext) -> dict | None:
+        """``--hesnr-eval-at-start``: before the first training step, the loaded weights at the loaded
+        iteration (``ctx.iteration``), whatever the evaluation interval, each set once per run and
+        iteration: a set whose records file already holds this run, set and iteration (a resumed or
+        requeued job starting from the checkpoint its predecessor evaluated) is left out, and when
+        every set is, nothing runs. Every rank calls it; every rank takes the same decision (the
+        last rank, the writer, reads the records file and tells the others)."""
+        self.setup(ctx)
+        done = self._recorded_at(self.run_name(ctx), ctx.iteration)
+        todo = [name for name in self.set_names() if name not in done]
+        self.last_iteration = ctx.iteration   # the loop's own evaluation at this iteration is the same weights
+        if done and is_last_rank():
+            log.info("HE-SNR at start: %s already recorded at iteration %d of run %s in %s: not evaluated again",
+                     ", ".join(sorted(done)), ctx.iteration, self.run_name(ctx), self.config.jsonl)
+        if not todo:
+            return None
+        return self._evaluate(model, ctx, only=todo)
+
+    def set_names(self) -> list[str]:
+        return [wset.name for wset, _ in self.sets or ()]
+
+    def _recorded_at(self, run: str | None, iteration: int) -> set[str]:
+        """The sets whose records file holds (``run``, set, ``iteration``), the same on every rank."""
+        path = self.config.jsonl
+        if not path:
+            return set()
+        names = self.set_names()
+        status, message = 0, ""
+        if is_last_rank():
+            try:
+                held = recorded_keys(path) if os.path.exists(path) else set()
+                flags = [int((run, name, int(iteration)) in held) for name in names]
+            except OSError as exc:
+                status, message, flags = 1, f"{path}: cannot be read ({exc})", [0] * len(names)
+        else:
+            flags = [0] * len(names)
+        if torch.distributed.is_initialized():
+            device = self._topology().device
+            buf = torch.tensor([status, *flags], dtype=torch.int64, device=device)
+            staged = buf.cpu() if device_backend(None, device) == "gloo" and device.type != "cpu" else buf
+            torch.distributed.broadcast(staged, src=torch.distributed.get_world_size() - 1)
+            status, *flags = staged.tolist()
+        if status:
+            raise HESNRConfigError("--hesnr-jsonl", message or f"{path}: the last rank could not read it (see its error)")
+        return {name for name, f in zip(names, flags) if f}
+
+    def _evaluate(self, model, ctx: EvalContext, only: list[str] | None = None) -> dict | None:
         self.last_iteration = ctx.iteration
         t0 = time.perf_counter()
-        accs = self.run(model, ctx)
+        accs = self.run(model, ctx, only=only)
         seconds = time.perf_counter() - t0
         if not is_last_rank():
             return None
         cfg, iteration = self.config, ctx.iteration
-        run_name = cfg.run_name or (os.path.basename(os.path.normpath(ctx.run_dir)) if ctx.run_dir else None)
+        run_name = self.run_name(ctx)
         records, data = [], {"iteration": iteration, "consumed_samples": ctx.consumed_samples, "sets": {}}
         for (wset, _vocab) in self.sets:
+            if wset.name not in accs:
+                continue
             acc, metrics = accs[wset.name]
             print_validation_line(format_validation_line(wset.name, iteration, metrics, cfg.report_categories))
             missing = left_out_message(wset.name, iteration, metrics, cfg.report_categories)

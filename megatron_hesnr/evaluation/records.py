@@ -172,3 +172,17 @@ def holds_score_id(path: str, score_id: str) -> bool:
                     and rec["config"].get("score_id") == score_id:
                 return True
     return False
+
+
+def recorded_keys(path: str) -> set[tuple]:
+    """``{(run, dataset, iteration)}`` of the whole records in ``path``; a line that is not one
+    (torn by a writer that died, or not JSON) holds no record and is passed over."""
+    keys = set()
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+                keys.add((r["run"], r["dataset"], int(r["iteration"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return keys

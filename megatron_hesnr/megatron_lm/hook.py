@@ -12,6 +12,7 @@ the last iteration; the hook runs once per iteration.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable
 
@@ -70,6 +71,19 @@ def _model_class_facts(family: str | None) -> dict:
     from ..evaluation.capture import MODEL_CLASSES, core_has_output_processor
 
     return {"has_output_processor": core_has_output_processor(family), "model_name": MODEL_CLASSES[family][0][1]}
+
+
+def start_context(args) -> EvalContext:
+    """The context of the evaluation before the first step: the loaded iteration (``args.iteration``,
+    0 for a base model), the run of ``--save``, the loaded checkpoint (``<load>/iter_N``; for a base
+    model ``--pretrained-checkpoint``, else ``--load``, else none: random initialisation)."""
+    iteration = int(getattr(args, "iteration", 0) or 0)
+    if iteration > 0:
+        checkpoint = checkpoint_path(getattr(args, "load", None), iteration)[1]
+    else:
+        checkpoint = getattr(args, "pretrained_checkpoint", None) or getattr(args, "load", None)
+    return dataclasses.replace(eval_context(args), iteration=iteration, checkpoint=checkpoint,
+                               run_dir=getattr(args, "save", None))
 
 
 class MegatronHESNRHook:
@@ -171,6 +185,10 @@ class MegatronHESNRHook:
         @functools.wraps(provider)
         def wrapped(*a, **kw):
             self.setup()
+            if self.config is not None and self.config.eval_at_start:
+                from .start_eval import arm
+
+                arm(self.evaluate_at_start)
             return provider(*a, **kw)
 
         for attr in ("is_distributed",):
@@ -200,6 +218,25 @@ class MegatronHESNRHook:
             return None
         self.setup(args)
         return self.evaluator.evaluate(model, eval_context(args))
+
+    def evaluate_at_start(self, model) -> None:
+        """``--hesnr-eval-at-start``: the loaded weights before the first step (see :mod:`.start_eval`);
+        the records at the loaded iteration, TensorBoard and W&B as after an evaluation."""
+        args = self.args()
+        if self.config is None:
+            return
+        self.setup(args)
+        ctx = start_context(args)
+        data = self.evaluator.evaluate_at_start(model, ctx)
+        if data:
+            writer = None
+            try:
+                from megatron.training import get_tensorboard_writer
+
+                writer = get_tensorboard_writer()
+            except ImportError:
+                pass
+            self.process_non_loss_data_func(data, ctx.iteration, writer)
 
     def process_non_loss_data_func(self, data, iteration, writer):
         """Called on the last rank with the TensorBoard writer (never under ``--skip-train``)."""
