@@ -23,6 +23,17 @@ import time
 import numpy as np
 
 
+
+def _median_times(fns: dict, repeats: int) -> dict:
+    """Median wall seconds of each function over ``repeats`` calls, the functions taken in turn."""
+    ts = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            ts[name].append(time.perf_counter() - t)
+    return {name: float(np.median(v)) for name, v in ts.items()}
+
 def tiny_model(path: str) -> str:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -75,14 +86,7 @@ def bench_hf(args) -> int:
             pass
 
     plain(), scored()  # warm-up
-    times = {}
-    for name, fn in (("plain forward", plain), ("hesnr score --hf", scored)):
-        ts = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        times[name] = float(np.median(ts))
+    times = _median_times({"plain forward": plain, "hesnr score --hf": scored}, args.repeats)
     print(f"model {'tiny Qwen2 (random)' if args.model is None else model}; {args.prompts} prompts x {args.length} "
           f"tokens, k={args.k}, {rows} windows per forward, torch threads {torch.get_num_threads()}")
     for name, t in times.items():
@@ -151,14 +155,8 @@ def main() -> int:
         for prompt, o in zip(prompts, outs):
             stats_from_prompt_logprobs(prompt, offline_positions(o.prompt_logprobs), args.k)
 
-    times = {}
-    for name, fn in (("plain prefill", plain), ("prompt_logprobs", logprobs_only), ("hesnr score", scored)):
-        ts = []
-        for _ in range(args.repeats):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        times[name] = float(np.median(ts))
+    times = _median_times({"plain prefill": plain, "prompt_logprobs": logprobs_only, "hesnr score": scored},
+                          args.repeats)
     print(f"model {'tiny Qwen2 (random)' if args.model is None else model}; {args.prompts} prompts x "
           f"{args.length} tokens, k={args.k}; engine start {start_s:.1f} s")
     for name, t in times.items():
