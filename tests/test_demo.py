@@ -56,9 +56,9 @@ def test_quick_demo_succeeds_and_prints_table(quick_run):
     assert "± SE" in stdout and "held-out trajectories (trajectory-clustered" in stdout
     assert f"report:  {out / 'report'}" in stdout
     summary = json.loads((out / "demo_summary.json").read_text())
-    # One table row per checkpoint, in iteration order.
+    # One table row per checkpoint, in iteration order: the starting weights (eval at start) and 3.
     its = [c["iteration"] for c in summary["checkpoints"]]
-    assert its == sorted(its) and len(its) == 3
+    assert its == sorted(its) and len(its) == 4 and its[0] == 0
     for it in its:
         assert any(line.split()[:1] == [str(it)] for line in stdout.splitlines())
 
@@ -66,7 +66,9 @@ def test_quick_demo_succeeds_and_prints_table(quick_run):
 def test_quick_demo_records(quick_run):
     rc, out, _ = quick_run
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines() if line.strip()]
-    assert [r["iteration"] for r in records] == [8, 16, 24]
+    # Iteration 0: the starting weights, saved before the first step and evaluated at start.
+    assert [r["iteration"] for r in records] == [0, 8, 16, 24]
+    assert all(r["config"]["eval_at_start"] for r in records)
     for r in records:
         assert set(r) >= {"iteration", "consumed_samples", "checkpoint", "run", "dataset", "time", "config",
                           "metrics", "state"}
@@ -94,6 +96,12 @@ def test_quick_demo_records(quick_run):
         assert math.isfinite(m["hesnr_stderr"]) or m["num_high_entropy"] == 0
     # The same held-out tokens at every checkpoint.
     assert len({r["metrics"]["num_tokens"] for r in records}) == 1
+    # Iteration 0 holds the weights the model starts with (the seed's), before any step.
+    start = torch.load(Path(records[0]["checkpoint"]) / "model.pt", weights_only=True)
+    assert start["consumed_samples"] == 0 and math.isnan(start["train_loss"])
+    torch.manual_seed(start["train_config"]["seed"])
+    init = TinyGPT(GPTConfig(**start["gpt_config"])).state_dict()
+    assert init.keys() == start["model"].keys() and all(torch.equal(init[k], start["model"][k]) for k in init)
 
 
 def test_quick_demo_tensor_parallel_matches_single_process(quick_run):
@@ -168,7 +176,7 @@ def test_quick_demo_hf_export_scores_to_the_demo_record(quick_run, tmp_path):
         in lines[-2]
     assert lines[-1] == f"hesnr score: records in {scored}"
     rc, cmp_out, err = _cli_main("compare", out / "records.jsonl", scored, "--a", f"hesnr-demo/iter_{it:07d}",
-                                 "--b", f"iter_{it:07d}/iter_{it:07d}", "--json", tmp_path / "cmp.json")
+                                 "--b", f"{rec['run']}/iter_{it:07d}", "--json", tmp_path / "cmp.json")
     assert rc == 0, err
     for metric, e in json.loads((tmp_path / "cmp.json").read_text()).items():
         scale = max(abs(e["a"]), 1e-12)
@@ -248,17 +256,21 @@ def test_demo_evaluation_is_the_shared_evaluator(quick_run, tmp_path, monkeypatc
     _, out, _ = quick_run
     demo = _records(out / "records.jsonl")
     seen = []
-    evaluate = HESNREvaluator.evaluate
 
-    def spy(self, model, ctx):
-        seen.append((type(model).__name__, ctx.iteration, ctx.checkpoint, ctx.skip_train))
-        return evaluate(self, model, ctx)
+    def spying(method):
+        def spy(self, model, ctx):
+            seen.append((method.__name__, type(model).__name__, ctx.iteration, ctx.checkpoint, ctx.skip_train))
+            return method(self, model, ctx)
+        return spy
 
-    monkeypatch.setattr(HESNREvaluator, "evaluate", spy)
+    for name in ("evaluate", "evaluate_at_start"):
+        monkeypatch.setattr(HESNREvaluator, name, spying(getattr(HESNREvaluator, name)))
     monkeypatch.setattr(demo_evaluation, "has_megatron_core", lambda: megatron)
     job = _rerun_job(out, demo, tmp_path, tp=1, check_all=True)
     extras = run_evaluation(job)
-    assert seen == [("MegatronStyleGPT", r["iteration"], r["checkpoint"], True) for r in demo]
+    # The starting weights (iteration 0) through evaluate_at_start, as the hook's --hesnr-eval-at-start.
+    assert seen == [("evaluate_at_start" if r["iteration"] == 0 else "evaluate", "MegatronStyleGPT", r["iteration"],
+                     r["checkpoint"], True) for r in demo]
     assert extras["tp"] == 1 and ("megatron-core" in extras["path"]) == megatron
     again = _records(tmp_path / "records.jsonl")
     assert len(again) == len(demo)
@@ -325,6 +337,26 @@ def test_demo_evaluation_falls_back_to_one_process_and_says_so(quick_run, tmp_pa
     (again,) = _records(tmp_path / "records.jsonl")
     assert again["metrics"]["num_tokens"] == demo[0]["metrics"]["num_tokens"]
     assert again["metrics"]["hesnr"] == pytest.approx(demo[0]["metrics"]["hesnr"], rel=1e-6)
+
+
+def test_demo_start_evaluation_is_written_once_per_records_file(quick_run, tmp_path, monkeypatch):
+    """The demo's starting weights go through evaluate_at_start: evaluating them again into records that
+    already hold (run, set, iteration 0) writes nothing and leaves them out of the extras."""
+    _, out, _ = quick_run
+    start = _records(out / "records.jsonl")[:1]
+    assert start[0]["iteration"] == 0
+    monkeypatch.setattr(demo_evaluation, "has_megatron_core", lambda: False)   # one process, no group
+    job = _rerun_job(out, start, tmp_path, tp=1)
+    assert job.config.eval_at_start
+    extras = []
+    for _ in range(2):   # a rerun into the same records (run_evaluation would start them afresh)
+        demo_evaluation._single_process(job)
+        extras.append(json.loads(Path(job.extras_path).read_text())["checkpoints"])
+    (again,) = _records(tmp_path / "records.jsonl")
+    assert [[c["iteration"] for c in e] for e in extras] == [[0], []]
+    assert {k: again[k] for k in ("iteration", "consumed_samples", "checkpoint", "run", "dataset")} == \
+           {k: start[0][k] for k in ("iteration", "consumed_samples", "checkpoint", "run", "dataset")}
+    assert again["metrics"]["hesnr"] == pytest.approx(start[0]["metrics"]["hesnr"], rel=1e-6)
 
 
 def test_open_leading_keeps_the_first_trajectories(quick_run):

@@ -33,7 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="your own HF tokenizer.json (default: train a 4000-token byte-level BPE)")
     parser.add_argument("--template", help="rendering template passed to `hesnr prepare --template`")
     parser.add_argument("--steps", type=int, help="training steps (default 300; --quick: 24)")
-    parser.add_argument("--checkpoints", type=int, help="checkpoints to save and evaluate (default 5; --quick: 3)")
+    parser.add_argument("--checkpoints", type=int,
+                        help="checkpoints to save and evaluate during training (default 5; --quick: 3), besides "
+                             "the starting weights (iteration 0, evaluated at start)")
     parser.add_argument("--tp", type=int, choices=(1, 2), default=2,
                         help="evaluate with the output layer split over 2 gloo processes (2, default) or in one (1)")
     parser.add_argument("--threads", type=int, help="torch threads for training (default: torch's choice)")

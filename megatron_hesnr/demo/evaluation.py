@@ -2,7 +2,8 @@
 
 One :class:`~megatron_hesnr.evaluation.HESNREvaluator` per evaluation run opens the
 prepared held-out set (``hesnr prepare``'s prefix), cuts it into windows and length
-buckets, and at each checkpoint (``evaluate(model, EvalContext(...))``) runs the pass
+buckets, and at each checkpoint (``evaluate(model, EvalContext(...))``; the starting weights,
+iteration 0, through ``evaluate_at_start``: the demo turns ``eval_at_start`` on) runs the pass
 through a forward-only schedule, reduces, prints the validation line and appends the
 JSONL record -- the code path of ``MegatronHESNRHook`` and ``HESNRCallback``.  The model
 is the demo GPT behind ``GPTModel``'s forward signature (:mod:`.eval_model`); a token
@@ -58,7 +59,9 @@ class EvalJob:
 
     checkpoints: list[dict]
     """[{"iteration", "consumed_samples", "path", "name"}], in order; ``name`` (Megatron's
-    ``<run_dir>/iter_0000100`` directory) is what records and the scores CSV call the checkpoint."""
+    ``<run_dir>/iter_0000100`` directory) is what records and the scores CSV call the checkpoint.
+    With ``config.eval_at_start`` the first is the starting weights (saved before the first step),
+    evaluated through ``HESNREvaluator.evaluate_at_start`` as the Megatron-LM hook does."""
     config: HESNRConfig
     """The evaluator's settings: the held-out set, the JSONL path, windows, micro-batches, metric."""
     extras_path: str
@@ -103,6 +106,10 @@ class TokenRecorder:
     def __call__(self, set_name, stats, mask, doc, target) -> None:
         sel = (mask != 0) & (doc >= 0)
         self._parts.append(tuple(t[sel].cpu() for t in (doc, target, stats.top1 & stats.valid, stats.logp)))
+
+    def observed(self) -> bool:
+        """Whether a pass ran since the last :meth:`take` (the same on every rank: each sees every window)."""
+        return bool(self._parts)
 
     def take(self, lengths: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per trajectory of ``lengths`` tokens: (top-1 flags, NLL with NaN where not scored); resets."""
@@ -196,7 +203,14 @@ def _evaluate_all(job: EvalJob, topo: Topology, megatron: bool) -> None:
             ctx = EvalContext(iteration=info["iteration"], consumed_samples=info["consumed_samples"],
                               seq_length=job.seq_length, padded_vocab_size=job.padded_vocab_size,
                               run_dir=str(Path(info["name"]).parent), checkpoint=info["name"], skip_train=True)
-            data = evaluator.evaluate(model, ctx)
+            if job.config.eval_at_start and n == 0:
+                # --hesnr-eval-at-start: the starting weights, once per run, set and iteration (a records
+                # file that holds them already is left as it is; the evaluator says so).
+                data = evaluator.evaluate_at_start(model, ctx)
+                if not recorder.observed():
+                    continue
+            else:
+                data = evaluator.evaluate(model, ctx)
             (wset, _), = evaluator.sets
             top1, nll = recorder.take([len(wset.dataset[i][0]) for i in range(wset.num_trajectories)])
             # The checks (a second, whole-vocabulary pass and Megatron's CE) cost as much as the
@@ -289,7 +303,8 @@ def _single_process(job: EvalJob) -> None:
 
 
 def run_evaluation(job: EvalJob) -> dict:
-    """Evaluate every checkpoint of ``job``; returns the extras (path taken, checks, top-1).
+    """Evaluate every checkpoint of ``job`` into a new records file (``job.config.jsonl``, removed
+    first: one demo run, one set of records); returns the extras (path taken, checks, top-1).
 
     ``job.tp > 1`` spawns that many gloo processes; if that fails (no loopback
     networking, a sandbox that forbids it) the single-process path is taken and the

@@ -180,9 +180,11 @@ def _stream(docs: list[np.ndarray], eod: int) -> torch.Tensor:
 def evaluator_config(cfg: DemoConfig, prefix: Path, records: Path) -> HESNRConfig:
     """The evaluator's settings, as ``--hesnr-*`` flags would give them: the prepared held-out set
     (``heldout=<prefix>``), sliding windows ``eval_stride`` apart, micro-batches of ``eval_batch_size``
-    windows, the records appended to ``records``; the metric's defaults."""
+    windows, the records appended to ``records``, the starting weights evaluated before the first
+    step (``--hesnr-eval-at-start``: a record at iteration 0); the metric's defaults."""
     return HESNRConfig(datasets=(EvalDataset("heldout", str(prefix)),), jsonl=str(records),
-                       micro_batch_size=cfg.eval_batch_size, window_stride=cfg.eval_stride, run_name=RECORD_RUN)
+                       micro_batch_size=cfg.eval_batch_size, window_stride=cfg.eval_stride, run_name=RECORD_RUN,
+                       eval_at_start=True)
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -233,21 +235,23 @@ def run_demo(cfg: DemoConfig) -> dict:
                      num_heads=cfg.num_heads)
     torch.manual_seed(cfg.train.seed)
     model = TinyGPT(gcfg)
+    records_path = out / "records.jsonl"
+    hcfg = evaluator_config(cfg, work / "data" / "heldout", records_path)
+    # --hesnr-eval-at-start: the starting weights are saved before the first step (iteration 0).
+    saved_at = ([0] if hcfg.eval_at_start else []) + cfg.train.checkpoint_steps()
     stages.start("train", f"train: GPT with {model.num_parameters() / 1e6:.2f}M parameters, {cfg.train.steps} steps "
-                          f"of {cfg.train.batch_size}x{cfg.seq_length} tokens on CPU, checkpoints at "
-                          f"{cfg.train.checkpoint_steps()}")
+                          f"of {cfg.train.batch_size}x{cfg.seq_length} tokens on CPU, checkpoints at {saved_at}"
+                          f"{' (0: the starting weights)' if hcfg.eval_at_start else ''}")
 
     def progress(step, steps, loss, rate):
         log.info("      step %4d/%d  loss %.3f  %5.0f tokens/s", step, steps, loss, rate)
 
     checkpoints = train(model, streams, cfg.train, work / "checkpoints",
-                        extra={"tokenizer": str(tok_path)}, progress=progress)
+                        extra={"tokenizer": str(tok_path)}, progress=progress, save_start=hcfg.eval_at_start)
     hf_dirs = export_hf(checkpoints, tok_path, out / "hf", eod, stages) if cfg.hf_export else []
 
     # 5. Evaluate every checkpoint.
     stages.start("evaluate", f"evaluate: HE-SNR, HE-PPL, PPL and the H_k histogram at {len(checkpoints)} checkpoints")
-    records_path = out / "records.jsonl"
-    hcfg = evaluator_config(cfg, work / "data" / "heldout", records_path)
     # The evaluator's own window plan, to keep the CPU budget.
     windows = plan_set("heldout", MemoryDataset(eval_docs, vocab), cfg.seq_length, hcfg.long_policy, cfg.eval_stride,
                        skip_empty=hcfg.skip_empty_windows).windows
@@ -278,6 +282,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                      "(relative)%s", c["iteration"], extras["tp"], c["max_rel_diff_vs_single"],
                      "" if math.isnan(ce) else f"; per-token NLL vs Megatron's vocab_parallel_cross_entropy: <= {ce:.1e}")
     records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
+    evaluated = [c["iteration"] for c in extras["checkpoints"]]
+    if [r["iteration"] for r in records] != evaluated:   # run_evaluation starts the records afresh
+        raise RuntimeError(f"{records_path}: records of iterations {[r['iteration'] for r in records]}, "
+                           f"but iterations {evaluated} were evaluated (another writer?)")
 
     # 6. Proxy score.
     stages.start("proxy", f"score: {PROXY_NAME} ({PROXY_DESCRIPTION})")

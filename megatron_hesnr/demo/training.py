@@ -123,9 +123,11 @@ def load_checkpoint(path: Path) -> tuple[TinyGPT, dict]:
 
 
 def train(model: TinyGPT, streams: dict[str, torch.Tensor], cfg: TrainConfig, ckpt_dir: Path,
-          extra: dict | None = None, progress=None) -> list[Checkpoint]:
+          extra: dict | None = None, progress=None, save_start: bool = False) -> list[Checkpoint]:
     """Train for ``cfg.steps`` steps; returns the checkpoints written, in order.
 
+    ``save_start``: also save the starting weights, before the first step, as iteration 0 (its
+    training loss NaN: no step has run), for the evaluation at start (``eval_at_start``).
     ``progress(step, steps, loss, tokens_per_s)`` is called every few steps.
     """
     torch.manual_seed(cfg.seed)
@@ -136,6 +138,9 @@ def train(model: TinyGPT, streams: dict[str, torch.Tensor], cfg: TrainConfig, ck
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     save_at = set(cfg.checkpoint_steps())
     checkpoints: list[Checkpoint] = []
+    if save_start:
+        path = save_checkpoint(model, ckpt_dir, 0, 0, float("nan"), {"train_config": asdict(cfg), **(extra or {})})
+        checkpoints.append(Checkpoint(0, 0, path, float("nan")))
     model.train()
     t0, tokens, ema = time.perf_counter(), 0, None
     every = max(1, cfg.steps // 20)
