@@ -35,7 +35,11 @@ Test probes, off unless their variable is set (as in ``megatron_cpu_launch.py``)
   while ``DIR/released`` does not exist, once the callback's ``on_train_start`` (its evaluation at
   start) has returned, write ``DIR/held.<rank>`` and wait, before the first training step, so a
   test can end the job there (no newer checkpoint than the one it started from); the process
-  exits when its torchrun is gone (it ignores SIGTERM: Bridge's exit handler).
+  exits when its torchrun is gone (it ignores SIGTERM: Bridge's exit handler);
+* ``HESNR_E2E_HOLD_FOR_SIGNAL=ITER:DIR``: in the first start of a job (``SLURM_RESTART_COUNT`` 0 or
+  unset), once training step ITER has run and before Bridge decides whether to save and exit, write
+  ``DIR/signal_wait.<rank>`` and wait until Bridge's exit-signal handler has received its signal, so a
+  test's preemption lands at ITER however slowly the signal travels on a loaded machine.
 """
 from __future__ import annotations
 
@@ -213,6 +217,27 @@ def _hold_after_start(directory: str) -> None:
     HESNRBridgeAdapter.on_train_start = on_train_start
 
 
+def _hold_for_signal(spec: str) -> None:
+    if int(os.environ.get("SLURM_RESTART_COUNT") or 0) >= 1:
+        return
+    step, _, directory = spec.partition(":")
+    import megatron.bridge.training.train as bridge_train
+
+    orig = bridge_train.checkpoint_and_decide_exit
+
+    def checkpoint_and_decide_exit(state, *args, **kwargs):
+        handler = getattr(state, "signal_handler", None)
+        if state.train_state.step == int(step) and handler is not None:
+            with open(os.path.join(directory, f"signal_wait.{os.environ.get('RANK', '0')}"), "w") as f:
+                f.write(str(time.time()))
+            deadline = time.monotonic() + 900
+            while not handler._signal_received and time.monotonic() < deadline:
+                time.sleep(0.2)
+        return orig(state, *args, **kwargs)
+
+    bridge_train.checkpoint_and_decide_exit = checkpoint_and_decide_exit
+
+
 def main() -> None:
     if len(sys.argv) < 2:
         raise SystemExit("usage: megatron_bridge_launch.py SCRIPT [ARGS...]")
@@ -230,6 +255,8 @@ def main() -> None:
         megatron_cpu_shim.second_capture(os.environ["HESNR_E2E_SECOND_CAPTURE"])
     if os.environ.get("HESNR_E2E_HOLD_AFTER_START"):
         _hold_after_start(os.environ["HESNR_E2E_HOLD_AFTER_START"])
+    if os.environ.get("HESNR_E2E_HOLD_FOR_SIGNAL"):
+        _hold_for_signal(os.environ["HESNR_E2E_HOLD_FOR_SIGNAL"])
     sys.argv = [script, *sys.argv[2:]]
     sys.path.insert(0, os.path.dirname(script))
     try:

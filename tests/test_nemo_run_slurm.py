@@ -165,8 +165,14 @@ def preempted(world, slurm_cluster):  # noqa: F811
     probe = world.root / "probe"
     probe.mkdir()
     # retries 4: the test needs 2 requeues; a loaded machine may cost one more (a start lost early)
-    job, run = world.submit("preempted", retries=4, HESNR_E2E_HOLD_AFTER_START=str(probe))
-    job.wait_for(re.compile(r"iteration +4/ +6 \|"), TIMEOUT)
+    # the first start waits after step 4 until the signal has reached Bridge's handler on each rank, so
+    # it saves at 4 however slowly the signal travels on a loaded machine
+    job, run = world.submit("preempted", retries=4, HESNR_E2E_HOLD_AFTER_START=str(probe),
+                            HESNR_E2E_HOLD_FOR_SIGNAL=f"4:{probe}")
+    deadline = time.monotonic() + TIMEOUT
+    while len(list(probe.glob("signal_wait.*"))) < 2:          # both ranks ran step 4
+        assert time.monotonic() < deadline and job.info().get("JobState") not in FINAL, job.log()[-5000:]
+        time.sleep(0.5)
     slurm_cluster.run("scancel", "--signal=TERM", job.id)     # what --signal=TERM@60 sends the steps
     hurry_requeued(slurm_cluster, job)
     deadline = time.monotonic() + TIMEOUT
