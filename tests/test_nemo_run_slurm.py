@@ -195,11 +195,15 @@ def preempted(world, slurm_cluster):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def resumed_at(preempted) -> int:
-    """The iteration restart 0 saved on the signal (every later start loads it: none saves before 6)."""
+    """The iteration restart 0 saved on the signal, loaded by the first restart (the one held after its
+    evaluation at start). A later start loads it too, or, when a loaded machine cost one more start
+    (a node not responding), a checkpoint saved after it."""
     job, _ = preempted
-    loaded = [LOADED.findall(text) for r, text in job.starts().items() if r > 0]
-    assert all(len(x) <= 1 for x in loaded) and len({x[0] for x in loaded if x}) == 1, loaded
-    return int(next(x[0] for x in loaded if x))
+    loaded = {r: LOADED.findall(text) for r, text in job.starts().items() if r > 0}
+    assert all(len(x) <= 1 for x in loaded.values()) and any(loaded.values()), loaded   # a start lost early: 0
+    first = int(next(x[0] for r, x in sorted(loaded.items()) if x))
+    assert all(int(x[0]) >= first for x in loaded.values() if x), loaded
+    return first
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +270,15 @@ def test_preemption_requeue_resumes_and_eval_at_start_is_not_repeated(world, uni
     assert {by_key[(s, it)] for s in SETS for it in (0, 3)} == {0}
     held = by_key[(SETS[0], resumed_at)]                 # the start that evaluated the checkpoint, then held
     assert held >= 1 and {by_key[(s, resumed_at)] for s in SETS} == {held}
-    assert {by_key[(s, 6)] for s in SETS} == {last} and last > held
-    # the start after the kill resumed from the same checkpoint and did not evaluate it again
-    assert "HE-SNR at start: gym, swe already recorded at iteration " f"{resumed_at} of run ckpt" in starts[last]
+    trained = by_key[(SETS[0], 6)]                        # the start that trained on from the checkpoint
+    assert {by_key[(s, 6)] for s in SETS} == {trained} and trained > held
+    # the start after the kill resumed from the same checkpoint and did not evaluate it again; a start
+    # after that (a node lost to the load) loaded a later checkpoint and did not evaluate it either
+    said = "HE-SNR at start: gym, swe already recorded at iteration {} of run ckpt"
+    assert said.format(resumed_at) in starts[trained]
+    for r in range(trained + 1, last + 1):
+        if "HE-SNR at start" in starts[r]:
+            assert said.format(LOADED.findall(starts[r])[0]) in starts[r], r
     ref = {(r["dataset"], r["iteration"]): r for r in _records(uninterrupted[1] / "hesnr.jsonl")}
     for r in recs:
         what = f"{r['dataset']} {r['iteration']} restart {r['writer']['restart']}"
