@@ -57,6 +57,14 @@ def import_bridge():
     return callbacks, pg_utils, shimmed
 
 
+def bridge_callbacks():
+    """Body of a module-scoped fixture: Bridge's callbacks module, its shimmed modules dropped after."""
+    callbacks, _, shimmed = import_bridge()
+    yield callbacks
+    if shimmed:
+        drop_bridge_modules()
+
+
 def drop_bridge_modules():
     for name in list(sys.modules):
         if name == "megatron.bridge" or name.startswith("megatron.bridge."):

@@ -31,10 +31,7 @@ V, S = 24, 8
 
 @pytest.fixture(scope="module")
 def bridge():
-    callbacks, pg_utils, shimmed = B.import_bridge()
-    yield callbacks
-    if shimmed:
-        B.drop_bridge_modules()
+    yield from B.bridge_callbacks()
 
 
 SETS = {"/d/a": H.uniform_dataset(V, n=5, seed=0, max_len=21),

@@ -26,7 +26,6 @@ imports (the Python 3.12 CI leg); skipped elsewhere, failed in CI.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -39,17 +38,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import IN_CI, REPO
+from conftest import REPO, require_py312_modules
 
 # Bridge's runtime imports (installed in the Python 3.12 leg, see .ci/run).
 NEEDS = ("megatron.training", "megatron.bridge", "transformers", "omegaconf", "hydra", "modelopt", "megatron.energon",
          "tensorboard")
-_missing = [m for m in NEEDS if importlib.util.find_spec(m.split(".")[0]) is None
-            or (m.startswith("megatron.") and importlib.util.find_spec(m) is None)]
-if _missing:
-    if IN_CI and sys.version_info >= (3, 12):
-        raise RuntimeError(f"test_bridge_e2e needs {_missing}: the Python 3.12 CI leg must install them")
-    pytest.skip(f"needs {_missing} (the Python 3.12 leg)", allow_module_level=True)
+require_py312_modules("test_bridge_e2e", NEEDS)
 
 from test_megatron_e2e import (  # noqa: E402
     SECOND_CAPTURE,

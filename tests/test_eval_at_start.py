@@ -154,10 +154,7 @@ def test_megatron_off_by_default_and_under_skip_train(tmp_path, training_module)
 def bridge():
     import hesnr_bridge_helpers as B
 
-    callbacks, _, shimmed = B.import_bridge()
-    yield callbacks
-    if shimmed:
-        B.drop_bridge_modules()
+    yield from B.bridge_callbacks()
 
 
 def bridge_start(bridge, jsonl, step, model, *, skip_train=False, pretrained=None, **fields):

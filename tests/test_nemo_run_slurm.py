@@ -24,7 +24,6 @@ Every record equals the reference or the uninterrupted run's to 1e-5; no (set, i
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -36,15 +35,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import IN_CI, REPO
+from conftest import REPO, require_py312_modules
 
 NEEDS = ("megatron.training", "megatron.bridge", "nemo_run", "omegaconf", "transformers", "tensorboard")
-_missing = [m for m in NEEDS if importlib.util.find_spec(m.split(".")[0]) is None
-            or (m.startswith("megatron.") and importlib.util.find_spec(m) is None)]
-if _missing:
-    if IN_CI and sys.version_info >= (3, 12):
-        raise RuntimeError(f"test_nemo_run_slurm needs {_missing}: the Python 3.12 CI leg must install them")
-    pytest.skip(f"needs {_missing} (the Python 3.12 leg)", allow_module_level=True)
+require_py312_modules("test_nemo_run_slurm", NEEDS)
 
 from slurm_fixtures import (  # noqa: E402,F401
     FINAL, Job, finish, free_port, hurry_requeued, node_pids, read_records as _records, report_wall_times, slurm_cluster)
