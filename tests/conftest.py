@@ -26,7 +26,7 @@ def require_py312_modules(module: str, needs: tuple[str, ...]) -> None:
     if missing:
         if IN_CI and sys.version_info >= (3, 12):
             raise RuntimeError(f"{module} needs {missing}: the Python 3.12 CI leg must install them")
-        pytest.skip(f"needs {missing} (the Python 3.12 leg)", allow_module_level=True)
+        pytest.skip(f"{module} needs {missing} (the Python 3.12 leg)", allow_module_level=True)
 
 
 def _need(path: Path, what: str) -> Path:
