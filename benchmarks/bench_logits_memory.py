@@ -88,7 +88,7 @@ def worker(args, rank: int, world: int, port: int) -> dict:
     """One rank's measurement (gloo group of ``world`` processes)."""
     import torch
 
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.data.memory import MemoryDataset
     from megatron_hesnr.evaluation.chunked_stats import auto_chunk_positions
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig

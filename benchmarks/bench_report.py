@@ -38,7 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from megatron_hesnr.metric_layout import BIN_FIELDS, SCALAR_FIELDS  # noqa: E402  (torch-free)
+from megatron_hesnr.metric.state_layout import BIN_FIELDS, SCALAR_FIELDS  # noqa: E402  (torch-free)
 
 K, THRESHOLD, NUM_BINS = 10, (math.log(3) + math.log(4)) / 2, 512
 CATEGORIES = ["action", "thought", "observation"]

@@ -98,9 +98,9 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from megatron_hesnr.shard_stats import shard_stats_torch  # noqa: E402
-from megatron_hesnr.token_stats import token_stats  # noqa: E402
-from megatron_hesnr.vocab import VocabShard  # noqa: E402
+from megatron_hesnr.metric.shard_stats import shard_stats_torch  # noqa: E402
+from megatron_hesnr.metric.token_stats import token_stats  # noqa: E402
+from megatron_hesnr.metric.vocab import VocabShard  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -242,7 +242,7 @@ def build_methods(args, device, shard, k, peers, kernel_ok):
         "chunked_reference": (lambda x, y: shard_stats_torch(x, y, shard, k), lambda s, v, isz: 2**30),
     }
     if kernel_ok:
-        from megatron_hesnr.kernels.triton_shard_stats import has_tl_topk, shard_stats_triton
+        from megatron_hesnr.metric.kernels.triton_shard_stats import has_tl_topk, shard_stats_triton
 
         methods["kernel"] = (lambda x, y: shard_stats_triton(x, y, shard, k), lambda s, v, isz: 0)
         for spec in args.variants:
@@ -322,7 +322,7 @@ def run_size(args, device, s, v, dtype, peers, kernel_ok):
         log.info("S=%d V=%d %-28s %9.3f ms", s, v, name, r["ms"])
     entry["methods"] = results
     if kernel_ok and "kernel" in results and "ms" in results["kernel"]:
-        from megatron_hesnr.kernels.triton_shard_stats import shard_stats_triton
+        from megatron_hesnr.metric.kernels.triton_shard_stats import shard_stats_triton
 
         ref = shard_stats_torch(x, labels, shard, args.k)
         entry["check"] = compare(shard_stats_triton(x, labels, shard, args.k), ref)
@@ -494,7 +494,7 @@ def main(args) -> int:
         log.error("%s", exc)
         return 2
     dtype = DTYPES[args.dtype]
-    from megatron_hesnr.kernels import triton_available
+    from megatron_hesnr.metric.kernels import triton_available
 
     kernel_ok = triton_available() and (device == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
     if not kernel_ok:

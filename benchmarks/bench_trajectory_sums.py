@@ -24,9 +24,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from megatron_hesnr import HESNRAccumulator  # noqa: E402
-from megatron_hesnr.accumulator import SCALAR_FIELDS  # noqa: E402
-from megatron_hesnr.stderr import paired_bootstrap  # noqa: E402
-from megatron_hesnr.token_stats import TokenStats  # noqa: E402
+from megatron_hesnr.metric.accumulator import SCALAR_FIELDS  # noqa: E402
+from megatron_hesnr.metric.stderr import paired_bootstrap  # noqa: E402
+from megatron_hesnr.metric.token_stats import TokenStats  # noqa: E402
 
 
 def _stats(n: int, gen: torch.Generator) -> TokenStats:

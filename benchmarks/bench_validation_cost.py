@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import megatron_hesnr as mh  # noqa: E402
-from megatron_hesnr.state_check import FINGERPRINT_FIELDS, fingerprint  # noqa: E402
-from megatron_hesnr.tp_merge import HEADER_FIELDS, HEADER_SIZE, _header, labels_checksums  # noqa: E402
+from megatron_hesnr.metric.state_check import FINGERPRINT_FIELDS, fingerprint  # noqa: E402
+from megatron_hesnr.metric.tp_merge import HEADER_FIELDS, HEADER_SIZE, _header, labels_checksums  # noqa: E402
 
 
 def _median_time(fn, iters: int) -> float:
@@ -47,7 +47,7 @@ def _median_time(fn, iters: int) -> float:
 def _gloo_rank(rank: int, init: str, iters: int, tokens: int, queue) -> None:
     import torch.distributed as dist
 
-    from megatron_hesnr.rank_agreement import agree_or_raise
+    from megatron_hesnr.metric.rank_agreement import agree_or_raise
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=2)

@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_hesnr import HESNRAccumulator, token_stats  # noqa: E402
-from megatron_hesnr.accumulator import SCALAR_FIELDS  # noqa: E402
+from megatron_hesnr.metric.accumulator import SCALAR_FIELDS  # noqa: E402
 from megatron_hesnr.evaluation.capture import LogitsCapture, resolve_capture  # noqa: E402
 from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig  # noqa: E402
 from megatron_hesnr.evaluation.eval_pass import HESNRPass, plan_set  # noqa: E402

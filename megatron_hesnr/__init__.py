@@ -14,17 +14,16 @@ and the record tools (``hesnr report`` / ``compare``) do not load torch.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
-from .defaults import DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
+from .metric.defaults import DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "AccumulatorConfig": ".metric_layout",
-    "HESNRAccumulator": ".accumulator",
-    "TokenStats": ".token_stats",
+    "AccumulatorConfig": ".metric.state_layout",
+    "HESNRAccumulator": ".metric.accumulator",
+    "TokenStats": ".metric.token_stats",
+    "token_stats": ".metric.token_stats",
 }
 
 __all__ = [
@@ -50,20 +49,3 @@ def __getattr__(name: str):
 def __dir__():
     return sorted(set(globals()) | set(__all__))
 
-
-class _Package(types.ModuleType):
-    """``megatron_hesnr.token_stats`` is the function, as before the lazy imports, even
-    after the submodule of the same name is imported (which would rebind the name)."""
-
-    @property
-    def token_stats(self):
-        from .token_stats import token_stats
-
-        return token_stats
-
-    @token_stats.setter
-    def token_stats(self, value):
-        pass  # the import system setting the submodule: the function stays
-
-
-sys.modules[__name__].__class__ = _Package

@@ -221,7 +221,7 @@ def layout_token_stats(layout, rank: int, vocab: int, logits, labels, *more):
     """Under ``layout`` (see :func:`layout_groups`; every rank must call it): this rank's
     groups and batch rows, its CP chunk of those rows of ``logits``, ``labels`` and every
     tensor in ``more``, and ``token_stats`` of its TP vocabulary shard of the logits."""
-    from megatron_hesnr.context_parallel import split_for_context_parallel
+    from megatron_hesnr.evaluation.context_parallel import split_for_context_parallel
 
     groups, rows, tp_rank, tp_size = layout_groups(layout, rank, logits.shape[0])
     local = [split_for_context_parallel(t[rows], groups.cp_rank, groups.cp_size) for t in (logits, labels, *more)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from megatron_hesnr.token_stats import TokenStats
+from megatron_hesnr.metric.token_stats import TokenStats
 
 
 def clustered_tokens(n_docs: int, seed: int, mean_len: float = 120.0, shift: float = 0.0):

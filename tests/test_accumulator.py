@@ -187,7 +187,7 @@ def test_bool_mask_and_unscored_tokens():
                                        ({"category_names": ("a", "all")}, "category_names")])
 def test_config_errors_name_their_field_and_the_flag(kw, field):
     """The metric settings are checked once (here); the evaluation config names the flag behind the field."""
-    from megatron_hesnr.accumulator import AccumulatorConfig, AccumulatorConfigError
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig, AccumulatorConfigError
     from megatron_hesnr.evaluation.config import HESNRConfig, HESNRConfigError, flag_of
 
     with pytest.raises(AccumulatorConfigError) as acc_err:

@@ -243,7 +243,7 @@ def test_a_bad_metric_field_is_refused_once_naming_the_bridge_field(field, bad):
     """A metric field set after construction (Bridge overrides, then ``finalize()``) is refused by
     AccumulatorConfig's own check, named ``HESNRBridgeConfig.metric.<field> (--hesnr-<flag>)``,
     with the flag and the field as attributes and no second error chained."""
-    from megatron_hesnr.accumulator import AccumulatorConfigError
+    from megatron_hesnr.metric.accumulator import AccumulatorConfigError
 
     with pytest.raises(AccumulatorConfigError) as direct:
         AccumulatorConfig(**{field: bad})

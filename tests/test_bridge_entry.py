@@ -7,7 +7,7 @@ import types
 import pytest
 
 import hesnr_bridge_helpers as B
-from megatron_hesnr.accumulator import AccumulatorConfig
+from megatron_hesnr.metric.accumulator import AccumulatorConfig
 from megatron_hesnr.bridge import BridgeCompatError, HESNRBridgeConfig
 from megatron_hesnr.bridge import entry
 from megatron_hesnr.bridge.config import bridge_config_from_args

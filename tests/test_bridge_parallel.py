@@ -32,7 +32,7 @@ def _layout(rank, world, li, tmpdir):
     callbacks, _pg_utils, _ = B.import_bridge()
     from megatron.core.process_groups_config import ProcessGroupCollection
 
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.bridge import HESNRBridgeConfig, HESNRCallback
     from megatron_hesnr.evaluation.eval_pass import plan_set
 

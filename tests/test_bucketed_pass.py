@@ -70,7 +70,7 @@ def _world(rank, world):
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state as ps
 
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.eval_pass import plan_set
 

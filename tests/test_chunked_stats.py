@@ -19,7 +19,7 @@ from megatron_hesnr.evaluation.chunked_stats import (
     chunked_token_stats,
 )
 from megatron_hesnr.evaluation.config import HESNRConfig, HESNRConfigError
-from megatron_hesnr.token_stats import TENSOR_FIELDS, TokenStats, token_stats
+from megatron_hesnr.metric.token_stats import TENSOR_FIELDS, TokenStats, token_stats
 
 from distributed_harness import run_world
 

@@ -15,7 +15,7 @@ import pytest
 
 import torch
 
-from megatron_hesnr.accumulator import HESNRAccumulator
+from megatron_hesnr.metric.accumulator import HESNRAccumulator
 from megatron_hesnr.data.memory import MemoryDataset
 from megatron_hesnr.demo import evaluation as demo_evaluation
 from megatron_hesnr.demo import sources

@@ -11,9 +11,9 @@ import torch
 import torch.distributed as dist
 
 import megatron_hesnr as mh
-from megatron_hesnr.context_parallel import context_parallel_positions, split_for_context_parallel
+from megatron_hesnr.evaluation.context_parallel import context_parallel_positions, split_for_context_parallel
 from megatron_hesnr.evaluation import reduce_metrics
-from megatron_hesnr.reduction import reduce_on_last_stage
+from megatron_hesnr.metric.reduction import reduce_on_last_stage
 
 from distributed_harness import (
     assert_metrics_match,
@@ -321,7 +321,7 @@ def test_tp2_pp2_last_stage_tp_pair(megatron_world):
 def test_vocab_shards_equal_megatron_vocab_ranges(megatron_core):
     from megatron.core.tensor_parallel.utils import VocabUtility
 
-    from megatron_hesnr.vocab import padded_vocab_size, vocab_shard
+    from megatron_hesnr.metric.vocab import padded_vocab_size, vocab_shard
 
     for vocab, tp, div in ((997, 2, 8), (151643, 8, 128), (300, 4, 128), (50, 3, 1)):
         padded = padded_vocab_size(vocab, tp, div)

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 
 import megatron_hesnr as mh
-from megatron_hesnr.tp_merge import HEADER_SIZE
-from megatron_hesnr.vocab import padded_vocab_size, vocab_shard
+from megatron_hesnr.metric.tp_merge import HEADER_SIZE
+from megatron_hesnr.metric.vocab import padded_vocab_size, vocab_shard
 
 from distributed_harness import (
     assert_metrics_match,

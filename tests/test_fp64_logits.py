@@ -6,8 +6,8 @@ import math
 import torch
 
 import megatron_hesnr as mh
-from megatron_hesnr.shard_stats import shard_stats_torch
-from megatron_hesnr.vocab import vocab_shard
+from megatron_hesnr.metric.shard_stats import shard_stats_torch
+from megatron_hesnr.metric.vocab import vocab_shard
 
 
 def test_near_ties_below_fp32_resolution_keep_their_order():

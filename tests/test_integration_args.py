@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from megatron_hesnr.defaults import DEFAULT_THRESHOLD
+from megatron_hesnr.metric.defaults import DEFAULT_THRESHOLD
 from megatron_hesnr.megatron_lm.args import (FLAGS, add_hesnr_args, chain_extra_args_providers, config_from_args,
                                              validate_hesnr_args)
 from megatron_hesnr.evaluation.config import HESNRConfigError
@@ -53,7 +53,7 @@ def test_docs_flag_table_is_the_configs():
 
 
 def test_flags_map_back_to_their_fields():
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import HESNRConfig, field_for_flag, flag_of, flag_settings
 
     assert field_for_flag("--hesnr-data-path") == "datasets" and field_for_flag("--hesnr-k") == "metric.k"
@@ -77,7 +77,7 @@ def test_flags_map_back_to_their_fields():
 def test_a_bad_metric_flag_is_refused_once_by_the_metric_config(cmd, field):
     """AccumulatorConfig alone checks the metric flags; the refusal names the flag and the field,
     carries AccumulatorConfig's own message and chains no second error."""
-    from megatron_hesnr.accumulator import AccumulatorConfig, AccumulatorConfigError
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig, AccumulatorConfigError
 
     args = parse("--seq-length 128 --hesnr-data-path /x " + cmd)
     with pytest.raises(AccumulatorConfigError) as direct:
@@ -93,7 +93,7 @@ def test_a_bad_metric_flag_is_refused_once_by_the_metric_config(cmd, field):
 def test_metric_mapping_is_checked_like_the_object():
     """``metric`` also takes a mapping of AccumulatorConfig's fields; unknown keys and a preset
     ``num_documents`` (each pass sets its own) are refused by name."""
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import HESNRConfig
 
     assert HESNRConfig(metric={"k": 8, "threshold": 1.0}).metric == AccumulatorConfig(k=8, threshold=1.0)

@@ -62,7 +62,7 @@ def _layout(rank, world, tp, ep, moe, capture):
     import warnings
 
     warnings.filterwarnings("ignore")
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
 

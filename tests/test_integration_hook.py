@@ -161,7 +161,7 @@ def test_records_carry_stderrs_and_two_checkpoints_compare(tmp_path):
     record (equal to direct accumulation), ``±`` on the validation line, and ``hesnr compare``
     on the JSONL gives diff / ci / p."""
     from megatron_hesnr.cli import main
-    from megatron_hesnr.stderr import RATIO_METRICS
+    from megatron_hesnr.metric.stderr import RATIO_METRICS
 
     args = _args(curr_iteration=3)
     # micro-batches of 2 windows: padded positions and empty filler samples carry no trajectory.

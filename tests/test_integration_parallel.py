@@ -37,7 +37,7 @@ def _layout(rank, world, li, tmpdir):
     import warnings
 
     warnings.filterwarnings("ignore")
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.eval_pass import plan_set
     from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook

@@ -74,7 +74,7 @@ def _world(rank, world):
 
     warnings.filterwarnings("ignore")
     import megatron_hesnr.megatron_lm.hook as hook_mod
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
 
     sets = {"s": H.make_dataset(3, n=3)}

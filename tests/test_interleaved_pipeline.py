@@ -25,7 +25,7 @@ def _world(rank, world):
     warnings.filterwarnings("ignore")
     from megatron.core import parallel_state as ps
 
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.eval_pass import plan_set
 
@@ -50,7 +50,7 @@ def _world(rank, world):
 
 @pytest.mark.parametrize("pp", [2, 3])
 def test_interleaved_counts_equal_single_process(pp, tmp_path):
-    from megatron_hesnr.accumulator import AccumulatorConfig
+    from megatron_hesnr.metric.accumulator import AccumulatorConfig
     from megatron_hesnr.evaluation.config import EvalDataset, HESNRConfig
     from megatron_hesnr.evaluation.eval_pass import plan_set
 

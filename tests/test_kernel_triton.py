@@ -40,8 +40,8 @@ if not INTERPRETED:
 
 else:
     from megatron_hesnr import token_stats
-    from megatron_hesnr.shard_stats import shard_stats_torch
-    from megatron_hesnr.vocab import VocabShard
+    from megatron_hesnr.metric.shard_stats import shard_stats_torch
+    from megatron_hesnr.metric.vocab import VocabShard
 
 
 def in_interpreter(fn):
@@ -52,7 +52,7 @@ def in_interpreter(fn):
 
 @pytest.fixture(scope="module")
 def kmod():
-    import megatron_hesnr.kernels.triton_shard_stats as mod
+    import megatron_hesnr.metric.kernels.triton_shard_stats as mod
 
     assert mod._is_interpreted(), "TRITON_INTERPRET=1 did not take effect"
     return mod

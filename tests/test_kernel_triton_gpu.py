@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from megatron_hesnr import token_stats
-from megatron_hesnr.shard_stats import shard_stats_torch
-from megatron_hesnr.token_stats import _resolve_impl
-from megatron_hesnr.vocab import VocabShard
+from megatron_hesnr.metric.shard_stats import shard_stats_torch
+from megatron_hesnr.metric.token_stats import _resolve_impl
+from megatron_hesnr.metric.vocab import VocabShard
 
 pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -21,7 +21,7 @@ V_FULL = 151936
 
 
 def _modes():
-    from megatron_hesnr.kernels.triton_shard_stats import has_tl_topk
+    from megatron_hesnr.metric.kernels.triton_shard_stats import has_tl_topk
 
     return ["select", "bitonic"] if has_tl_topk() else ["select"]
 
@@ -42,7 +42,7 @@ def _check(kern, ref, rows, real):
 @pytest.mark.parametrize("v,real,start", [(V_FULL, V_FULL, 0), (V_FULL // 8, V_FULL // 8 - 37, 7 * (V_FULL // 8))])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_kernel_matches_reference_on_gpu(v, real, start, dtype):
-    from megatron_hesnr.kernels.triton_shard_stats import shard_stats_triton
+    from megatron_hesnr.metric.kernels.triton_shard_stats import shard_stats_triton
 
     gen = torch.Generator(device="cuda").manual_seed(0)
     s, b = 48, 2

@@ -57,22 +57,126 @@ def test_shared_evaluation_reads_no_front_end_and_no_megatron_globals():
             assert "parallel_state" not in name, f"evaluation/{module.name} imports {name}"
 
 
-def test_old_integration_path_still_starts_a_patched_checkout():
-    """A checkout patched before the split imports ``megatron_hesnr.integration.hook``: it warns and
-    gives the same hook class (and the old entry module the same entry function)."""
-    for name in [m for m in sys.modules if m.startswith("megatron_hesnr.integration")]:
-        del sys.modules[name]
-    with pytest.warns(DeprecationWarning, match="megatron_hesnr.megatron_lm"):
-        old = importlib.import_module("megatron_hesnr.integration.hook")
-    from megatron_hesnr.megatron_lm.entry import run_megatron_entry
-    from megatron_hesnr.megatron_lm.hook import MegatronHESNRHook
+def test_no_alias_package_and_a_small_root():
+    """The metric core is ``metric/``; the root keeps ``__init__.py``, ``cli.py`` and at most three other
+    modules; no package only re-exports old import paths (the project has never been released)."""
+    pkg = REPO / "megatron_hesnr"
+    assert not (pkg / "integration").exists()
+    root = sorted(m.name for m in pkg.glob("*.py") if m.name not in ("__init__.py", "cli.py"))
+    assert len(root) <= 3, root
+    metric = {m.stem for m in (pkg / "metric").glob("*.py")}
+    for name in ("token_stats", "shard_stats", "tp_merge", "topk_stats", "accumulator", "trajectory_sums",
+                 "state_layout", "state_check", "stderr", "reduction", "vocab", "defaults"):
+        assert name in metric, name
+    assert (pkg / "metric" / "kernels" / "triton_shard_stats.py").is_file()
+    for path in [*pkg.rglob("*.py"), *(REPO / "patches").glob("*.patch")]:
+        assert "megatron_hesnr.integration" not in path.read_text(encoding="utf-8"), path
 
-    assert old.MegatronHESNRHook is MegatronHESNRHook
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        assert importlib.import_module("megatron_hesnr.integration.entry").run_megatron_entry is run_megatron_entry
-    for patch in sorted((REPO / "patches").glob("*.patch")):
-        assert "megatron_hesnr.integration" not in patch.read_text(encoding="utf-8"), patch.name
+
+def test_metric_core_imports_no_layer_above_it():
+    """metric/ is the lowest layer: it imports nothing of the package outside metric/."""
+    for module in sorted((REPO / "megatron_hesnr" / "metric").rglob("*.py")):
+        for name in _imports(module):
+            if name.startswith("megatron_hesnr"):
+                assert name.startswith("megatron_hesnr.metric"), f"{module.relative_to(REPO)} imports {name}"
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """``{module: modules of the package it imports}``: every import statement anywhere in the file
+    (inside functions too: the lazy ones), ``importlib.import_module`` of a literal name and the
+    modules named in a PEP 562 ``_LAZY`` table."""
+    pkg = REPO / "megatron_hesnr"
+    files = {}
+    for f in pkg.rglob("*.py"):
+        parts = f.relative_to(REPO).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+
+    def known(name: str):
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, f in files.items():
+        package = name if f.name == "__init__.py" else name.rpartition(".")[0]
+
+        def absolute(level: int, module: str | None) -> str:
+            base = package.split(".")
+            return ".".join(base[:len(base) - level + 1] + ([module] if module else []))
+
+        targets = []
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = absolute(node.level, node.module) if node.level else node.module
+                targets += [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            elif (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
+                  and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                text = node.args[0].value
+                dots = len(text) - len(text.lstrip("."))
+                targets.append(absolute(dots, text[dots:]) if dots else text)
+            elif (isinstance(node, ast.Assign) and any(getattr(x, "id", None) == "_LAZY" for x in node.targets)
+                  and isinstance(node.value, ast.Dict)):  # the package's PEP 562 table {name: ".module"}
+                for value in node.value.values:
+                    dots = len(value.value) - len(value.value.lstrip("."))
+                    targets.append(absolute(dots, value.value[dots:]))
+        graph[name] = {m for t in targets if t.startswith("megatron_hesnr") and (m := known(t)) and m != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (iterative Tarjan)."""
+    index, low, on_stack, stack, out, counter = {}, {}, set(), [], [], [0]
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter[0]
+        counter[0] += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            v, it = work[-1]
+            w = next(it, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = counter[0]
+                    counter[0] += 1
+                    stack.append(w)
+                    on_stack.add(w)
+                    work.append((w, iter(sorted(graph[w]))))
+                elif w in on_stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on_stack.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return out
+
+
+def test_cycle_finder_sees_lazy_imports():
+    """The check below can fail: a lazy import back is a cycle."""
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+    graph = _module_graph()
+    assert "megatron_hesnr.metric.state_layout" in graph["megatron_hesnr.metric.accumulator"]
+    assert "megatron_hesnr.metric.token_stats" in graph["megatron_hesnr"]  # the PEP 562 table, by name
+
+
+def test_no_import_cycle_in_the_package():
+    """No two modules of the package import each other, directly or round a loop, lazy imports included."""
+    assert _cycles(_module_graph()) == []
 
 
 def test_scoring_front_end_imports_only_the_shared_layers():

@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import megatron_hesnr as mh
-from megatron_hesnr.accumulator import SCALAR_FIELDS
+from megatron_hesnr.metric.accumulator import SCALAR_FIELDS
 from megatron_hesnr.analysis import read_records
 from megatron_hesnr.analysis.json_members import top_level_members
 from megatron_hesnr.analysis.record_state import StateInvalid, parse_state
 from megatron_hesnr.cli import main
-from megatron_hesnr.stderr import paired_bootstrap, paired_difference
+from megatron_hesnr.metric.stderr import paired_bootstrap, paired_difference
 
 from report_synth import record_of
 from stderr_synth import as_token_stats, clustered_tokens

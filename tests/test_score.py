@@ -23,8 +23,8 @@ from score_helpers import hesnr, prepare_set, write_tiny_qwen2
 
 from megatron_hesnr.scoring.engine_logprobs import (MalformedLogprobs, json_positions,
                                                     stats_from_prompt_logprobs)
-from megatron_hesnr.token_stats import token_stats
-from megatron_hesnr.topk_stats import token_stats_from_topk
+from megatron_hesnr.metric.token_stats import token_stats
+from megatron_hesnr.metric.topk_stats import token_stats_from_topk
 
 RATIOS = ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "topk_acc", "mean_entropy", "high_entropy_fraction")
 
@@ -123,7 +123,7 @@ def _records(path: Path) -> list[dict]:
 
 
 def _table(rec: dict) -> np.ndarray:
-    from megatron_hesnr.accumulator import HESNRAccumulator
+    from megatron_hesnr.metric.accumulator import HESNRAccumulator
 
     return HESNRAccumulator.from_state_dict(rec["state"]).trajectories.numpy()
 

@@ -20,12 +20,12 @@ import torch
 
 from conftest import REPO
 
-from megatron_hesnr.accumulator import AccumulatorConfig, HESNRAccumulator
+from megatron_hesnr.metric.accumulator import AccumulatorConfig, HESNRAccumulator
 from megatron_hesnr.evaluation.config import HESNRConfig, parse_data_specs
 from megatron_hesnr.scoring import driver
 from megatron_hesnr.scoring.driver import score_sets
 from megatron_hesnr.scoring.sets import ScoreError, open_sets
-from megatron_hesnr.token_stats import TokenStats
+from megatron_hesnr.metric.token_stats import TokenStats
 
 V = 1000
 K = 8

@@ -37,7 +37,7 @@ from test_score import assert_compare_finds_no_difference, assert_records_agree,
 
 from megatron_hesnr.scoring.engine_logprobs import json_positions, stats_from_prompt_logprobs  # noqa: E402
 from megatron_hesnr.scoring.sets import window_targets  # noqa: E402
-from megatron_hesnr.token_stats import token_stats  # noqa: E402
+from megatron_hesnr.metric.token_stats import token_stats  # noqa: E402
 
 K = 10
 SEQ = 256

@@ -10,7 +10,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import megatron_hesnr as mh
-from megatron_hesnr.accumulator import SCALAR_FIELDS
+from megatron_hesnr.metric.accumulator import SCALAR_FIELDS
 
 from distributed_harness import make_batch
 

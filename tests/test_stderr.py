@@ -17,8 +17,8 @@ import torch
 from scipy import stats as sps
 
 import megatron_hesnr as mh
-from megatron_hesnr.accumulator import SCALAR_FIELDS
-from megatron_hesnr.stderr import RATIO_METRICS, paired_bootstrap, ratio_stderr
+from megatron_hesnr.metric.accumulator import SCALAR_FIELDS
+from megatron_hesnr.metric.stderr import RATIO_METRICS, paired_bootstrap, ratio_stderr
 
 from stderr_synth import as_token_stats, clustered_tokens, token_ratio_terms
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from megatron_hesnr.shard_stats import ShardStats, merge_shard_stats, shard_stats_torch
-from megatron_hesnr.tp_merge import HEADER_FIELDS, _header, labels_checksums
-from megatron_hesnr.vocab import vocab_shard
+from megatron_hesnr.metric.shard_stats import ShardStats, merge_shard_stats, shard_stats_torch
+from megatron_hesnr.metric.tp_merge import HEADER_FIELDS, _header, labels_checksums
+from megatron_hesnr.metric.vocab import vocab_shard
 
 
 def _sums(labels):

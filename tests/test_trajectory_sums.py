@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import megatron_hesnr as mh
-from megatron_hesnr.accumulator import SCALAR_FIELDS
+from megatron_hesnr.metric.accumulator import SCALAR_FIELDS
 from megatron_hesnr.evaluation import reduce_metrics
 
 from distributed_harness import assert_metrics_match, assert_state_match, layout_token_stats, make_batch, run_layouts

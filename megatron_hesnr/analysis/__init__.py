@@ -5,7 +5,7 @@ Layers (imports point down): ``records`` / ``scores`` (input) -> ``correlation``
 ``thresholds`` (numbers) -> ``summary`` (one analysis) -> ``figures`` / ``report``
 (output) -> ``cli_report``.  Every metric is recomputed from the stored accumulator
 state, held as numpy arrays by ``record_state`` (no torch: the ratios, the sweep and
-the layout come from :mod:`megatron_hesnr.metric_layout`, shared with
+the layout come from :mod:`megatron_hesnr.metric.state_layout`, shared with
 :class:`megatron_hesnr.HESNRAccumulator`; ``EvalRecord.accumulator`` gives the
 accumulator itself).  ``json_members`` lets ``hesnr compare`` decode only the
 records it compares.

@@ -14,7 +14,7 @@ import json
 import math
 import sys
 
-from ..stderr import ALPHA, DEFAULT_BOOTSTRAP
+from ..metric.stderr import ALPHA, DEFAULT_BOOTSTRAP
 
 
 def seed_type(text: str) -> int:

@@ -5,7 +5,7 @@ config) of the same evaluation set under the same metric configuration.  The
 trajectories compared are those both records scored; a trajectory scored in both
 must have the same number of scored tokens in both (that count depends on the data
 and the mask only, never on the model), otherwise the records evaluate different
-data and are refused.  The numbers come from :func:`megatron_hesnr.stderr.paired_bootstrap`.
+data and are refused.  The numbers come from :func:`megatron_hesnr.metric.stderr.paired_bootstrap`.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metric_layout import SCALAR_FIELDS
-from ..stderr import DEFAULT_BOOTSTRAP, RATIO_METRICS, paired_bootstrap
+from ..metric.state_layout import SCALAR_FIELDS
+from ..metric.stderr import DEFAULT_BOOTSTRAP, RATIO_METRICS, paired_bootstrap
 from .records import EvalRecord
 
 

@@ -2,7 +2,7 @@
 
 ``hesnr report`` and ``hesnr compare`` read thousands of saved states
 (``HESNRAccumulator.state_dict()`` in JSON).  :func:`parse_state` checks one with the
-rules of :mod:`megatron_hesnr.state_check` (a test runs both on the same corrupt
+rules of :mod:`megatron_hesnr.metric.state_check` (a test runs both on the same corrupt
 states) and keeps it as float64 arrays; :class:`RecordState` answers the same
 questions as the accumulator (``sums``, ``histogram``, ``sweep``, ``uncertainty``,
 ``trajectory_rows``) from them.  The per-trajectory table is kept only for the
@@ -17,9 +17,9 @@ import math
 
 import numpy as np
 
-from ..metric_layout import (BIN_FIELDS, SCALAR_FIELDS, STATE_VERSION, AccumulatorConfig, metrics_from_sums,
+from ..metric.state_layout import (BIN_FIELDS, SCALAR_FIELDS, STATE_VERSION, AccumulatorConfig, metrics_from_sums,
                              sweep_histogram)
-from ..stderr import stderr_metrics
+from ..metric.stderr import stderr_metrics
 
 STATE_KEYS = ("version", "config", "scalar_fields", "bin_fields", "scalars", "hist", "reduced")
 CONFIG_KEYS = ("k", "threshold", "num_bins", "category_names")
@@ -305,7 +305,7 @@ class RecordState:
         """The same state as a :class:`~megatron_hesnr.HESNRAccumulator` (imports torch)."""
         import torch
 
-        from ..accumulator import HESNRAccumulator
+        from ..metric.accumulator import HESNRAccumulator
 
         acc = HESNRAccumulator(self.config)
         acc.scalars.copy_(torch.from_numpy(self.scalars))

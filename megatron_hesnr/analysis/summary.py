@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 import math
 
-from ..metric_layout import SCALAR_FIELDS, metrics_from_sums
-from ..stderr import ALPHA, paired_difference
+from ..metric.state_layout import SCALAR_FIELDS, metrics_from_sums
+from ..metric.stderr import ALPHA, paired_difference
 from .compare import CompareError, check_comparable, shared_rows
 from .correlation import correlate
 from .records import EvalRecord, ReadResult

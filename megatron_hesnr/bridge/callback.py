@@ -24,7 +24,7 @@ import torch
 from ..evaluation.capture import takes_output_processor, unwrap
 from ..evaluation.evaluator import EvalContext, HESNREvaluator, Layout, checkpoint_path, is_last_rank
 from ..evaluation.logging_sinks import scalars
-from ..stderr import STDERR_SUFFIX
+from ..metric.stderr import STDERR_SUFFIX
 from .compat import (
     BridgeCompatError,
     bridge_symbol,

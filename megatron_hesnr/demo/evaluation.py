@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..accumulator import HESNRAccumulator
+from ..metric.accumulator import HESNRAccumulator
 from ..evaluation import EvalContext, HESNRConfig, HESNREvaluator, Topology
 from ..evaluation.evaluator import is_last_rank, open_prepared_dataset
 from ..evaluation.windows import window_sample
-from ..token_stats import token_stats
+from ..metric.token_stats import token_stats
 from .eval_model import MegatronStyleGPT, has_megatron_core
 from .schedule import schedule
 from .training import load_checkpoint

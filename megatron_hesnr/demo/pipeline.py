@@ -22,7 +22,7 @@ from ..data.memory import MemoryDataset
 from ..data.pipeline import load_tokenizer
 from ..evaluation import EvalDataset, HESNRConfig
 from ..evaluation.eval_pass import plan_set
-from ..vocab import padded_vocab_size
+from ..metric.vocab import padded_vocab_size
 from . import bpe, sources
 from .evaluation import RECORD_RUN, EvalJob, run_evaluation
 from .gpt import GPTConfig, TinyGPT
@@ -346,7 +346,7 @@ def export_hf(checkpoints: list, tokenizer: Path, out: Path, eod: int, stages: S
 
 
 def _histogram_of(record: dict) -> dict:
-    from ..accumulator import HESNRAccumulator
+    from ..metric.accumulator import HESNRAccumulator
 
     acc = HESNRAccumulator.from_state_dict(record["state"])
     h = acc.histogram("action" if "action" in acc.config.category_names else None)

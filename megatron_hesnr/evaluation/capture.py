@@ -114,7 +114,7 @@ class LogitsCapture:
 
     ``layout`` is ``"bs"`` or ``"sb"``: the order of the leading dims of the logits on
     the last stage, or ``"stats"``: packed per-token statistics ``[s, b, 6]``
-    (:meth:`~megatron_hesnr.token_stats.TokenStats.pack`); other stages get the chunk's
+    (:meth:`~megatron_hesnr.metric.token_stats.TokenStats.pack`); other stages get the chunk's
     output (hidden states) unchanged.
     """
 

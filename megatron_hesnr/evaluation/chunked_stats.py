@@ -5,10 +5,10 @@ states ``[s, b, h]`` (after multi-token prediction has taken its share: the main
 layer and its weight (the shared embedding when tied) and the model's ``scale_logits``.
 :func:`chunked_token_stats` runs the output layer itself on ``chunk`` positions at a time: the chunk's
 logits shard ``[chunk, b, V/TP]`` -> ``scale_logits`` -> this shard's statistics (the PyTorch
-reference or the Triton kernel, :func:`~megatron_hesnr.token_stats.compute_shard_stats`) -> dropped
+reference or the Triton kernel, :func:`~megatron_hesnr.metric.token_stats.compute_shard_stats`) -> dropped
 before the next chunk.  The shard records of all chunks (``3 + k`` numbers per token) are merged over
 tensor parallelism in one gather and finalised; the model returns the per-token statistics
-(:meth:`~megatron_hesnr.token_stats.TokenStats.pack`, 6 numbers per token), never logits.
+(:meth:`~megatron_hesnr.metric.token_stats.TokenStats.pack`, 6 numbers per token), never logits.
 
 Sequence parallelism: the hidden states hold ``s / TP`` positions per rank and the output layer
 all-gathers its input over TP.  Feeding it positions ``[lo, hi)`` of the local block gathers
@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from ..shard_stats import ShardStats
-from ..token_stats import _merge_over_tp, _resolve_impl, _tp_rank_size, compute_shard_stats, finalize
-from ..vocab import check_vocab_size, vocab_shard
+from ..metric.shard_stats import ShardStats
+from ..metric.token_stats import _merge_over_tp, _resolve_impl, _tp_rank_size, compute_shard_stats, finalize
+from ..metric.vocab import check_vocab_size, vocab_shard
 
 #: ``--hesnr-logits-chunk auto``: positions per chunk such that a chunk's logits take this much per rank.
 LOGITS_BUDGET_BYTES = 256 * 2**20

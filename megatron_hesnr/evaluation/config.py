@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-from ..accumulator import AccumulatorConfig, AccumulatorConfigError
-from ..token_stats import IMPLS
+from ..metric.accumulator import AccumulatorConfig, AccumulatorConfigError
+from ..metric.token_stats import IMPLS
 from .buckets import DEFAULT_LENGTH_MULTIPLE, MAX_BUCKETS
 
 LONG_POLICIES = ("truncate", "window")

@@ -36,9 +36,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from ..accumulator import HESNRAccumulator
-from ..reduction import reduce_on_last_stage
-from ..token_stats import TokenStats, token_stats
+from ..metric.accumulator import HESNRAccumulator
+from ..metric.reduction import reduce_on_last_stage
+from ..metric.token_stats import TokenStats, token_stats
 from .buckets import BucketPlan, ScheduleShape, alignment, plan_buckets
 from .capture import LogitsCapture, unwrap
 from .chunked_stats import StatsRequest
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 #: Rows of a micro-batch buffer: inputs, labels, scoring mask, trajectory index.
 _ROWS, _DOC = 4, 3
 
-#: ``observer(set_name, stats, mask, doc, target)``: a micro-batch's :class:`~megatron_hesnr.token_stats.TokenStats`
+#: ``observer(set_name, stats, mask, doc, target)``: a micro-batch's :class:`~megatron_hesnr.metric.token_stats.TokenStats`
 #: and, in the same layout, each token's scoring category, trajectory index (``-1``: padding or an empty
 #: sample) and target position in its trajectory (the index of the label's token).
 TokenObserver = Callable[[str, Any, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -275,7 +275,7 @@ class HESNRPass:
 
     def run(self, model: Sequence[torch.nn.Module], wset: WindowedSet) -> HESNRAccumulator:
         """Evaluate one set; returns its accumulator, reduced over DP x CP on the last stage
-        (:func:`~megatron_hesnr.reduction.reduce_on_last_stage`; its metrics in :attr:`metrics`)."""
+        (:func:`~megatron_hesnr.metric.reduction.reduce_on_last_stage`; its metrics in :attr:`metrics`)."""
         model = list(model)
         # Per-trajectory sums for the standard errors and `hesnr compare` (none for an empty set).
         acc = HESNRAccumulator(dataclasses.replace(self.config.metric, num_documents=wset.num_trajectories or None),

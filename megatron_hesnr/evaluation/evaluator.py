@@ -29,7 +29,7 @@ from .logging_sinks import (
     write_tensorboard,
     write_wandb,
 )
-from ..rank_agreement import device_backend
+from ..metric.rank_agreement import device_backend
 from .records import append_records, config_dict, make_record, recorded_keys
 
 log = logging.getLogger(__name__)

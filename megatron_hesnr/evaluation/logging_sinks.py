@@ -9,7 +9,7 @@ import logging
 import math
 import sys
 
-from ..stderr import STDERR_SUFFIX
+from ..metric.stderr import STDERR_SUFFIX
 
 #: Scalars shown on the line and sent to TensorBoard / W&B, in this order.
 LINE_METRICS = ("hesnr", "hesnr_topk", "he_ppl", "ppl", "top1_acc", "high_entropy_fraction",

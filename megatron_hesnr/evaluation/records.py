@@ -23,7 +23,7 @@ import json
 import os
 import socket
 
-from ..accumulator import HESNRAccumulator
+from ..metric.accumulator import HESNRAccumulator
 from .config import HESNRConfig, flag_settings
 
 

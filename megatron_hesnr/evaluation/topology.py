@@ -23,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from ..accumulator import HESNRAccumulator
-from ..reduction import broadcast_metrics, reduce_on_last_stage
+from ..metric.accumulator import HESNRAccumulator
+from ..metric.reduction import broadcast_metrics, reduce_on_last_stage
 
 
 def default_device() -> torch.device:

@@ -13,7 +13,7 @@ log-probabilities and ranks, plus ``y`` with its own (see :mod:`.engine_logprobs
   ``rank <= k``: ``y`` is among exactly ``k`` entries (vLLM gives a listed token its place in
   the list); ``rank > k``: ``y`` comes beside ``k`` others, none less likely than ``y`` (an
   exact tie with the k-th, not picked, is counted inside by
-  :func:`~megatron_hesnr.topk_stats.token_stats_from_topk`).
+  :func:`~megatron_hesnr.metric.topk_stats.token_stats_from_topk`).
 
 Anything else is an answer that cannot be true: :class:`ImpossibleAnswer`, which names the field
 (the caller adds the server and the position) and is never retried or counted.
@@ -55,7 +55,7 @@ def check_rank(value, tok: int) -> int:
 def check_position(y: int, rows, k: int, bound: int | None) -> tuple[list[float], float, int]:
     """``rows``: the ``(token_id, logprob, rank)`` triples of one position (rank may be ``None`` for a
     listed token other than ``y``).  Returns the ``k`` top log-probabilities, ``y``'s and its rank
-    (what :func:`~megatron_hesnr.topk_stats.token_stats_from_topk` takes), or raises
+    (what :func:`~megatron_hesnr.metric.topk_stats.token_stats_from_topk` takes), or raises
     :class:`ImpossibleAnswer` / :class:`MalformedLogprobs` naming the field."""
     seen: set[int] = set()
     target = None

@@ -16,7 +16,7 @@ import json
 import math
 import os
 
-from ..defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
+from ..metric.defaults import DEFAULT_CATEGORY_NAMES, DEFAULT_K, DEFAULT_NUM_BINS, DEFAULT_THRESHOLD
 from .errors import ScoreError, ScoreInterrupted
 from .model_dir import check_hf_dtype, check_model_dir, check_transformers_config
 
@@ -76,7 +76,7 @@ def _engine_args(args) -> dict:
 
 
 def _config(args):
-    from ..accumulator import AccumulatorConfig, AccumulatorConfigError
+    from ..metric.accumulator import AccumulatorConfig, AccumulatorConfigError
     from ..evaluation.config import HESNRConfig, HESNRConfigError, parse_data_specs
 
     try:

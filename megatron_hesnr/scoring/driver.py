@@ -1,7 +1,7 @@
 """Scoring prepared sets with an engine: windows in, the Megatron hook's records out.
 
 An engine (:mod:`.hf`, :mod:`.vllm_offline`, :mod:`.server`) turns prompts (a window's tokens)
-into :class:`~megatron_hesnr.token_stats.TokenStats` of their targets; this module gives it the
+into :class:`~megatron_hesnr.metric.token_stats.TokenStats` of their targets; this module gives it the
 windows trajectory by trajectory, adds each window's scored targets (category from the prepared
 mask, trajectory index) to one :class:`HESNRAccumulator` per set -- exactly what the Megatron
 pass adds -- keeps the progress file, and appends one record per set with
@@ -19,11 +19,11 @@ from typing import Iterable, Iterator, Protocol
 import numpy as np
 import torch
 
-from ..accumulator import HESNRAccumulator
+from ..metric.accumulator import HESNRAccumulator
 from ..atomic_write import DeferSignals
 from ..evaluation.config import HESNRConfig
 from ..evaluation.records import append_records, config_dict, holds_score_id, make_record, release_records
-from ..token_stats import TENSOR_FIELDS, TokenStats
+from ..metric.token_stats import TENSOR_FIELDS, TokenStats
 from .progress import Progress
 from .sets import ScoreError, ScoreInterrupted, ScoreSet, manifest_digest, window_targets
 

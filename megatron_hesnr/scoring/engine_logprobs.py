@@ -13,8 +13,8 @@ import math
 import numpy as np
 import torch
 
-from ..token_stats import TokenStats
-from ..topk_stats import token_stats_from_topk
+from ..metric.token_stats import TokenStats
+from ..metric.topk_stats import token_stats_from_topk
 from .answer_checks import ImpossibleAnswer, MalformedLogprobs, check_position
 
 __all__ = ["ImpossibleAnswer", "MalformedLogprobs", "stats_from_prompt_logprobs", "offline_positions",

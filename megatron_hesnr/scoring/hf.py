@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from ..token_stats import token_stats
+from ..metric.token_stats import token_stats
 from .model_dir import HF_DTYPES, check_hf_dtype
 from .sets import ScoreError
 

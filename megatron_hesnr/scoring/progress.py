@@ -28,7 +28,7 @@ import re
 import time
 import uuid
 
-from ..accumulator import HESNRAccumulator
+from ..metric.accumulator import HESNRAccumulator
 from .sets import ScoreError
 
 _SCORE_ID = re.compile(r"[0-9a-f]{32}")
@@ -136,7 +136,7 @@ class Progress:
         return fresh
 
     def _check_counts(self, name: str, acc: HESNRAccumulator, expected: dict[int, int]) -> None:
-        from ..metric_layout import SCALAR_FIELDS
+        from ..metric.state_layout import SCALAR_FIELDS
 
         done = self.done.get(name, set())
         stray = sorted(done - set(expected))

@@ -3,7 +3,7 @@
 The field names of the state (``SCALAR_FIELDS``, ``BIN_FIELDS``), its version,
 :class:`AccumulatorConfig`, the ratios from sums (:func:`metrics_from_sums`) and the
 threshold sweep over a histogram (:func:`sweep_histogram`).  The accumulator
-(:mod:`megatron_hesnr.accumulator`, torch) and the record reader of ``hesnr report``
+(:mod:`megatron_hesnr.metric.accumulator`, torch) and the record reader of ``hesnr report``
 / ``hesnr compare`` (numpy only) both use them: one definition for both.
 """
 from __future__ import annotations

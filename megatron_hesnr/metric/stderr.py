@@ -3,7 +3,7 @@
 Every HE-SNR metric is a ratio of two sums over tokens, ``R = sum y / sum x``
 (possibly through ``exp``).  Tokens of one trajectory are correlated, so both the
 standard error and the comparison resample *trajectories*, never tokens; their
-input is the per-trajectory table (:mod:`megatron_hesnr.trajectory_sums`).
+input is the per-trajectory table (:mod:`megatron_hesnr.metric.trajectory_sums`).
 
 * :func:`ratio_stderr` -- the standard error of one checkpoint's value: the
   ratio-estimator (Taylor) linearisation over trajectories ``i = 1..n``,

@@ -2,7 +2,7 @@
 
 One program handles one token row of a logits shard ``[N, V_local]`` and reads
 each of its real columns exactly once, tile by tile, producing the same record as
-the PyTorch reference (:func:`megatron_hesnr.shard_stats.shard_stats_torch`):
+the PyTorch reference (:func:`megatron_hesnr.metric.shard_stats.shard_stats_torch`):
 max, sum of exp(z - max), the owned target logit and the k largest values.
 
 Design (why it is shaped like this):
@@ -38,7 +38,7 @@ Design (why it is shaped like this):
   chunk), so that few rows still give enough programs to fill the GPU and a long
   row's serial chain of tiles is shorter.  Each program writes the same record for
   its chunk into ``[splits, N, ...]`` buffers, which the tensor-parallel merge
-  (:func:`megatron_hesnr.shard_stats.merge_shard_stats`: max, log-add-exp of the
+  (:func:`megatron_hesnr.metric.shard_stats.merge_shard_stats`: max, log-add-exp of the
   sums, the one owned target, top-k of the candidates) combines on the device.  A
   chunk past the real columns writes an empty record.
 
@@ -297,7 +297,7 @@ def shard_stats_triton(
             ``"bitonic"`` (``tl.topk`` merge; Triton >= 3.4).
         splits: column chunks per row (split-row mode).  Each chunk is its own
             program writing a partial record; the records are merged on the device
-            by :func:`~megatron_hesnr.shard_stats.merge_shard_stats`, the merge the
+            by :func:`~megatron_hesnr.metric.shard_stats.merge_shard_stats`, the merge the
             tensor-parallel path uses.  Default from :func:`default_splits`.
     """
     if rows.dim() != 2:

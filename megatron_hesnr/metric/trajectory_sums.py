@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from .metric_layout import check_num_documents  # noqa: F401 - kept importable here
+from .state_layout import check_num_documents  # noqa: F401 - kept importable here
 
 TABLE_KEY = "trajectories"
 

@@ -22,7 +22,7 @@ from dataclasses import asdict
 import torch
 
 from . import trajectory_sums as traj
-from .metric_layout import (  # noqa: F401 - re-exported: the layout and config live in the torch-free module
+from .state_layout import (  # noqa: F401 - re-exported: the layout and config live in the torch-free module
     _B,
     _F,
     BIN_FIELDS,
