@@ -108,7 +108,7 @@ def main() -> int:
     stats = mh.token_stats(logits, labels, impl="torch")
     del logits
 
-    from megatron_hesnr import tp_merge
+    from megatron_hesnr.metric import tp_merge
 
     def cold():  # the power tables are cached per token count: a new count rebuilds them
         tp_merge._weights.cache_clear()

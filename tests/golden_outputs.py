@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE))
 
 import hesnr_bridge_helpers as B  # noqa: E402
 import hesnr_integration_helpers as H  # noqa: E402
-from megatron_hesnr.accumulator import AccumulatorConfig  # noqa: E402
+from megatron_hesnr.metric.accumulator import AccumulatorConfig  # noqa: E402
 
 GOLDEN = HERE / "golden"
 V, S = 24, 8

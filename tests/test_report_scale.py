@@ -18,7 +18,7 @@ import megatron_hesnr as mh
 from megatron_hesnr.metric.accumulator import SCALAR_FIELDS
 from megatron_hesnr.analysis import read_records
 from megatron_hesnr.analysis.json_members import top_level_members
-from megatron_hesnr.analysis.record_state import StateInvalid, parse_state
+from megatron_hesnr.analysis.record_state import StateError, parse_state
 from megatron_hesnr.cli import main
 from megatron_hesnr.metric.stderr import paired_bootstrap, paired_difference
 
@@ -117,14 +117,14 @@ def test_numpy_reader_refuses_every_state_the_accumulator_refuses():
         "number": _set(base, ["hist", 0, 3, 1], True),
         "unknown extra": {**base, "extra": 1},
         "missing": {k: v for k, v in base.items() if k != "reduced"},
-        "expected num_documents = 150": _set(base, [tf, "by_category", "action", "sum_nll"], col["sum_nll"][:-1]),
+        r"has shape \(149,\), expected \(150,\) = config.num_documents": _set(base, [tf, "by_category", "action", "sum_nll"], col["sum_nll"][:-1]),
         "add up": _set(base, [tf, "by_category", "action", "sum_nll"], [v * 2 for v in col["sum_nll"]]),
         "not a list of numbers": _set(base, [tf, "by_category", "action", "num_top1"], ["1"] * N_DOCS),
         "unknown categories": _set(base, [tf, "by_category", "tool"], col),
         "num_documents": _set(base, [tf, "num_documents"], 7),
     }
     for match, bad in cases.items():
-        with pytest.raises(StateInvalid, match=match):
+        with pytest.raises(StateError, match=match):
             parse_state(bad)
         with pytest.raises(ValueError):
             mh.HESNRAccumulator.from_state_dict(copy.deepcopy(bad))

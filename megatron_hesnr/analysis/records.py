@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .json_members import top_level_members
-from .record_state import RecordState, StateInvalid, parse_state
+from .record_state import RecordState, StateError, parse_state
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def attach_state(rec: EvalRecord, state) -> EvalRecord:
         raise RecordError(f"{rec.source}: field 'state' must be an object (HESNRAccumulator.state_dict())")
     try:
         rec.state = parse_state(state)
-    except (StateInvalid, MemoryError) as exc:
+    except (StateError, MemoryError) as exc:
         raise RecordError(f"{rec.source}: field 'state' is not a valid accumulator state: {exc}") from None
     _cross_check(rec)
     return rec

@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import math
 
-from ..metric.state_layout import SCALAR_FIELDS, metrics_from_sums
+from ..metric.ratios import metrics_from_sums
+from ..metric.state_layout import SCALAR_FIELDS
 from ..metric.stderr import ALPHA, paired_difference
 from .compare import CompareError, check_comparable, shared_rows
 from .correlation import correlate

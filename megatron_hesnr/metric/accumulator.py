@@ -22,17 +22,18 @@ from dataclasses import asdict
 import torch
 
 from . import trajectory_sums as traj
+from .ratios import metrics_from_sums, sweep_histogram
+from .state_check import (FINGERPRINT_FIELDS, StateError, check_mergeable, fingerprint, show_fingerprint,
+                          validate_state_dict)
 from .state_layout import (  # noqa: F401 - re-exported: the layout and config live in the torch-free module
     _B,
     _F,
     BIN_FIELDS,
     SCALAR_FIELDS,
     STATE_VERSION,
+    TABLE_KEY,
     AccumulatorConfig,
     AccumulatorConfigError,
-    _exp,
-    metrics_from_sums,
-    sweep_histogram,
 )
 from .stderr import stderr_metrics
 from .token_stats import TokenStats
@@ -168,7 +169,6 @@ class HESNRAccumulator:
             # Every rank checks the same gathered fingerprints (config, size, reduced)
             # before the sum, so a disagreement raises everywhere instead of hanging.
             from .rank_agreement import agree_or_raise
-            from .state_check import FINGERPRINT_FIELDS, fingerprint, show_fingerprint
 
             agree_or_raise(fingerprint(self), FINGERPRINT_FIELDS, group, self.state.device,
                            "data-parallel ranks' accumulators",
@@ -189,8 +189,6 @@ class HESNRAccumulator:
         """Add another accumulator's sums (same config) into this one."""
         if not isinstance(other, HESNRAccumulator):
             raise TypeError(f"cannot merge {type(other).__name__} into HESNRAccumulator")
-        from .state_check import check_mergeable
-
         check_mergeable(self, other)
         self.state += other.state.to(self.state.device)
         return self
@@ -275,14 +273,12 @@ class HESNRAccumulator:
             "reduced": self._reduced,
         }
         if self.trajectories is not None:
-            d[traj.TABLE_KEY] = traj.table_to_json(self.trajectories, SCALAR_FIELDS, self.config.category_names)
+            d[TABLE_KEY] = traj.table_to_json(self.trajectories, SCALAR_FIELDS, self.config.category_names)
         return d
 
     def load_state_dict(self, d: dict) -> "HESNRAccumulator":
         """Load a :meth:`state_dict`; raises ``StateError`` (a ``ValueError``) naming the
         field for anything that would not save back exactly (see ``state_check``)."""
-        from .state_check import StateError, validate_state_dict
-
         cfg, scalars, hist, reduced, table = validate_state_dict(d)
         if cfg != self.config:
             raise StateError(f"state config {cfg} != accumulator config {self.config}")
@@ -291,8 +287,6 @@ class HESNRAccumulator:
 
     @classmethod
     def from_state_dict(cls, d: dict, device=None) -> "HESNRAccumulator":
-        from .state_check import validate_state_dict
-
         cfg, scalars, hist, reduced, table = validate_state_dict(d)
         return cls(cfg, device=device)._load(scalars, hist, reduced, table)
 

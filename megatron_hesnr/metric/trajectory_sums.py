@@ -21,10 +21,6 @@ from __future__ import annotations
 
 import torch
 
-from .state_layout import check_num_documents  # noqa: F401 - kept importable here
-
-TABLE_KEY = "trajectories"
-
 
 def table_size(num_documents: int | None, num_categories: int, num_fields: int) -> int:
     """Number of float64 entries the table adds to the flat buffer (0 when not tracked)."""
@@ -81,68 +77,6 @@ def table_to_json(table: torch.Tensor, fields, category_names) -> dict:
             cols[f] = [int(v) for v in col.tolist()] if is_int else col.tolist()
         out[name] = cols
     return {"fields": list(fields), "num_documents": int(t.shape[0]), "by_category": out}
-
-
-#: A table whose JSON lists no category (all zero: no token was scored) is not backed by
-#: any list; its ``num_documents`` is only believed up to this many trajectories.
-MAX_EMPTY_TABLE_DOCUMENTS = 1 << 20
-
-
-def check_table_json_size(d, num_documents: int) -> None:
-    """Before a table of ``num_documents`` rows is allocated for :func:`table_from_json`:
-    the JSON must hold that many entries in every list it has (so a corrupt count cannot
-    make the reader allocate more than the record itself holds). ``ValueError`` names the field."""
-    if not isinstance(d, dict):
-        raise ValueError(f"state '{TABLE_KEY}' must be an object, got {type(d).__name__}")
-    if d.get("num_documents") != num_documents:
-        raise ValueError(f"state '{TABLE_KEY}' has num_documents {d.get('num_documents')!r}, "
-                         f"but config.num_documents is {num_documents}")
-    by_cat = d.get("by_category")
-    if not isinstance(by_cat, dict):
-        raise ValueError(f"state '{TABLE_KEY}.by_category' must be an object")
-    lists = 0
-    for name, cols in by_cat.items():
-        for f, col in (cols.items() if isinstance(cols, dict) else ()):
-            if isinstance(col, list):   # other types are reported by table_from_json
-                if len(col) != num_documents:
-                    raise ValueError(f"state '{TABLE_KEY}.by_category.{name}.{f}' has shape ({len(col)},), "
-                                     f"expected ({num_documents},) = config.num_documents")
-                lists += 1
-    if not lists and num_documents > MAX_EMPTY_TABLE_DOCUMENTS:
-        raise ValueError(f"state config.num_documents = {num_documents} with an empty '{TABLE_KEY}' table: "
-                         f"more than {MAX_EMPTY_TABLE_DOCUMENTS} trajectories without a single scored token "
-                         "is not believed")
-
-
-def table_from_json(d, table: torch.Tensor, fields, category_names) -> None:
-    """Fill ``table`` from :func:`table_to_json`'s value; raise ``ValueError`` naming the problem."""
-    if not isinstance(d, dict):
-        raise ValueError(f"state '{TABLE_KEY}' must be an object, got {type(d).__name__}")
-    if list(d.get("fields", [])) != list(fields):
-        raise ValueError(f"state '{TABLE_KEY}' has fields {d.get('fields')!r}, expected {list(fields)}")
-    n = table.shape[0]
-    if d.get("num_documents") != n:
-        raise ValueError(f"state '{TABLE_KEY}' has num_documents {d.get('num_documents')!r}, expected {n}")
-    by_cat = d.get("by_category")
-    if not isinstance(by_cat, dict):
-        raise ValueError(f"state '{TABLE_KEY}.by_category' must be an object")
-    unknown = sorted(set(by_cat) - set(category_names))
-    if unknown:
-        raise ValueError(f"state '{TABLE_KEY}' has unknown categories {unknown}; known: {list(category_names)}")
-    table.zero_()
-    for name, cols in by_cat.items():
-        c = list(category_names).index(name)
-        if not isinstance(cols, dict) or set(cols) != set(fields):
-            raise ValueError(f"state '{TABLE_KEY}.by_category.{name}' must have exactly the fields {list(fields)}")
-        for j, f in enumerate(fields):
-            try:
-                value = torch.tensor(cols[f], dtype=torch.float64)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"state '{TABLE_KEY}.by_category.{name}.{f}' is not a list of numbers ({exc})") from None
-            if tuple(value.shape) != (n,):
-                raise ValueError(f"state '{TABLE_KEY}.by_category.{name}.{f}' has shape {tuple(value.shape)}, "
-                                 f"expected ({n},)")
-            table[:, c, j] = value
 
 
 def present(rows: torch.Tensor, fields) -> torch.Tensor:
