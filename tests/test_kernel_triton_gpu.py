@@ -8,7 +8,7 @@ import torch
 
 from megatron_hesnr import token_stats
 from megatron_hesnr.metric.shard_stats import shard_stats_torch
-from megatron_hesnr.metric.token_stats import _resolve_impl
+from megatron_hesnr.metric.token_stats import resolve_impl
 from megatron_hesnr.metric.vocab import VocabShard
 
 pytestmark = [
@@ -64,7 +64,7 @@ def test_kernel_matches_reference_on_gpu(v, real, start, dtype):
 def test_auto_picks_kernel_on_cuda_and_matches_torch():
     logits = torch.randn(2, 64, 4099, device="cuda", dtype=torch.bfloat16).transpose(0, 1)
     labels = torch.randint(0, 4000, (64, 2), device="cuda")
-    assert _resolve_impl("auto", logits) == "triton"
+    assert resolve_impl("auto", logits) == "triton"
     got = token_stats(logits, labels, vocab_size=4000, impl="auto")
     want = token_stats(logits, labels, vocab_size=4000, impl="torch")
     for name in ("entropy", "logp", "logq"):

@@ -16,7 +16,9 @@ import numpy as np
 
 from ..metric import state_layout
 from ..metric.ratios import metrics_from_sums, sweep_histogram
-from ..metric.state_layout import _B, _F, SCALAR_FIELDS, AccumulatorConfig, StateError
+from ..metric.state_layout import BIN_INDEX as _B
+from ..metric.state_layout import SCALAR_INDEX as _F
+from ..metric.state_layout import SCALAR_FIELDS, AccumulatorConfig, StateError
 from ..metric.stderr import stderr_metrics
 
 __all__ = ["RecordState", "StateError", "parse_state"]

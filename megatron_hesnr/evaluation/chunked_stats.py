@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..metric.shard_stats import ShardStats
-from ..metric.token_stats import _merge_over_tp, _resolve_impl, _tp_rank_size, compute_shard_stats, finalize
+from ..metric.token_stats import merge_over_tp, resolve_impl, tp_rank_size, compute_shard_stats, finalize
 from ..metric.vocab import check_vocab_size, vocab_shard
 
 #: ``--hesnr-logits-chunk auto``: positions per chunk such that a chunk's logits take this much per rank.
@@ -89,7 +89,7 @@ def chunked_token_stats(*, hidden_states: torch.Tensor, output_layer, request: S
                          f"{request.padded_vocab_size} / TP={tp} (padded vocabulary)")
     step = max(1, chunk_positions(request, b, local_vocab or 1, hidden_states.element_size()) // parts)
     by_block = labels.reshape(parts, local_s, b)
-    tp_rank, _ = _tp_rank_size(request.tp_group)
+    tp_rank, _ = tp_rank_size(request.tp_group)
     shard = impl = None
     records, targets, bounds = [], [], []
     for lo in range(0, local_s, step):
@@ -102,14 +102,14 @@ def chunked_token_stats(*, hidden_states: torch.Tensor, output_layer, request: S
                                f"{tuple(hidden_states[lo:hi].shape)} ({parts} sequence-parallel parts)")
         if shard is None:
             vocab = check_vocab_size(request.vocab_size, logits.shape[-1] * tp)
-            shard, impl = vocab_shard(tp_rank, logits.shape[-1], vocab), _resolve_impl(request.impl, logits)
+            shard, impl = vocab_shard(tp_rank, logits.shape[-1], vocab), resolve_impl(request.impl, logits)
         y = by_block[:, lo:hi].reshape(-1)
         records.append(compute_shard_stats(logits.reshape(-1, logits.shape[-1]), y, shard, request.k, impl))
         targets.append(y)
         bounds.append((lo, hi))
         del logits  # the chunk's logits are gone before the next chunk's are made
     y = torch.cat(targets)
-    merged = _merge_over_tp(_cat(records), request.tp_group, tp, y, shard, vocab)
+    merged = merge_over_tp(_cat(records), request.tp_group, tp, y, shard, vocab)
     packed = finalize(merged, y, vocab).pack()
     out = torch.empty((parts, local_s, b, packed.shape[-1]), dtype=packed.dtype, device=packed.device)
     offset = 0

@@ -26,8 +26,6 @@ from .ratios import metrics_from_sums, sweep_histogram
 from .state_check import (FINGERPRINT_FIELDS, StateError, check_mergeable, fingerprint, show_fingerprint,
                           validate_state_dict)
 from .state_layout import (  # noqa: F401 - re-exported: the layout and config live in the torch-free module
-    _B,
-    _F,
     BIN_FIELDS,
     SCALAR_FIELDS,
     STATE_VERSION,
@@ -35,6 +33,8 @@ from .state_layout import (  # noqa: F401 - re-exported: the layout and config l
     AccumulatorConfig,
     AccumulatorConfigError,
 )
+from .state_layout import BIN_INDEX as _B
+from .state_layout import SCALAR_INDEX as _F
 from .stderr import stderr_metrics
 from .token_stats import TokenStats
 

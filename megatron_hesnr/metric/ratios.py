@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-from .state_layout import _B, BIN_FIELDS, AccumulatorConfig
+from .state_layout import BIN_FIELDS, AccumulatorConfig
+from .state_layout import BIN_INDEX as _B
 
 
 def _exp(x: float) -> float:

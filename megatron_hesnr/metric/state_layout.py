@@ -72,8 +72,10 @@ BIN_FIELDS = (
     "sum_q_over_h",  # in_topk tokens (0 where H_k == 0)
     "sum_nll",       # in_topk tokens
 )
-_F = {name: i for i, name in enumerate(SCALAR_FIELDS)}
-_B = {name: i for i, name in enumerate(BIN_FIELDS)}
+#: Column of each field in ``scalars`` / the per-trajectory rows, and in ``hist``.
+SCALAR_INDEX = {name: i for i, name in enumerate(SCALAR_FIELDS)}
+BIN_INDEX = {name: i for i, name in enumerate(BIN_FIELDS)}
+_F, _B = SCALAR_INDEX, BIN_INDEX
 
 
 class AccumulatorConfigError(ValueError):

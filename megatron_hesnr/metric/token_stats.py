@@ -132,7 +132,7 @@ def _rows_view(logits: torch.Tensor):
         return None
 
 
-def _resolve_impl(impl: str, logits: torch.Tensor) -> str:
+def resolve_impl(impl: str, logits: torch.Tensor) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl={impl!r} is not one of {IMPLS}")
     if impl == "auto":
@@ -160,7 +160,7 @@ def compute_shard_stats(
     return shard_stats_torch(rows, labels, shard, k, chunk_tokens=chunk_tokens)
 
 
-def _tp_rank_size(tp_group) -> tuple[int, int]:
+def tp_rank_size(tp_group) -> tuple[int, int]:
     if tp_group is None:
         return 0, 1
     import torch.distributed as dist
@@ -168,7 +168,7 @@ def _tp_rank_size(tp_group) -> tuple[int, int]:
     return dist.get_rank(group=tp_group), dist.get_world_size(group=tp_group)
 
 
-def _merge_over_tp(
+def merge_over_tp(
     local: ShardStats, tp_group, tp_size: int, labels: torch.Tensor, shard: VocabShard, vocab_size: int
 ) -> ShardStats:
     """Stack every rank's record and merge; one collective when ``tp_size > 1``.
@@ -233,8 +233,8 @@ def token_stats(
     k = int(k)
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    impl = _resolve_impl(impl, logits)
-    tp_rank, tp_size = _tp_rank_size(tp_group)
+    impl = resolve_impl(impl, logits)
+    tp_rank, tp_size = tp_rank_size(tp_group)
     local_size = logits.shape[-1]
     vocab_size = check_vocab_size(vocab_size, local_size * tp_size)
     shard = vocab_shard(tp_rank, local_size, vocab_size)
@@ -260,7 +260,7 @@ def token_stats(
     rows, order = view
     rows_labels = labels.permute(*order).reshape(-1) if order else labels.reshape(-1)
     local = compute_shard_stats(rows, rows_labels, shard, k, impl, chunk_tokens)
-    merged = _merge_over_tp(local, tp_group, tp_size, rows_labels, shard, vocab_size)
+    merged = merge_over_tp(local, tp_group, tp_size, rows_labels, shard, vocab_size)
     flat = finalize(merged, rows_labels, vocab_size)
     if order == sorted(order):
         return flat.map(lambda x: x.reshape(lead_shape))
