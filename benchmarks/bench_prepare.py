@@ -105,13 +105,11 @@ def main() -> int:
     import pyarrow.parquet as pq
 
     from megatron_hesnr.cli import main as hesnr
-    from megatron_hesnr.data.indexed import megatron_indexed
     from megatron_hesnr.data.pipeline import PrepareConfig, expand_inputs, load_tokenizer
     from megatron_hesnr.data.readers import read_trajectories
     from megatron_hesnr.data.render import render
 
     tok_path = args.tokenizer or default_tokenizer()
-    megatron_indexed()   # import cost is not throughput
     tok = load_tokenizer(tok_path)
     files, _ = expand_inputs([args.inputs])
     if not files:
