@@ -7,7 +7,7 @@ samples, each copied ``--copies`` times into a temporary folder for volume):
   threads on all cores this process may use), best of ``--repeats``;
 - prepare: the whole ``hesnr prepare`` command (read JSON, render, filters, tokenize,
   masks, write the Megatron files, hash them, manifest), best of ``--repeats``, for
-  each ``--workers`` value. megatron-core is imported before timing starts.
+  each ``--workers`` value.
 
 Twice: on the folder of linked files, and on one parquet file holding the same chat
 trajectories as SWE-smith-style rows (``messages`` as a JSON string), in row groups.
