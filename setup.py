@@ -8,15 +8,15 @@ HERE = Path(__file__).parent
 EXTRAS = {
     # Fused single-pass GPU kernel for the per-token statistics.
     "triton": ["triton>=3.0"],
-    # Megatron integration (parallel_state, vocab-parallel CE, indexed dataset).
+    # Megatron integration (parallel_state, vocab-parallel CE, forward-only schedule).
     "megatron": ["megatron-core>=0.13"],
     # Parquet trajectory datasets (SWE-smith, nebius, SWE-Gym, ... as published), read in record batches.
     "parquet": ["pyarrow>=12"],
 }
 EXTRAS.update({
-    # Trajectory preparation: tokenizers with offset mappings, progress bars, indexed dataset writer,
-    # parquet input.
-    "data": ["tokenizers>=0.15", "tqdm>=4.60", "megatron-core>=0.13"] + EXTRAS["parquet"],
+    # Trajectory preparation: tokenizers with offset mappings, progress bars, parquet input. The
+    # Megatron indexed files are written and read by megatron_hesnr.data.mmap_indexed (numpy only).
+    "data": ["tokenizers>=0.15", "tqdm>=4.60"] + EXTRAS["parquet"],
     # Analysis and report: correlations, figures.
     "report": ["scipy>=1.9", "matplotlib>=3.6"],
     # `hesnr score --hf` (the transformers reference path); --vllm / --server need vLLM or a server.

@@ -7,7 +7,7 @@ samples, each copied ``--copies`` times into a temporary folder for volume):
   threads on all cores this process may use), best of ``--repeats``;
 - prepare: the whole ``hesnr prepare`` command (read JSON, render, filters, tokenize,
   masks, write the Megatron files, hash them, manifest), best of ``--repeats``, for
-  each ``--workers`` value. megatron-core is imported before timing starts.
+  each ``--workers`` value.
 
 Twice: on the folder of linked files, and on one parquet file holding the same chat
 trajectories as SWE-smith-style rows (``messages`` as a JSON string), in row groups.
@@ -105,13 +105,11 @@ def main() -> int:
     import pyarrow.parquet as pq
 
     from megatron_hesnr.cli import main as hesnr
-    from megatron_hesnr.data.indexed import megatron_indexed
     from megatron_hesnr.data.pipeline import PrepareConfig, expand_inputs, load_tokenizer
     from megatron_hesnr.data.readers import read_trajectories
     from megatron_hesnr.data.render import render
 
     tok_path = args.tokenizer or default_tokenizer()
-    megatron_indexed()   # import cost is not throughput
     tok = load_tokenizer(tok_path)
     files, _ = expand_inputs([args.inputs])
     if not files:

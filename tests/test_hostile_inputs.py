@@ -333,6 +333,39 @@ def test_records_second_writer_refused_and_restart_after_death_appends(tmp_path)
         rec.release_records(str(path))
 
 
+def test_a_locker_refused_before_the_holder_wrote_its_line_still_names_the_holder(tmp_path):
+    """The holder writes its pid line just after it takes the lock: a second locker refused in that
+    moment (two `hesnr prepare` started together) waits for the line; a holder that never writes
+    one (another tool's flock) is refused as unknown after that wait."""
+    import time
+
+    lock = tmp_path / "P.lock"
+    code = ("import fcntl, json, os, socket, sys, time\n"
+            f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT, 0o644)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "if sys.argv[1] == 'write':\n"
+            "    time.sleep(0.3)\n"
+            "    os.pwrite(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': 'now'}).encode(), 0)\n"
+            "time.sleep(600)\n")
+    for mode in ("write", "silent"):
+        lock.unlink(missing_ok=True)
+        holder = subprocess.Popen([sys.executable, "-c", code, mode], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            t0 = time.monotonic()
+            with pytest.raises(LockedError) as e:
+                PathLock(str(lock), "--output-prefix P").acquire()
+            waited = time.monotonic() - t0
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait()
+        if mode == "write":
+            assert f"(pid {holder.pid} on " in str(e.value), str(e.value)
+        else:
+            assert "(holder unknown; lock file" in str(e.value) and waited >= 0.9, (str(e.value), waited)
+
+
 def test_records_torn_last_line_stays_one_bad_line(tmp_path, monkeypatch):
     from megatron_hesnr.evaluation import records as rec
 

@@ -4,8 +4,8 @@ Pipeline (one module per step): ``readers`` (files -> :class:`Trajectory`; ``row
 decides which dataset rows are kept: ``--only-resolved``, ``--where``, ``--limit``, ``--sample``),
 ``render`` (text + character spans per kind, through a template), ``filters``
 (characters of actions that are not scored), ``tokenize_mask`` (offsets -> per-token
-category mask), ``writer`` / ``dataset`` (megatron-core indexed files + manifest).
-megatron-core is imported only when files are written or read.
+category mask), ``writer`` / ``dataset`` (Megatron indexed files + manifest, through
+``mmap_indexed``: numpy only, no megatron-core or torch).
 """
 from .filters import FilterConfig
 from .segments import Category, Kind, Message, Segment, ToolCall, Trajectory

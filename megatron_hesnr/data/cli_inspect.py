@@ -73,10 +73,7 @@ def render_doc(tokenizer, ids: np.ndarray, mask: np.ndarray, color: bool) -> str
 
 def run(args) -> int:
     from .dataset import PreparedDataset, PreparedDatasetError
-    from .indexed import megatron_indexed
     from .pipeline import load_tokenizer
-
-    megatron_indexed(quiet=not getattr(args, "verbose", False))
 
     try:
         ds = PreparedDataset(args.prefix, verify="sizes")

@@ -104,11 +104,9 @@ def _table(rows: list[list[str]]) -> str:
 
 def run(args) -> int:
     from ..atomic_write import LockedError
-    from .indexed import megatron_indexed, prefix_lock, recover_prefix
+    from .indexed import prefix_lock, recover_prefix
     from .pipeline import (effective_workers, expand_inputs, iter_results, load_tokenizer, plan_rows,
                            tokenizer_info, units_of)
-
-    megatron_indexed(quiet=not getattr(args, "verbose", False))
 
     lock = None
     try:

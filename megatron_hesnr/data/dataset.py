@@ -7,7 +7,8 @@ import os
 import numpy as np
 
 from .indexed import (MANIFEST_VERSION, binding_hash, dataset_files, journal_path, lengths_hash, manifest_path,
-                      mask_prefix, megatron_indexed, real_prefix, recover_prefix, sha256_file, tokens_prefix)
+                      mask_prefix, real_prefix, recover_prefix, sha256_file, tokens_prefix)
+from .mmap_indexed import IndexedFile, IndexedFileError
 
 
 def _identity(path: str):
@@ -23,7 +24,7 @@ class PreparedDatasetError(ValueError):
 
 
 class PreparedDataset:
-    """``P_tokens`` + ``P_mask`` (megatron-core ``IndexedDataset``) + ``P_manifest.json``.
+    """``P_tokens`` + ``P_mask`` (Megatron indexed datasets, :mod:`.mmap_indexed`) + ``P_manifest.json``.
 
     ``ds[i]`` -> ``(ids, mask)`` for document (trajectory) ``i``: ``ids`` int64 ``[L]``,
     ``mask`` uint8 ``[L]``. ``mask[j]`` is the category of token ``j`` *itself*
@@ -83,9 +84,11 @@ class PreparedDataset:
         if not isinstance(vocab, int) or vocab <= 0:
             raise PreparedDatasetError(f"{mpath}: field tokenizer.vocab_size missing or invalid")
         self._check_files(mpath, verify)
-        idx = megatron_indexed()
-        self._tokens = idx.IndexedDataset(tokens_prefix(self.prefix), mmap=True)
-        self._mask = idx.IndexedDataset(mask_prefix(self.prefix), mmap=True)
+        try:
+            self._tokens = IndexedFile(tokens_prefix(self.prefix))
+            self._mask = IndexedFile(mask_prefix(self.prefix))
+        except IndexedFileError as exc:
+            raise PreparedDatasetError(str(exc)) from None
         t_len = np.asarray(self._tokens.sequence_lengths, dtype=np.int64)
         m_len = np.asarray(self._mask.sequence_lengths, dtype=np.int64)
         if len(t_len) != len(m_len):
@@ -138,8 +141,7 @@ class PreparedDataset:
         if not -len(self) <= i < len(self):
             raise IndexError(f"document {i} out of range for {len(self)} documents")
         i = int(i) % len(self)
-        # Copies: megatron-core's arrays point into a memory map that closes when this
-        # dataset is garbage-collected; a view read after that crashes the process.
+        # Copies (int64 ids, uint8 mask), not views into the memory-mapped files.
         ids = np.array(self._tokens[i], dtype=np.int64, copy=True)
         mask = np.array(self._mask[i], dtype=np.uint8, copy=True)
         return ids, mask

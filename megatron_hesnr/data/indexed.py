@@ -1,5 +1,5 @@
 """File names, dtypes and hashes of a prepared dataset (``P_tokens``, ``P_mask``,
-``P_manifest.json``), and the lazy import of megatron-core's indexed dataset."""
+``P_manifest.json``); the files themselves are read and written by :mod:`.mmap_indexed`."""
 from __future__ import annotations
 
 import hashlib
@@ -61,29 +61,8 @@ def lengths_hash(lengths) -> str:
     return hashlib.sha256(np.asarray(lengths, dtype=np.int64).tobytes()).hexdigest()
 
 
-def megatron_indexed(quiet: bool = False):
-    """megatron-core's ``indexed_dataset`` module (imported only when files are written/read).
-
-    ``quiet`` (command-line use): hide the import-time warnings about optional GPU
-    packages and megatron's INFO logging, which say nothing about data preparation."""
-    try:
-        if quiet:
-            import logging
-            import warnings
-
-            logging.getLogger("megatron").setLevel(logging.WARNING)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                from megatron.core.datasets import indexed_dataset
-        from megatron.core.datasets import indexed_dataset
-    except ImportError as exc:  # pragma: no cover - depends on the installation
-        raise ImportError("megatron-core is needed to write/read prepared datasets: "
-                          "pip install 'megatron-hesnr[megatron]'") from exc
-    return indexed_dataset
-
-
 def real_prefix(prefix: str) -> str:
-    """Absolute path without symlinks: megatron-core opens files by path."""
+    """Absolute path without symlinks (the files are opened by path)."""
     return os.path.realpath(os.path.abspath(prefix))
 
 

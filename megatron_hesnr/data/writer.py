@@ -1,6 +1,6 @@
-"""Write ``P_tokens.bin/.idx`` and ``P_mask.bin/.idx`` with megatron-core's
-``IndexedDatasetBuilder`` (one document per trajectory, one sequence per document,
-same lengths in both), then ``P_manifest.json`` with the hashes that bind them.
+"""Write ``P_tokens.bin/.idx`` and ``P_mask.bin/.idx`` as Megatron indexed datasets
+(:mod:`.mmap_indexed`: one document per trajectory, one sequence per document, same
+lengths in both), then ``P_manifest.json`` with the hashes that bind them.
 
 Nothing is written under the final names until the dataset is complete: the builders
 write temporary files beside them, the hashes are taken from those files as written,
@@ -17,9 +17,9 @@ import os
 import numpy as np
 
 from ..atomic_write import FileSet, PathLock
-from .indexed import (MANIFEST_VERSION, MASK_DTYPE, binding_hash, dataset_files, lengths_hash,
-                      manifest_path, mask_prefix, megatron_indexed, prefix_lock, recover_prefix, sha256_file,
-                      token_dtype, tokens_prefix)
+from .indexed import (MANIFEST_VERSION, MASK_DTYPE, binding_hash, dataset_files, lengths_hash, manifest_path,
+                      prefix_lock, recover_prefix, sha256_file, token_dtype)
+from .mmap_indexed import IndexedWriter
 
 
 class DatasetWriter:
@@ -43,10 +43,9 @@ class DatasetWriter:
             final = dataset_files(self.prefix)
             self._paths = {role: self._files.stage(path) for role, path in final.items()}
             self._manifest_tmp = self._files.stage(manifest_path(self.prefix))
-            idx = megatron_indexed()
             self.token_dtype = token_dtype(self.vocab_size)
-            self._tokens = idx.IndexedDatasetBuilder(self._paths["tokens_bin"], dtype=self.token_dtype)
-            self._mask = idx.IndexedDatasetBuilder(self._paths["mask_bin"], dtype=MASK_DTYPE)
+            self._tokens = IndexedWriter(self._paths["tokens_bin"], self.token_dtype)
+            self._mask = IndexedWriter(self._paths["mask_bin"], MASK_DTYPE)
         except BaseException:
             self.abort()
             raise
@@ -60,8 +59,13 @@ class DatasetWriter:
                              "must be equal non-empty 1-D arrays")
         if ids.min() < 0 or ids.max() >= self.vocab_size:
             raise ValueError(f"document {len(self.lengths)}: token id outside [0, {self.vocab_size})")
-        self._tokens.add_document(ids.astype(self.token_dtype), [len(ids)])
-        self._mask.add_document(mask.astype(MASK_DTYPE), [len(mask)])
+        # Converted and checked before either file is written: a document enters both or neither.
+        ids_out, mask_out = ids.astype(self.token_dtype), mask.astype(MASK_DTYPE)
+        if not (np.array_equal(ids_out, ids) and np.array_equal(mask_out, mask)):
+            raise ValueError(f"document {len(self.lengths)}: token ids and mask values must be integers "
+                             f"(mask in [0, {np.iinfo(MASK_DTYPE).max}])")
+        self._tokens.add_document(ids_out)
+        self._mask.add_document(mask_out)
         self.lengths.append(len(ids))
 
     def finalize(self, manifest: dict) -> dict:
@@ -102,12 +106,8 @@ class DatasetWriter:
         temporary files are always removed and the lock released."""
         try:
             for builder in ("_tokens", "_mask"):
-                f = getattr(getattr(self, builder, None), "data_file", None)
-                if f is not None and not f.closed:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
+                if getattr(self, builder, None) is not None:
+                    getattr(self, builder).close()
         finally:
             try:
                 if self._files is not None:
