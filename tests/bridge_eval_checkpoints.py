@@ -1,6 +1,6 @@
 """Evaluate saved checkpoints one after another in one process, each as its own Bridge run.
 
-``tests/megatron_bridge_launch.py tests/bridge_eval_checkpoints.py JOBS.json``: JOBS.json is a
+``tests/megatron_launch.py --bridge tests/bridge_eval_checkpoints.py JOBS.json``: JOBS.json is a
 list of argument lists for ``examples/bridge_pretrain_hesnr.py`` (each with
 ``validation.skip_train=true checkpoint.load=DIR checkpoint.ckpt_step=N``); each is run through
 the example's own :func:`~megatron_hesnr.bridge.entry.run_bridge_recipe`, i.e. Bridge's real

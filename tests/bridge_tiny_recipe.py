@@ -7,7 +7,7 @@ validation every 2 iterations. Megatron's local layers (no Transformer Engine) a
 kernel off. A user's recipe looks the same; the example script takes it as
 ``--recipe bridge_tiny_recipe:tiny_gpt_pretrain_config`` plus ``section.field=value`` overrides
 (``model.tensor_model_parallel_size=2``, ``checkpoint.save=...``, ``logger.tensorboard_dir=...``).
-Run under ``tests/megatron_bridge_launch.py`` (the CPU shim and Bridge's import workarounds).
+Run under ``tests/megatron_launch.py --bridge`` (the CPU shim and Bridge's import workarounds).
 """
 from __future__ import annotations
 

@@ -9,7 +9,8 @@ Not importable on CPU: ``megatron/bridge/__init__.py`` imports ``AutoBridge``, w
 chain needs ``transformers`` and ``transformer_engine`` (CUDA only).  So, when that
 import fails, :func:`import_bridge` registers ``megatron.bridge`` as a bare package
 over the installed files (its ``__init__`` skipped) and imports the submodules
-normally.  ``GlobalState`` (needs tensorboard, timers, signal handlers) and
+normally (:func:`megatron_launch.register_bare`, as the CPU launcher does for a Bridge
+script).  ``GlobalState`` (needs tensorboard, timers, signal handlers) and
 ``ConfigContainer`` (its model providers need Transformer Engine) are replaced by
 plain objects with the attributes Bridge's ``evaluate()`` reads.
 """
@@ -18,11 +19,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
-import types
 from types import SimpleNamespace
 
 import pytest
 from conftest import IN_CI
+from megatron_launch import register_bare
 
 
 def import_bridge():
@@ -47,10 +48,7 @@ def import_bridge():
         for name in set(sys.modules) - before:
             if name == "megatron.bridge" or name.startswith("megatron.bridge."):
                 del sys.modules[name]
-        pkg = types.ModuleType("megatron.bridge")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        pkg.__spec__, pkg.__file__ = spec, spec.origin
-        sys.modules["megatron.bridge"] = pkg
+        register_bare("megatron.bridge")
         shimmed = True
         callbacks = importlib.import_module("megatron.bridge.training.callbacks")
     pg_utils = importlib.import_module("megatron.bridge.training.utils.pg_utils")

@@ -1,7 +1,7 @@
 """Make CUDA look present so Megatron-LM's real ``pretrain()`` runs on the CPU over gloo.
 
 Test infrastructure only (never imported by the package). ``install()`` must run
-before ``megatron`` is imported; ``tests/megatron_cpu_launch.py`` does that in every
+before ``megatron`` is imported; ``tests/megatron_launch.py`` does that in every
 process torchrun starts. What it changes, and why:
 
 * ``torch.cuda``: ``is_available`` True and ``device_count`` >= 1 (Megatron builds no
@@ -303,7 +303,7 @@ def install() -> None:
 
 
 def second_capture(capture: str) -> None:
-    """Test probe ``HESNR_E2E_SECOND_CAPTURE=CAPTURE`` (both launchers): the first HE-SNR evaluation of every
+    """Test probe ``HESNR_E2E_SECOND_CAPTURE=CAPTURE`` (``tests/megatron_launch.py``): the first HE-SNR evaluation of every
     evaluator is run a second time, on the same weights and ranks, with ``--hesnr-logits-capture CAPTURE``;
     its records go to ``<--hesnr-jsonl>.<CAPTURE>`` and its lines are not printed, so a test compares the two
     captures in every layout a launch runs, without another launch (once per launch: the whole-logits pass

@@ -1,6 +1,6 @@
 """End to end: Megatron-Bridge's real ``pretrain()`` loop on the CPU (gloo) with ``HESNRCallback``.
 
-Every launch is ``torchrun ... tests/megatron_bridge_launch.py examples/bridge_pretrain_hesnr.py``
+Every launch is ``torchrun ... tests/megatron_launch.py --bridge examples/bridge_pretrain_hesnr.py``
 (the CPU shim and Bridge's import workarounds, then the example script exactly as a user starts
 it) with the tiny recipe ``tests/bridge_tiny_recipe.py`` (2-layer GPT, the deepseek tokenizer's
 129280-token vocabulary, 4 iterations, a validation every 2) and Bridge's ``section.field=value``
@@ -54,7 +54,7 @@ from test_megatron_e2e import (  # noqa: E402
     training_hex,
 )
 
-LAUNCH = REPO / "tests" / "megatron_bridge_launch.py"
+LAUNCH = REPO / "tests" / "megatron_launch.py"
 EXAMPLE = REPO / "examples" / "bridge_pretrain_hesnr.py"
 REFERENCE = REPO / "tests" / "bridge_eval_checkpoints.py"
 RECIPE = ["--recipe", "bridge_tiny_recipe:tiny_gpt_pretrain_config"]
@@ -79,7 +79,7 @@ def launch(out: Path, args: list, *, nproc: int = 1, script: Path = EXAMPLE, env
            name: str | None = None) -> BridgeRun:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "--log-dir", str(out / "ranks"), "--redirects", "3", str(LAUNCH), str(script), *args]
+           "--log-dir", str(out / "ranks"), "--redirects", "3", str(LAUNCH), "--bridge", str(script), *args]
     e = dict(os.environ, HESNR_E2E_TRACE=str(out / "trace"), HESNR_E2E_TIMING=str(out / "timing"), **SECOND_CAPTURE,
              PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
              OMP_NUM_THREADS="1", CUDA_DEVICE_MAX_CONNECTIONS="1", PYTHONWARNINGS="ignore")
@@ -99,7 +99,7 @@ def launch(out: Path, args: list, *, nproc: int = 1, script: Path = EXAMPLE, env
     assert compared or not any("--hesnr-data-path" in str(a) for a in args) and script is not REFERENCE, out
     timing = [json.loads(f.read_text()) for f in sorted(out.glob("timing.*"))]
     WALL[name or out.name] = {"wall_s": wall, "nproc": nproc,
-                              "import_bridge_s": max((t["import_bridge_s"] for t in timing), default=None)}
+                              "import_s": max((t["import_s"] for t in timing), default=None)}
     return BridgeRun(out, log, rank_logs)
 
 
@@ -118,7 +118,7 @@ def report_wall_times(request):
     if WALL:
         tr = request.config.pluginmanager.get_plugin("terminalreporter")
         lines = [f"  {k}: {v['wall_s']:.1f} s wall, {v['nproc']} process(es), Bridge import "
-                 f"{v['import_bridge_s']:.1f} s" for k, v in WALL.items()]
+                 f"{v['import_s']:.1f} s" for k, v in WALL.items()]
         capture = request.config.pluginmanager.get_plugin("capturemanager")
         if tr is not None and capture is not None:
             with capture.global_and_fixture_disabled():

@@ -1,7 +1,7 @@
 """End to end: Megatron-LM's real ``pretrain()`` loop on the CPU (gloo) with the HE-SNR hook.
 
 The user's checkout is the stock core_v0.19.0 entry files in ``../shared/megatron-lm``;
-the processes are started by torchrun through ``tests/megatron_cpu_launch.py``
+the processes are started by torchrun through ``tests/megatron_launch.py``
 (:mod:`megatron_cpu_shim`). A tiny GPT (2 layers, hidden 64, the deepseek tokenizer's
 129280-token vocabulary) trains 4 iterations on Megatron's mock data with
 ``--eval-interval 2``; the HE-SNR set is two real mini-swe-agent trajectories prepared
@@ -28,7 +28,7 @@ from conftest import IN_CI, REPO, SHARED  # noqa: E402
 from float_tolerance import assert_tree_close  # noqa: E402
 
 CHECKOUT = SHARED / "megatron-lm" / "core_v0.19.0"
-LAUNCH = REPO / "tests" / "megatron_cpu_launch.py"
+LAUNCH = REPO / "tests" / "megatron_launch.py"
 PATCH = REPO / "patches" / "megatron-lm-core_v0.19.0-hesnr.patch"
 TIMEOUT = 300
 
@@ -95,7 +95,7 @@ def launch(out: Path, checkout: Path, args: list, *, nproc: int = 1, script: Pat
     return Run(out, log)
 
 
-#: Every launch runs its first evaluation twice (``HESNR_E2E_SECOND_CAPTURE``, see tests/megatron_cpu_shim.py):
+#: Every launch runs its first evaluation twice (``HESNR_E2E_SECOND_CAPTURE``, see tests/megatron_launch.py):
 #: with the default capture -- chunked: the statistics made inside GPTModel's output_processor, no whole
 #: logits -- and with the whole logits (``--hesnr-logits-capture output_processor``).
 SECOND_CAPTURE = {"HESNR_E2E_SECOND_CAPTURE": "output_processor"}

@@ -3,7 +3,7 @@
 ``examples/nemo_run_bridge_hesnr.py`` submits as a user does (``--executor slurm``: NeMo-Run's
 ``SlurmExecutor`` with ``LocalTunnel``, its torchrun launcher, ``retries`` and Bridge's
 ``PreemptionPlugin``; NeMo-Run writes the job script and runs ``sbatch --requeue``). The task is
-``tests/megatron_bridge_launch.py examples/bridge_pretrain_hesnr.py ...`` (the CPU shim and
+``tests/megatron_launch.py --bridge examples/bridge_pretrain_hesnr.py ...`` (the CPU shim and
 Bridge's import workarounds, then the example) with the tiny recipe (``tests/bridge_tiny_recipe.py``:
 2-layer GPT, here 6 iterations, evaluation and checkpoint every 3), two HE-SNR sets (the prepared
 real trajectories under two names) and ``--hesnr-eval-at-start``. Each start runs 2 nodes x 1 process.
@@ -44,7 +44,7 @@ from slurm_fixtures import (  # noqa: E402,F401
     FINAL, Job, finish, free_port, hurry_requeued, node_pids, read_records as _records, report_wall_times, slurm_cluster)
 from test_megatron_e2e import assert_same_state  # noqa: E402
 
-LAUNCH = REPO / "tests" / "megatron_bridge_launch.py"
+LAUNCH = REPO / "tests" / "megatron_launch.py"
 EXAMPLE = REPO / "examples" / "nemo_run_bridge_hesnr.py"
 BRIDGE_EXAMPLE = REPO / "examples" / "bridge_pretrain_hesnr.py"
 REFERENCE = REPO / "tests" / "bridge_eval_checkpoints.py"
@@ -98,7 +98,7 @@ class World:
         }, **extra)
 
     def script_args(self, run: Path) -> list[str]:
-        return [str(BRIDGE_EXAMPLE), *RECIPE,
+        return ["--bridge", str(BRIDGE_EXAMPLE), *RECIPE,
                 "--hesnr-data-path", *(f"{s}={self.data / s}" for s in SETS),
                 "--hesnr-jsonl", str(run / "hesnr.jsonl"), "--hesnr-eval-at-start",
                 f"checkpoint.save={run / 'ckpt'}", f"checkpoint.load={run / 'ckpt'}"]
@@ -108,7 +108,7 @@ class World:
         run = self.root / name
         run.mkdir()
         job_dir = run / "nemo-run"
-        cmd = [sys.executable, str(LAUNCH), str(EXAMPLE), "--executor", "slurm", "--experiment", name,
+        cmd = [sys.executable, str(LAUNCH), "--bridge", str(EXAMPLE), "--executor", "slurm", "--experiment", name,
                "--job-dir", str(job_dir), "--nodes", "2", "--nproc-per-node", "1", "--gpus-per-node", "0",
                "--time", "00:30:00", "--retries", str(retries), "--preempt-time", "60",
                "--rdzv-port", str(free_port()), "--script", str(LAUNCH), "--detach", "--",
@@ -125,7 +125,7 @@ class World:
         (out / "jobs.json").write_text(json.dumps(jobs))
         t0 = time.monotonic()
         p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
-                            str(LAUNCH), str(REFERENCE), str(out / "jobs.json")], cwd=out, env=self.env(),
+                            str(LAUNCH), "--bridge", str(REFERENCE), str(out / "jobs.json")], cwd=out, env=self.env(),
                            capture_output=True, text=True, timeout=TIMEOUT)
         TIMES["reference (one process, 3 checkpoints)"] = time.monotonic() - t0
         assert p.returncode == 0, (p.stdout + p.stderr)[-5000:]

@@ -293,7 +293,7 @@ def requeued(world, trained, slurm_cluster):  # noqa: F811
     probe = world.root / "probe"
     probe.mkdir()
     job = world.submit(slurm_cluster, "requeue", TRAIN_SBATCH, ckpt, TINY,
-                       HESNR_TEST_SLOW_PASS=f"6:300:{probe}:1")
+                       HESNR_E2E_SLOW_PASS=f"6:300:{probe}:1")
     job.wait_for(ITER, JOB_TIMEOUT, count=4)                 # restart 0 reached iteration 4
     os.kill(_batch_shell_pid(slurm_cluster, job.id), signal.SIGUSR1)
     hurry_requeued(slurm_cluster, job)
