@@ -2,12 +2,7 @@
 from __future__ import annotations
 
 import ast
-import importlib
-import sys
-import warnings
 from pathlib import Path
-
-import pytest
 
 from conftest import REPO
 
